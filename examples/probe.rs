@@ -1,0 +1,89 @@
+//! Sets up each device named on the command line, prints what VFIO says about
+//! it (bus, IOMMU group, regions, interrupts) and frees it.
+//!
+//! ```text
+//! probe 0000:00:02.0 9010000.pl031
+//! probe --bus platform 9020000.fw-cfg
+//! ```
+//! Run it as root on a board whose devices are bound to vfio-pci or
+//! vfio-platform. Exits 1 if any device could not be set up.
+
+use std::process::ExitCode;
+
+use dao_vfio::{Bus, Context, Device, Host, RegionKind};
+
+fn print_device(dev: &Device<'_, Host>) {
+    let iommu = if dev.is_noiommu() { "noiommu" } else { "iommu" };
+    println!("{}: bus {}, group {} ({iommu}), flags {:?}", dev.name(), dev.bus(), dev.group(), dev.flags());
+    println!("  regions: {}", dev.num_regions());
+    for r in dev.regions() {
+        match r.kind() {
+            RegionKind::Absent => println!("    [{}] absent", r.index()),
+            kind => println!("    [{}] size {:#x}, flags {:?}, {kind}", r.index(), r.size(), r.flags()),
+        }
+    }
+    println!("  interrupt indexes: {}", dev.num_irqs());
+    for irq in dev.irqs() {
+        println!("    [{}] count {}, flags {:?}", irq.index(), irq.count(), irq.flags());
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1).peekable();
+    let mut bus = None;
+    if args.peek().map(String::as_str) == Some("--bus") {
+        args.next();
+        bus = match args.next().as_deref() {
+            Some("pci") => Some(Bus::Pci),
+            Some("platform") => Some(Bus::Platform),
+            other => {
+                eprintln!("--bus takes pci or platform, not {other:?}");
+                return ExitCode::from(2);
+            }
+        };
+    }
+    let names: Vec<String> = args.collect();
+    if names.is_empty() {
+        eprintln!("usage: probe [--bus pci|platform] DEVICE...   (e.g. probe 0000:00:02.0 9010000.pl031)");
+        return ExitCode::from(2);
+    }
+    let mut vfio = match Context::open() {
+        Ok(vfio) => vfio,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for name in &names {
+        let setup = match bus {
+            Some(bus) => vfio.setup_on(bus, name),
+            None => vfio.setup(name),
+        };
+        let handle = match setup {
+            Ok(handle) => handle,
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        match vfio.device(&handle) {
+            Ok(dev) => print_device(&dev),
+            Err(e) => eprintln!("error: {e}"),
+        }
+        if let Err(e) = vfio.free(handle) {
+            eprintln!("error: {e}");
+            failed = true;
+        }
+    }
+    if let Err((_, e)) = vfio.close() {
+        eprintln!("error: {e}");
+        failed = true;
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,106 @@
+//! A VFIO container (`/dev/vfio/vfio`): one IOMMU address space that groups
+//! join. The kernel resets a container's IOMMU type when its last group
+//! leaves, so the type is chosen again by the next group that joins.
+
+use rustix::io::Errno;
+
+use crate::error::{Error, ErrorKind, Step};
+use crate::kernel::{Fd, Kernel, Request};
+use crate::sys;
+
+/// Which kind of IOMMU backend a container serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuKind {
+    /// A real IOMMU, through the type1 (or type1v2) backend.
+    Type1,
+    /// No IOMMU (`enable_unsafe_noiommu_mode`): no isolation, no DMA mapping.
+    NoIommu,
+}
+
+/// An open container.
+#[derive(Debug)]
+pub(crate) struct Container {
+    fd: Fd,
+    kind: IommuKind,
+    /// The IOMMU type set with `VFIO_SET_IOMMU`, while groups are attached.
+    iommu_type: Option<u32>,
+    /// Groups attached.
+    groups: u32,
+}
+
+impl Container {
+    /// Opens `/dev/vfio/vfio` and checks the API version.
+    pub(crate) fn open<K: Kernel>(kernel: &K, kind: IommuKind) -> Result<Self, Error> {
+        let fd = kernel.open(c"/dev/vfio/vfio").map_err(|e| match e {
+            Errno::NOENT => Error::new(ErrorKind::NoVfio).with_errno(e),
+            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission).with_errno(e),
+            _ => Error::syscall(Step::OpenContainer, e),
+        })?;
+        match kernel.ioctl(fd, Request::GetApiVersion) {
+            Ok(sys::API_VERSION) => Ok(Container { fd, kind, iommu_type: None, groups: 0 }),
+            Ok(found) => {
+                kernel.close(fd);
+                Err(Error::new(ErrorKind::ApiVersion { found }))
+            }
+            Err(e) => {
+                kernel.close(fd);
+                Err(Error::syscall(Step::ApiVersion, e))
+            }
+        }
+    }
+
+    pub(crate) fn fd(&self) -> Fd {
+        self.fd
+    }
+
+    /// The IOMMU type in force, if any group is attached.
+    pub(crate) fn iommu_type(&self) -> Option<u32> {
+        self.iommu_type
+    }
+
+    pub(crate) fn groups(&self) -> u32 {
+        self.groups
+    }
+
+    /// Records that a group joined (after `VFIO_GROUP_SET_CONTAINER`), and sets
+    /// the IOMMU type if this is the first group. On error the group counts as
+    /// not joined and the caller detaches it.
+    pub(crate) fn group_joined<K: Kernel>(&mut self, kernel: &K) -> Result<(), Error> {
+        if self.iommu_type.is_none() {
+            let kind = self.choose_type(kernel)?;
+            kernel.ioctl(self.fd, Request::SetIommu(kind)).map_err(|e| Error::syscall(Step::SetIommu, e))?;
+            self.iommu_type = Some(kind);
+        }
+        self.groups += 1;
+        Ok(())
+    }
+
+    /// Records that a group left; the kernel drops the IOMMU type with the last one.
+    pub(crate) fn group_left(&mut self) {
+        self.groups = self.groups.saturating_sub(1);
+        if self.groups == 0 {
+            self.iommu_type = None;
+        }
+    }
+
+    fn choose_type<K: Kernel>(&self, kernel: &K) -> Result<u32, Error> {
+        let preferred: &[u32] = match self.kind {
+            IommuKind::Type1 => &[sys::TYPE1V2_IOMMU, sys::TYPE1_IOMMU],
+            IommuKind::NoIommu => &[sys::NOIOMMU_IOMMU],
+        };
+        for &kind in preferred {
+            let present = kernel
+                .ioctl(self.fd, Request::CheckExtension(kind))
+                .map_err(|e| Error::syscall(Step::CheckExtension, e))?;
+            if present > 0 {
+                return Ok(kind);
+            }
+        }
+        Err(Error::new(ErrorKind::NoIommuType))
+    }
+
+    /// Closes the container.
+    pub(crate) fn close<K: Kernel>(self, kernel: &K) {
+        kernel.close(self.fd);
+    }
+}

@@ -1,0 +1,355 @@
+//! The context the user owns: containers, the group table and the device
+//! table. No global state: two contexts are independent.
+//!
+//! # Threads
+//! Setup, free and close take `&mut self`: they run on one thread, with no
+//! device borrowed. Everything reachable from `&self` ([`Context::device`],
+//! [`Device`], [`Region`](crate::Region)) may be shared among data-plane
+//! threads (the context is `Sync` when its kernel is; the real one is).
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::container::{Container, IommuKind};
+use crate::device::{Device, DeviceState, Placement};
+use crate::error::{Error, ErrorKind};
+use crate::group::Group;
+use crate::kernel::{Host, Kernel};
+use crate::name::{Bus, DeviceName};
+use crate::sysfs;
+
+/// Distinguishes contexts, so a handle cannot be used with another one.
+static NEXT_CONTEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+/// Default capacity of the device table.
+pub const DEFAULT_DEVICES: usize = 8;
+/// Default capacity of the group table.
+pub const DEFAULT_GROUPS: usize = 8;
+
+/// A device opened by [`Context::setup`]. Not `Copy` or `Clone`:
+/// [`Context::free`] consumes it, so a freed device cannot be used again.
+///
+/// ```compile_fail
+/// # fn f(mut ctx: dao_vfio::Context) -> Result<(), dao_vfio::Error> {
+/// let edu = ctx.setup("0000:00:02.0")?;
+/// ctx.free(edu)?;
+/// let _ = ctx.device(&edu); // use after free: does not compile
+/// # Ok(()) }
+/// ```
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a device handle is the only way to free the device before the context drops"]
+pub struct DeviceHandle {
+    context: u32,
+    serial: u32,
+}
+
+/// The state of the library: what `dao_vfio_init` creates and `dao_vfio_fini`
+/// destroys, as a value the caller owns (it may live in a `static`).
+///
+/// `K` is the kernel ([`Host`] on a real system); `DEVICES` and `GROUPS` are
+/// the capacities of the device and group tables, fixed at compile time.
+///
+/// Borrowing rules make misuse fail to compile: a region cannot outlive the
+/// context or survive the free of its device, and the context cannot be
+/// dropped while a device is borrowed:
+///
+/// ```compile_fail
+/// # fn f(mut ctx: dao_vfio::Context) -> Result<(), dao_vfio::Error> {
+/// let edu = ctx.setup("0000:00:02.0")?;
+/// let bar0 = ctx.device(&edu)?.region(0)?;
+/// ctx.free(edu)?;            // needs `&mut ctx` while bar0 borrows it
+/// let _ = bar0.read32(0);
+/// # Ok(()) }
+/// ```
+///
+/// ```compile_fail
+/// # fn f(ctx: dao_vfio::Context, edu: dao_vfio::DeviceHandle) -> Result<(), dao_vfio::Error> {
+/// let dev = ctx.device(&edu)?;
+/// drop(ctx);                  // the device cannot outlive its context
+/// let _ = dev.name();
+/// # Ok(()) }
+/// ```
+///
+/// ```compile_fail
+/// # fn f(mut ctx: dao_vfio::Context, edu: dao_vfio::DeviceHandle) -> Result<(), dao_vfio::Error> {
+/// let bar0 = ctx.device(&edu)?.region(0)?;
+/// let other = ctx.setup("9010000.pl031")?; // setup needs exclusive access
+/// let _ = bar0.read32(0);
+/// # Ok(()) }
+/// ```
+pub struct Context<K: Kernel = Host, const DEVICES: usize = DEFAULT_DEVICES, const GROUPS: usize = DEFAULT_GROUPS> {
+    kernel: K,
+    id: u32,
+    next_serial: u32,
+    /// The container for groups behind a real IOMMU; opened with the context.
+    iommu: Container,
+    /// The container for noiommu groups; open while it has groups.
+    noiommu: Option<Container>,
+    groups: heapless::Vec<Group, GROUPS>,
+    devices: heapless::Vec<DeviceState, DEVICES>,
+}
+
+impl Context<Host> {
+    /// Opens a context on the running kernel with the default capacities:
+    /// opens `/dev/vfio/vfio` and checks the API version.
+    #[doc(alias = "dao_vfio_init")]
+    pub fn open() -> Result<Self, Error> {
+        Self::with_kernel(Host)
+    }
+}
+
+impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Context<K, DEVICES, GROUPS> {
+    /// Opens a context on `kernel` (the real [`Host`], or a fake one in tests).
+    pub fn with_kernel(kernel: K) -> Result<Self, Error> {
+        let iommu = Container::open(&kernel, IommuKind::Type1)?;
+        Ok(Context {
+            kernel,
+            id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
+            next_serial: 0,
+            iommu,
+            noiommu: None,
+            groups: heapless::Vec::new(),
+            devices: heapless::Vec::new(),
+        })
+    }
+
+    /// The kernel this context talks to.
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// How many devices are open.
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// How many groups are open.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Sets up device `name` on whichever bus has it (PCI is tried first):
+    /// checks it is bound to VFIO, opens (or shares) its group, attaches the
+    /// group to the right container, gets the device fd, and describes and
+    /// maps its regions. On error nothing is left open or mapped and the
+    /// tables are as they were.
+    #[doc(alias = "dao_vfio_device_setup")]
+    pub fn setup(&mut self, name: &str) -> Result<DeviceHandle, Error> {
+        self.setup_checked(None, name)
+    }
+
+    /// Like [`Context::setup`], on the bus given.
+    pub fn setup_on(&mut self, bus: Bus, name: &str) -> Result<DeviceHandle, Error> {
+        self.setup_checked(Some(bus), name)
+    }
+
+    fn setup_checked(&mut self, bus: Option<Bus>, name: &str) -> Result<DeviceHandle, Error> {
+        let name = DeviceName::new(name)?;
+        self.setup_named(bus, name).map_err(|e| e.for_device(name))
+    }
+
+    fn setup_named(&mut self, bus: Option<Bus>, name: DeviceName) -> Result<DeviceHandle, Error> {
+        if self.devices.iter().any(|d| d.name == name) {
+            return Err(Error::new(ErrorKind::AlreadyOpen));
+        }
+        if self.devices.is_full() {
+            return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
+        }
+        let bus = sysfs::find_bus(&self.kernel, &name, bus)?;
+        sysfs::check_driver(&self.kernel, bus, &name)?;
+        let group = sysfs::iommu_group(&self.kernel, bus, &name)?;
+        let slot = self.acquire_group(group)?;
+        let serial = self.next_serial;
+        let placement = Placement {
+            name,
+            bus,
+            group,
+            group_fd: self.groups[slot].fd(),
+            noiommu: self.groups[slot].kind() == IommuKind::NoIommu,
+            serial,
+        };
+        let state = match DeviceState::open(&self.kernel, placement) {
+            Ok(state) => state,
+            Err(e) => {
+                // Undo the group's share; the setup error is the one to report.
+                let _ = self.release_group(group);
+                return Err(e);
+            }
+        };
+        if let Err(state) = self.devices.push(state) {
+            // Unreachable: fullness was checked first. Undo all the same.
+            let _ = state.release(&self.kernel);
+            let _ = self.release_group(group);
+            return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
+        }
+        self.next_serial = serial.wrapping_add(1);
+        Ok(DeviceHandle { context: self.id, serial })
+    }
+
+    /// Finds or opens group `number` and takes a share of it for one device.
+    /// Returns its slot in the group table.
+    fn acquire_group(&mut self, number: u32) -> Result<usize, Error> {
+        if let Some(slot) = self.groups.iter().position(|g| g.number() == number) {
+            self.groups[slot].device_opened();
+            return Ok(slot);
+        }
+        if self.groups.is_full() {
+            return Err(Error::new(ErrorKind::GroupTableFull { capacity: GROUPS }));
+        }
+        let mut group = Group::open(&self.kernel, number)?;
+        let kernel = &self.kernel;
+        let opened_noiommu = group.kind() == IommuKind::NoIommu && self.noiommu.is_none();
+        let container = match group.kind() {
+            IommuKind::Type1 => &mut self.iommu,
+            IommuKind::NoIommu => match &mut self.noiommu {
+                Some(container) => container,
+                slot @ None => match Container::open(kernel, IommuKind::NoIommu) {
+                    Ok(container) => slot.insert(container),
+                    Err(e) => {
+                        let _ = group.close(kernel, false);
+                        return Err(e);
+                    }
+                },
+            },
+        };
+        let joined = match group.attach(kernel, container.fd()) {
+            Ok(()) => container.group_joined(kernel).map_err(|e| (e, true)),
+            Err(e) => Err((e, false)),
+        };
+        if let Err((e, attached)) = joined {
+            let _ = group.close(kernel, attached);
+            if opened_noiommu {
+                if let Some(container) = self.noiommu.take() {
+                    container.close(kernel);
+                }
+            }
+            return Err(e);
+        }
+        group.device_opened();
+        match self.groups.push(group) {
+            Ok(()) => Ok(self.groups.len() - 1),
+            Err(group) => {
+                // Unreachable: fullness was checked first. Undo all the same.
+                let _ = self.detach(group);
+                Err(Error::new(ErrorKind::GroupTableFull { capacity: GROUPS }))
+            }
+        }
+    }
+
+    /// Gives back one device's share of group `number`; the last share
+    /// detaches and closes it.
+    fn release_group(&mut self, number: u32) -> Result<(), Error> {
+        let Some(slot) = self.groups.iter().position(|g| g.number() == number) else {
+            return Ok(());
+        };
+        if self.groups[slot].device_closed() > 0 {
+            return Ok(());
+        }
+        let group = self.groups.swap_remove(slot);
+        self.detach(group)
+    }
+
+    /// Detaches a group from its container and closes it; closes the noiommu
+    /// container when its last group leaves.
+    fn detach(&mut self, group: Group) -> Result<(), Error> {
+        let kind = group.kind();
+        let result = group.close(&self.kernel, true);
+        match kind {
+            IommuKind::Type1 => self.iommu.group_left(),
+            IommuKind::NoIommu => {
+                if let Some(container) = &mut self.noiommu {
+                    container.group_left();
+                    if container.groups() == 0 {
+                        if let Some(container) = self.noiommu.take() {
+                            container.close(&self.kernel);
+                        }
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// The device behind `handle`. The borrow keeps the device open.
+    pub fn device(&self, handle: &DeviceHandle) -> Result<Device<'_, K>, Error> {
+        self.slot(handle).map(|slot| self.devices[slot].view(&self.kernel))
+    }
+
+    fn slot(&self, handle: &DeviceHandle) -> Result<usize, Error> {
+        if handle.context != self.id {
+            return Err(Error::new(ErrorKind::ForeignHandle));
+        }
+        self.devices.iter().position(|d| d.serial == handle.serial).ok_or(Error::new(ErrorKind::ForeignHandle))
+    }
+
+    /// Every open device.
+    pub fn devices(&self) -> impl Iterator<Item = Device<'_, K>> {
+        self.devices.iter().map(|d| d.view(&self.kernel))
+    }
+
+    /// Frees a device: unmaps its regions, closes its fd and gives back its
+    /// share of the group (the last device detaches and closes the group).
+    /// Everything is released even when a step fails; the first failure is
+    /// returned. A handle of another context is refused and changes nothing.
+    #[doc(alias = "dao_vfio_device_free")]
+    pub fn free(&mut self, handle: DeviceHandle) -> Result<(), Error> {
+        let slot = self.slot(&handle)?;
+        let state = self.devices.swap_remove(slot);
+        let (name, group) = (state.name, state.group);
+        let released = state.release(&self.kernel);
+        let detached = self.release_group(group);
+        released.and(detached).map_err(|e| e.for_device(name))
+    }
+
+    /// Closes the context. Refused while devices are open: the context comes
+    /// back with the error, unchanged.
+    #[doc(alias = "dao_vfio_fini")]
+    // Handing the context back is the point (as heapless' `push` hands the
+    // item back); it is as large as its tables, by design.
+    #[allow(clippy::result_large_err)]
+    pub fn close(self) -> Result<(), (Self, Error)> {
+        if !self.devices.is_empty() {
+            let count = self.devices.len();
+            return Err((self, Error::new(ErrorKind::DevicesOpen { count })));
+        }
+        drop(self);
+        Ok(())
+    }
+
+    /// The IOMMU type in force in the type1 container (`VFIO_TYPE1v2_IOMMU`,
+    /// `VFIO_TYPE1_IOMMU`), while it has groups.
+    pub fn iommu_type(&self) -> Option<u32> {
+        self.iommu.iommu_type()
+    }
+}
+
+impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Drop for Context<K, DEVICES, GROUPS> {
+    /// Frees every device, then closes the containers. Never panics; errors
+    /// are dropped (use [`Context::free`] to see them).
+    fn drop(&mut self) {
+        while let Some(state) = self.devices.pop() {
+            let group = state.group;
+            let _ = state.release(&self.kernel);
+            let _ = self.release_group(group);
+        }
+        while let Some(group) = self.groups.pop() {
+            let _ = self.detach(group);
+        }
+        if let Some(container) = self.noiommu.take() {
+            container.close(&self.kernel);
+        }
+        self.kernel.close(self.iommu.fd());
+    }
+}
+
+impl<K: Kernel + core::fmt::Debug, const DEVICES: usize, const GROUPS: usize> core::fmt::Debug
+    for Context<K, DEVICES, GROUPS>
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Context")
+            .field("kernel", &self.kernel)
+            .field("devices", &self.devices.len())
+            .field("groups", &self.groups.len())
+            .field("iommu_type", &self.iommu.iommu_type())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,328 @@
+//! An open device: its fd, its description, its regions, and the view the
+//! context hands out.
+
+use rustix::io::Errno;
+
+use crate::error::{Error, ErrorKind, Step};
+use crate::kernel::{Fd, Kernel, Protection, Request};
+use crate::name::{Bus, DeviceName};
+use crate::path::sys_path;
+use crate::region::{Region, RegionKind};
+use crate::sys::{self, DeviceFlags, IrqFlags, RegionFlags};
+
+/// Regions recorded per device: a PCI device has 9, platform devices
+/// usually 1 or 2. Regions past this index are not set up (see
+/// [`Device::num_regions`]).
+pub const MAX_REGIONS: usize = 16;
+
+/// Interrupt indexes recorded per device: PCI has 5, platform devices one per
+/// interrupt line.
+pub const MAX_IRQ_INDEXES: usize = 8;
+
+/// One interrupt index of a device, as `VFIO_DEVICE_GET_IRQ_INFO` describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IrqIndex {
+    index: u32,
+    flags: IrqFlags,
+    count: u32,
+}
+
+impl IrqIndex {
+    /// The index (for PCI see [`crate::sys::pci_irq`]).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The kernel's flags (eventfd, maskable, automasked = level triggered).
+    pub fn flags(&self) -> IrqFlags {
+        self.flags
+    }
+
+    /// The number of vectors (0 when the device does not support this index,
+    /// including when the kernel refuses to describe it with `EINVAL`).
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+}
+
+/// What a context keeps of an open device.
+#[derive(Debug)]
+pub(crate) struct DeviceState {
+    pub(crate) serial: u32,
+    pub(crate) name: DeviceName,
+    pub(crate) bus: Bus,
+    pub(crate) group: u32,
+    pub(crate) noiommu: bool,
+    fd: Fd,
+    flags: DeviceFlags,
+    num_regions: u32,
+    num_irqs: u32,
+    regions: heapless::Vec<Region, MAX_REGIONS>,
+    irqs: heapless::Vec<IrqIndex, MAX_IRQ_INDEXES>,
+}
+
+/// Where a device is: its name, bus and group, and the group's fd.
+pub(crate) struct Placement {
+    pub(crate) name: DeviceName,
+    pub(crate) bus: Bus,
+    pub(crate) group: u32,
+    pub(crate) group_fd: Fd,
+    pub(crate) noiommu: bool,
+    pub(crate) serial: u32,
+}
+
+impl DeviceState {
+    /// Gets the device fd from its group, reads its description and maps its
+    /// regions. On error everything it opened or mapped is released.
+    pub(crate) fn open<K: Kernel>(kernel: &K, at: Placement) -> Result<Self, Error> {
+        let cname = sys_path!("{}", at.name).ok_or(Error::syscall(Step::GetDeviceFd, Errno::NAMETOOLONG))?;
+        let raw = kernel
+            .ioctl(at.group_fd, Request::GroupGetDeviceFd(cname.as_c_str()))
+            .map_err(|e| Error::syscall(Step::GetDeviceFd, e))?;
+        let mut state = DeviceState {
+            serial: at.serial,
+            name: at.name,
+            bus: at.bus,
+            group: at.group,
+            noiommu: at.noiommu,
+            fd: Fd::from_raw(raw),
+            flags: DeviceFlags::empty(),
+            num_regions: 0,
+            num_irqs: 0,
+            regions: heapless::Vec::new(),
+            irqs: heapless::Vec::new(),
+        };
+        match state.describe(kernel) {
+            Ok(()) => Ok(state),
+            Err(e) => {
+                // The error being returned is the one that matters; a failing
+                // munmap during this unwind cannot be acted on either.
+                let _ = state.release(kernel);
+                Err(e)
+            }
+        }
+    }
+
+    fn describe<K: Kernel>(&mut self, kernel: &K) -> Result<(), Error> {
+        let mut info = sys::DeviceInfo { argsz: sys::argsz::<sys::DeviceInfo>(), ..Default::default() };
+        kernel.ioctl(self.fd, Request::DeviceGetInfo(&mut info)).map_err(|e| Error::syscall(Step::DeviceInfo, e))?;
+        self.flags = DeviceFlags::from_bits_retain(info.flags);
+        let expected = match self.bus {
+            Bus::Pci => DeviceFlags::PCI,
+            Bus::Platform => DeviceFlags::PLATFORM | DeviceFlags::AMBA,
+        };
+        if !self.flags.intersects(expected) {
+            return Err(Error::new(ErrorKind::BusMismatch { bus: self.bus }));
+        }
+        self.num_regions = info.num_regions;
+        self.num_irqs = info.num_irqs;
+        for index in 0..info.num_regions.min(MAX_REGIONS as u32) {
+            let region = self.set_up_region(kernel, index)?;
+            // Cannot overflow: the loop stops at the capacity.
+            let _ = self.regions.push(region);
+        }
+        for index in 0..info.num_irqs.min(MAX_IRQ_INDEXES as u32) {
+            let mut irq = sys::IrqInfo { argsz: sys::argsz::<sys::IrqInfo>(), index, ..Default::default() };
+            match kernel.ioctl(self.fd, Request::DeviceGetIrqInfo(&mut irq)) {
+                Ok(_) => {}
+                // Unsupported index (vfio-pci's ERR index on conventional PCI).
+                Err(Errno::INVAL) => irq = sys::IrqInfo { index, ..Default::default() },
+                Err(e) => return Err(Error::syscall(Step::IrqInfo(index), e)),
+            }
+            let _ = self.irqs.push(IrqIndex { index, flags: IrqFlags::from_bits_retain(irq.flags), count: irq.count });
+        }
+        Ok(())
+    }
+
+    /// Describes region `index` and maps it if the kernel allows.
+    fn set_up_region<K: Kernel>(&self, kernel: &K, index: u32) -> Result<Region, Error> {
+        let mut info = sys::RegionInfo { argsz: sys::argsz::<sys::RegionInfo>(), index, ..Default::default() };
+        match kernel.ioctl(self.fd, Request::DeviceGetRegionInfo(&mut info)) {
+            Ok(_) => {}
+            // The kernel's way of saying "no region here" (the VGA index).
+            Err(Errno::INVAL) => return Ok(Region::unmapped(index, RegionKind::Absent, RegionFlags::empty(), 0, 0)),
+            Err(e) => return Err(Error::syscall(Step::RegionInfo(index), e)),
+        }
+        let flags = RegionFlags::from_bits_retain(info.flags);
+        if info.size == 0 {
+            return Ok(Region::unmapped(index, RegionKind::Empty, flags, 0, info.offset));
+        }
+        let prot = Protection { read: flags.contains(RegionFlags::READ), write: flags.contains(RegionFlags::WRITE) };
+        if !flags.contains(RegionFlags::MMAP) || !(prot.read || prot.write) {
+            return Ok(Region::unmapped(index, RegionKind::Unmapped, flags, info.size, info.offset));
+        }
+        let len = usize::try_from(info.size).map_err(|_| Error::syscall(Step::Mmap(index), Errno::NOMEM))?;
+        let base = kernel.mmap(self.fd, info.offset, len, prot).map_err(|e| Error::syscall(Step::Mmap(index), e))?;
+        // SAFETY: `base` is a fresh mapping of `len` bytes with `prot` (the
+        // `Kernel` contract); it is unmapped only in `release`, after the
+        // region is taken out of this state.
+        Ok(unsafe { Region::mapped(index, flags, info.size, info.offset, base, len) })
+    }
+
+    /// Unmaps every region and closes the device fd. Everything is released
+    /// even if a step fails; the first failure is returned.
+    pub(crate) fn release<K: Kernel>(mut self, kernel: &K) -> Result<(), Error> {
+        let mut result = Ok(());
+        for region in self.regions.iter_mut() {
+            if let Some((base, len)) = region.take_mapping() {
+                // SAFETY: the mapping came from `kernel.mmap` in
+                // `set_up_region`, and the region no longer points to it.
+                if let Err(e) = unsafe { kernel.munmap(base, len) } {
+                    result = result.and(Err(Error::syscall(Step::Munmap(region.index()), e)));
+                }
+            }
+        }
+        kernel.close(self.fd);
+        result
+    }
+
+    pub(crate) fn view<'a, K: Kernel>(&'a self, kernel: &'a K) -> Device<'a, K> {
+        Device { kernel, state: self }
+    }
+}
+
+/// An open device, borrowed from its [`Context`](crate::Context): while any
+/// `Device` or [`Region`] borrowed from it lives, the context cannot free the
+/// device or close.
+///
+/// Everything here only reads the context, so one `Device` (and its regions)
+/// can be used from several threads at once when the kernel type is `Sync`
+/// (the real one is).
+pub struct Device<'a, K: Kernel> {
+    kernel: &'a K,
+    state: &'a DeviceState,
+}
+
+impl<K: Kernel> Clone for Device<'_, K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K: Kernel> Copy for Device<'_, K> {}
+
+impl<K: Kernel> core::fmt::Debug for Device<'_, K> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Device")
+            .field("name", &self.state.name)
+            .field("bus", &self.state.bus)
+            .field("group", &self.state.group)
+            .field("flags", &self.state.flags)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, K: Kernel> Device<'a, K> {
+    /// The device's name.
+    pub fn name(&self) -> &'a str {
+        self.state.name.as_str()
+    }
+
+    /// The bus it was found on.
+    pub fn bus(&self) -> Bus {
+        self.state.bus
+    }
+
+    /// Its IOMMU group number.
+    pub fn group(&self) -> u32 {
+        self.state.group
+    }
+
+    /// Whether its group is a noiommu group (no isolation, no DMA mapping).
+    pub fn is_noiommu(&self) -> bool {
+        self.state.noiommu
+    }
+
+    /// The device fd, for the caller's own ioctls. The context owns it: do
+    /// not close it.
+    pub fn fd(&self) -> Fd {
+        self.state.fd
+    }
+
+    /// The kernel's device flags (PCI, PLATFORM, RESET, ...).
+    pub fn flags(&self) -> DeviceFlags {
+        self.state.flags
+    }
+
+    /// The number of regions the kernel reports. Only the first
+    /// [`MAX_REGIONS`] are set up.
+    pub fn num_regions(&self) -> u32 {
+        self.state.num_regions
+    }
+
+    /// The number of interrupt indexes the kernel reports. Only the first
+    /// [`MAX_IRQ_INDEXES`] are described in [`Device::irqs`].
+    pub fn num_irqs(&self) -> u32 {
+        self.state.num_irqs
+    }
+
+    /// Every region that was set up, by index.
+    pub fn regions(&self) -> &'a [Region] {
+        &self.state.regions
+    }
+
+    /// Region `index` (for PCI see [`crate::sys::pci_region`]).
+    pub fn region(&self, index: u32) -> Result<&'a Region, Error> {
+        self.state
+            .regions
+            .get(index as usize)
+            .ok_or(self.error(ErrorKind::NoSuchRegion { index, count: self.state.num_regions }))
+    }
+
+    /// Every interrupt index, as the kernel describes it.
+    pub fn irqs(&self) -> &'a [IrqIndex] {
+        &self.state.irqs
+    }
+
+    fn error(&self, kind: ErrorKind) -> Error {
+        Error::new(kind).for_device(self.state.name)
+    }
+
+    /// Checks that `len` bytes at `offset` of region `index` may be moved in
+    /// the direction given; returns the region and the fd offset.
+    fn transfer(&self, index: u32, offset: u64, len: usize, write: bool) -> Result<(&'a Region, u64), Error> {
+        use crate::region::AccessError;
+        let region = self.region(index)?;
+        let refuse = |error| Err(self.error(ErrorKind::Access(error)));
+        let needed = if write { RegionFlags::WRITE } else { RegionFlags::READ };
+        if matches!(region.kind(), RegionKind::Absent | RegionKind::Empty) || !region.flags().contains(needed) {
+            return refuse(if write { AccessError::NotWritable } else { AccessError::NotReadable });
+        }
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|end| end > region.size()) {
+            let len_region = usize::try_from(region.size()).unwrap_or(usize::MAX);
+            let off = usize::try_from(offset).unwrap_or(usize::MAX);
+            return refuse(AccessError::OutOfBounds { offset: off, width: len, len: len_region });
+        }
+        Ok((region, region.fd_offset() + offset))
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of region `index` with `pread` on
+    /// the device fd: the way to reach regions that cannot be mapped (PCI
+    /// config space, fw-cfg's 24 bytes). Makes a system call.
+    pub fn read_region(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let (_, at) = self.transfer(index, offset, buf.len(), false)?;
+        let done = self
+            .kernel
+            .pread(self.state.fd, buf, at)
+            .map_err(|e| Error::syscall(Step::Pread(index), e).for_device(self.state.name))?;
+        if done != buf.len() {
+            return Err(self.error(ErrorKind::ShortTransfer { region: index, done, wanted: buf.len() }));
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `offset` of region `index` with `pwrite` on the device
+    /// fd. Makes a system call.
+    pub fn write_region(&self, index: u32, offset: u64, buf: &[u8]) -> Result<(), Error> {
+        let (_, at) = self.transfer(index, offset, buf.len(), true)?;
+        let done = self
+            .kernel
+            .pwrite(self.state.fd, buf, at)
+            .map_err(|e| Error::syscall(Step::Pwrite(index), e).for_device(self.state.name))?;
+        if done != buf.len() {
+            return Err(self.error(ErrorKind::ShortTransfer { region: index, done, wanted: buf.len() }));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,400 @@
+//! Errors: small, `Copy`, allocation-free, and each says what to do next.
+
+use core::fmt;
+
+use rustix::io::Errno;
+
+use crate::name::{Bus, DeviceName, NameError};
+use crate::region::AccessError;
+
+/// The system call or kernel request that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// `open("/dev/vfio/vfio")`.
+    OpenContainer,
+    /// `VFIO_GET_API_VERSION`.
+    ApiVersion,
+    /// `VFIO_CHECK_EXTENSION`.
+    CheckExtension,
+    /// `VFIO_SET_IOMMU`.
+    SetIommu,
+    /// `readlink` of a sysfs entry.
+    ReadSysfs,
+    /// `open("/dev/vfio/N")`.
+    OpenGroup,
+    /// `VFIO_GROUP_GET_STATUS`.
+    GroupStatus,
+    /// `VFIO_GROUP_SET_CONTAINER`.
+    SetContainer,
+    /// `VFIO_GROUP_UNSET_CONTAINER`.
+    UnsetContainer,
+    /// `VFIO_GROUP_GET_DEVICE_FD`.
+    GetDeviceFd,
+    /// `VFIO_DEVICE_GET_INFO`.
+    DeviceInfo,
+    /// `VFIO_DEVICE_GET_REGION_INFO` for this region index.
+    RegionInfo(u32),
+    /// `VFIO_DEVICE_GET_IRQ_INFO` for this interrupt index.
+    IrqInfo(u32),
+    /// `mmap` of this region.
+    Mmap(u32),
+    /// `munmap` of this region.
+    Munmap(u32),
+    /// `pread` from this region.
+    Pread(u32),
+    /// `pwrite` to this region.
+    Pwrite(u32),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Step::OpenContainer => f.write_str("opening /dev/vfio/vfio"),
+            Step::ApiVersion => f.write_str("VFIO_GET_API_VERSION"),
+            Step::CheckExtension => f.write_str("VFIO_CHECK_EXTENSION"),
+            Step::SetIommu => f.write_str("VFIO_SET_IOMMU"),
+            Step::ReadSysfs => f.write_str("reading sysfs"),
+            Step::OpenGroup => f.write_str("opening the VFIO group node"),
+            Step::GroupStatus => f.write_str("VFIO_GROUP_GET_STATUS"),
+            Step::SetContainer => f.write_str("VFIO_GROUP_SET_CONTAINER"),
+            Step::UnsetContainer => f.write_str("VFIO_GROUP_UNSET_CONTAINER"),
+            Step::GetDeviceFd => f.write_str("VFIO_GROUP_GET_DEVICE_FD"),
+            Step::DeviceInfo => f.write_str("VFIO_DEVICE_GET_INFO"),
+            Step::RegionInfo(i) => write!(f, "VFIO_DEVICE_GET_REGION_INFO for region {i}"),
+            Step::IrqInfo(i) => write!(f, "VFIO_DEVICE_GET_IRQ_INFO for interrupt index {i}"),
+            Step::Mmap(i) => write!(f, "mmap of region {i}"),
+            Step::Munmap(i) => write!(f, "munmap of region {i}"),
+            Step::Pread(i) => write!(f, "pread from region {i}"),
+            Step::Pwrite(i) => write!(f, "pwrite to region {i}"),
+        }
+    }
+}
+
+/// A driver name read from sysfs, stored inline (truncated to 31 bytes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DriverName {
+    len: u8,
+    bytes: [u8; 31],
+}
+
+impl DriverName {
+    pub(crate) fn new(raw: &[u8]) -> Self {
+        let len = raw.len().min(31);
+        let mut bytes = [0; 31];
+        bytes[..len].copy_from_slice(&raw[..len]);
+        DriverName { len: len as u8, bytes }
+    }
+
+    /// The driver's name, as sysfs spells it (`e1000e`, `pci-host-generic`).
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl fmt::Debug for DriverName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// What went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The device name was refused before any system call.
+    InvalidName(NameError),
+    /// `/dev/vfio/vfio` does not exist: no VFIO module is loaded.
+    NoVfio,
+    /// Permission to a `/dev/vfio` node was denied.
+    Permission,
+    /// The kernel speaks a VFIO API version this crate does not know.
+    ApiVersion {
+        /// The version the kernel reported.
+        found: i32,
+    },
+    /// No such device on the bus given (or on any bus, if `None`).
+    NoSuchDevice {
+        /// The bus that was searched, `None` when every bus was.
+        bus: Option<Bus>,
+    },
+    /// The device is bound to no driver.
+    NotBound {
+        /// Its bus.
+        bus: Bus,
+    },
+    /// The device is bound to a driver that is not a VFIO driver.
+    WrongDriver {
+        /// Its bus.
+        bus: Bus,
+        /// The driver it is bound to.
+        driver: DriverName,
+    },
+    /// The device has no IOMMU group (no IOMMU, and noiommu mode is off).
+    NoIommuGroup {
+        /// Its bus.
+        bus: Bus,
+    },
+    /// Neither `/dev/vfio/N` nor `/dev/vfio/noiommu-N` exists.
+    GroupNodeMissing {
+        /// The group number.
+        group: u32,
+    },
+    /// The group is already open (another process or context holds it).
+    GroupBusy {
+        /// The group number.
+        group: u32,
+    },
+    /// The group is not viable: some device in it is bound to a non-VFIO driver.
+    GroupNotViable {
+        /// The group number.
+        group: u32,
+    },
+    /// The kernel offers no IOMMU backend this crate can use.
+    NoIommuType,
+    /// `VFIO_DEVICE_GET_INFO` does not describe a device of the expected bus.
+    BusMismatch {
+        /// The bus the device was found on.
+        bus: Bus,
+    },
+    /// This context already has the device open.
+    AlreadyOpen,
+    /// The device table is full.
+    DeviceTableFull {
+        /// Its capacity (the context's `DEVICES` parameter).
+        capacity: usize,
+    },
+    /// The group table is full.
+    GroupTableFull {
+        /// Its capacity (the context's `GROUPS` parameter).
+        capacity: usize,
+    },
+    /// The context cannot close while devices are open.
+    DevicesOpen {
+        /// How many are open.
+        count: usize,
+    },
+    /// The handle belongs to another context.
+    ForeignHandle,
+    /// The device has no region with this index.
+    NoSuchRegion {
+        /// The index asked for.
+        index: u32,
+        /// The number of regions the device has.
+        count: u32,
+    },
+    /// An access to a region was refused; nothing was read or written.
+    Access(AccessError),
+    /// `pread`/`pwrite` moved fewer bytes than asked.
+    ShortTransfer {
+        /// The region index.
+        region: u32,
+        /// Bytes moved.
+        done: usize,
+        /// Bytes asked for.
+        wanted: usize,
+    },
+    /// A system call failed; [`Error::errno`] says how.
+    Syscall(Step),
+}
+
+/// An error of this crate: what went wrong, the errno if a system call said
+/// so, and the device concerned. `Copy`, allocation-free, and its `Display`
+/// says how to fix it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    errno: Option<Errno>,
+    device: Option<DeviceName>,
+}
+
+impl Error {
+    pub(crate) const fn new(kind: ErrorKind) -> Self {
+        Error { kind, errno: None, device: None }
+    }
+
+    pub(crate) const fn syscall(step: Step, errno: Errno) -> Self {
+        Error { kind: ErrorKind::Syscall(step), errno: Some(errno), device: None }
+    }
+
+    pub(crate) const fn with_errno(mut self, errno: Errno) -> Self {
+        self.errno = Some(errno);
+        self
+    }
+
+    pub(crate) fn for_device(mut self, name: DeviceName) -> Self {
+        if self.device.is_none() {
+            self.device = Some(name);
+        }
+        self
+    }
+
+    /// What went wrong.
+    pub const fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The errno a system call returned, if one failed.
+    pub const fn errno(&self) -> Option<Errno> {
+        self.errno
+    }
+
+    /// The device concerned, if any.
+    pub fn device(&self) -> Option<&str> {
+        self.device.as_ref().map(DeviceName::as_str)
+    }
+}
+
+impl From<AccessError> for Error {
+    fn from(e: AccessError) -> Self {
+        Error::new(ErrorKind::Access(e))
+    }
+}
+
+impl From<NameError> for Error {
+    fn from(e: NameError) -> Self {
+        Error::new(ErrorKind::InvalidName(e))
+    }
+}
+
+/// A short name for the errnos VFIO setups meet, to make messages greppable.
+fn errno_name(e: Errno) -> Option<&'static str> {
+    Some(match e {
+        Errno::PERM => "EPERM",
+        Errno::NOENT => "ENOENT",
+        Errno::IO => "EIO",
+        Errno::NXIO => "ENXIO",
+        Errno::BADF => "EBADF",
+        Errno::NOMEM => "ENOMEM",
+        Errno::ACCESS => "EACCES",
+        Errno::FAULT => "EFAULT",
+        Errno::BUSY => "EBUSY",
+        Errno::EXIST => "EEXIST",
+        Errno::NODEV => "ENODEV",
+        Errno::INVAL => "EINVAL",
+        Errno::NOSPC => "ENOSPC",
+        Errno::NOTTY => "ENOTTY",
+        Errno::NOSYS => "ENOSYS",
+        Errno::OPNOTSUPP => "EOPNOTSUPP",
+        Errno::NAMETOOLONG => "ENAMETOOLONG",
+        _ => return None,
+    })
+}
+
+struct ErrnoDisplay(Errno);
+
+impl fmt::Display for ErrnoDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match errno_name(self.0) {
+            Some(name) => write!(f, "{name} (errno {})", self.0.raw_os_error()),
+            None => write!(f, "errno {}", self.0.raw_os_error()),
+        }
+    }
+}
+
+/// The commands that bind `dev` on `bus` to its VFIO driver.
+fn bind_recipe(f: &mut fmt::Formatter<'_>, bus: Bus, dev: &str) -> fmt::Result {
+    let drv = bus.vfio_driver();
+    let b = bus.sysfs_name();
+    match bus {
+        Bus::Pci => write!(
+            f,
+            "modprobe {drv}; echo {drv} > /sys/bus/{b}/devices/{dev}/driver_override; echo {dev} > /sys/bus/{b}/drivers_probe"
+        ),
+        Bus::Platform => write!(
+            f,
+            "modprobe {drv}; echo {drv} > /sys/bus/{b}/devices/{dev}/driver_override; echo {dev} > /sys/bus/{b}/drivers/{drv}/bind"
+        ),
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dev = self.device().unwrap_or("<device>");
+        if let Some(name) = self.device() {
+            write!(f, "{name}: ")?;
+        }
+        match self.kind {
+            ErrorKind::InvalidName(e) => write!(f, "{e}")?,
+            ErrorKind::NoVfio => f.write_str(
+                "/dev/vfio/vfio does not exist: load VFIO (modprobe vfio-pci, or modprobe vfio-platform)",
+            )?,
+            ErrorKind::Permission => f.write_str(
+                "permission denied on /dev/vfio: run as root, or give your user the group's node (chown USER /dev/vfio/N) and raise RLIMIT_MEMLOCK",
+            )?,
+            ErrorKind::ApiVersion { found } => write!(
+                f,
+                "the kernel's VFIO API version is {found}; this crate speaks version {}",
+                crate::sys::API_VERSION
+            )?,
+            ErrorKind::NoSuchDevice { bus: Some(bus) } => {
+                write!(f, "no such device: /sys/bus/{bus}/devices/{dev} does not exist")?
+            }
+            ErrorKind::NoSuchDevice { bus: None } => write!(
+                f,
+                "no such device: neither /sys/bus/pci/devices/{dev} nor /sys/bus/platform/devices/{dev} exists"
+            )?,
+            ErrorKind::NotBound { bus } => {
+                write!(f, "the device is bound to no driver; bind it to {}: ", bus.vfio_driver())?;
+                bind_recipe(f, bus, dev)?
+            }
+            ErrorKind::WrongDriver { bus, driver } => {
+                write!(
+                    f,
+                    "the device is bound to {}, not to a VFIO driver; unbind it (echo {dev} > /sys/bus/{bus}/devices/{dev}/driver/unbind), then: ",
+                    driver.as_str()
+                )?;
+                bind_recipe(f, bus, dev)?
+            }
+            ErrorKind::NoIommuGroup { bus } => write!(
+                f,
+                "/sys/bus/{bus}/devices/{dev}/iommu_group does not exist: enable the IOMMU (intel_iommu=on, or the SMMU in the device tree), or, on a system without one, load vfio with enable_unsafe_noiommu_mode=1"
+            )?,
+            ErrorKind::GroupNodeMissing { group } => write!(
+                f,
+                "neither /dev/vfio/{group} nor /dev/vfio/noiommu-{group} exists: is the device bound to a VFIO driver?"
+            )?,
+            ErrorKind::GroupBusy { group } => write!(
+                f,
+                "IOMMU group {group} is already open, by another process or another context (a group can be opened once)"
+            )?,
+            ErrorKind::GroupNotViable { group } => write!(
+                f,
+                "IOMMU group {group} is not viable: every device in /sys/kernel/iommu_groups/{group}/devices must be bound to a VFIO driver or to none"
+            )?,
+            ErrorKind::NoIommuType => f.write_str(
+                "the kernel offers neither the type1v2 nor the type1 IOMMU backend (load vfio_iommu_type1)",
+            )?,
+            ErrorKind::BusMismatch { bus } => {
+                write!(f, "the kernel does not describe the device as a {bus} device")?
+            }
+            ErrorKind::AlreadyOpen => f.write_str("the device is already open in this context")?,
+            ErrorKind::DeviceTableFull { capacity } => write!(
+                f,
+                "the device table is full ({capacity} devices): free one, or raise the context's DEVICES parameter"
+            )?,
+            ErrorKind::GroupTableFull { capacity } => write!(
+                f,
+                "the group table is full ({capacity} groups): free a device, or raise the context's GROUPS parameter"
+            )?,
+            ErrorKind::DevicesOpen { count } => {
+                write!(f, "{count} device(s) are still open: free them before closing the context")?
+            }
+            ErrorKind::ForeignHandle => f.write_str("this device handle belongs to another context")?,
+            ErrorKind::NoSuchRegion { index, count } => {
+                write!(f, "region {index} does not exist (the device has {count} regions)")?
+            }
+            ErrorKind::Access(error) => write!(f, "region access refused: {error}")?,
+            ErrorKind::ShortTransfer { region, done, wanted } => {
+                write!(f, "region {region}: moved {done} of {wanted} bytes")?
+            }
+            ErrorKind::Syscall(step) => write!(f, "{step} failed")?,
+        }
+        if let Some(errno) = self.errno {
+            write!(f, " [{}]", ErrnoDisplay(errno))?;
+        }
+        Ok(())
+    }
+}
+
+impl core::error::Error for Error {}

@@ -1,0 +1,110 @@
+//! An IOMMU group (`/dev/vfio/N` or `/dev/vfio/noiommu-N`), shared by the
+//! devices of that group that a context has open.
+
+use rustix::io::Errno;
+
+use crate::container::IommuKind;
+use crate::error::{Error, ErrorKind, Step};
+use crate::kernel::{Fd, Kernel, Request};
+use crate::path::sys_path;
+use crate::sys::{self, GroupFlags};
+
+/// An open, viable group, not yet attached to a container.
+#[derive(Debug)]
+pub(crate) struct Group {
+    number: u32,
+    fd: Fd,
+    kind: IommuKind,
+    /// Open devices of this context in the group.
+    devices: u32,
+}
+
+impl Group {
+    /// Opens group `number` (the IOMMU node, else the noiommu node) and checks
+    /// it is viable. On error nothing stays open.
+    pub(crate) fn open<K: Kernel>(kernel: &K, number: u32) -> Result<Self, Error> {
+        let (fd, kind) = Self::open_node(kernel, number)?;
+        let mut status = sys::GroupStatus { argsz: sys::argsz::<sys::GroupStatus>(), flags: 0 };
+        let viable = match kernel.ioctl(fd, Request::GroupGetStatus(&mut status)) {
+            Ok(_) => GroupFlags::from_bits_retain(status.flags).contains(GroupFlags::VIABLE),
+            Err(e) => {
+                kernel.close(fd);
+                return Err(Error::syscall(Step::GroupStatus, e));
+            }
+        };
+        if !viable {
+            kernel.close(fd);
+            return Err(Error::new(ErrorKind::GroupNotViable { group: number }));
+        }
+        Ok(Group { number, fd, kind, devices: 0 })
+    }
+
+    fn open_node<K: Kernel>(kernel: &K, number: u32) -> Result<(Fd, IommuKind), Error> {
+        let failed = |e: Errno| match e {
+            Errno::BUSY => Error::new(ErrorKind::GroupBusy { group: number }).with_errno(e),
+            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission).with_errno(e),
+            _ => Error::syscall(Step::OpenGroup, e),
+        };
+        let too_long = || Error::syscall(Step::OpenGroup, Errno::NAMETOOLONG);
+        let iommu = sys_path!("/dev/vfio/{number}").ok_or_else(too_long)?;
+        match kernel.open(iommu.as_c_str()) {
+            Ok(fd) => return Ok((fd, IommuKind::Type1)),
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(failed(e)),
+        }
+        let noiommu = sys_path!("/dev/vfio/noiommu-{number}").ok_or_else(too_long)?;
+        match kernel.open(noiommu.as_c_str()) {
+            Ok(fd) => Ok((fd, IommuKind::NoIommu)),
+            Err(Errno::NOENT) => {
+                Err(Error::new(ErrorKind::GroupNodeMissing { group: number }).with_errno(Errno::NOENT))
+            }
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    pub(crate) fn number(&self) -> u32 {
+        self.number
+    }
+
+    pub(crate) fn fd(&self) -> Fd {
+        self.fd
+    }
+
+    pub(crate) fn kind(&self) -> IommuKind {
+        self.kind
+    }
+
+    pub(crate) fn device_opened(&mut self) {
+        self.devices += 1;
+    }
+
+    /// Returns the number of devices still open.
+    pub(crate) fn device_closed(&mut self) -> u32 {
+        self.devices = self.devices.saturating_sub(1);
+        self.devices
+    }
+
+    /// `VFIO_GROUP_SET_CONTAINER`.
+    pub(crate) fn attach<K: Kernel>(&self, kernel: &K, container: Fd) -> Result<(), Error> {
+        kernel
+            .ioctl(self.fd, Request::GroupSetContainer(container))
+            .map(drop)
+            .map_err(|e| Error::syscall(Step::SetContainer, e))
+    }
+
+    /// Detaches from the container (if `attached`) and closes the group. The
+    /// fd is closed whatever the detach says, so nothing leaks; the detach's
+    /// error, if any, is returned for the caller to report.
+    pub(crate) fn close<K: Kernel>(self, kernel: &K, attached: bool) -> Result<(), Error> {
+        let detached = if attached {
+            kernel
+                .ioctl(self.fd, Request::GroupUnsetContainer)
+                .map(drop)
+                .map_err(|e| Error::syscall(Step::UnsetContainer, e))
+        } else {
+            Ok(())
+        };
+        kernel.close(self.fd);
+        detached
+    }
+}

@@ -1,0 +1,130 @@
+//! The real kernel, through `rustix` raw syscalls (no libc).
+
+use core::ffi::{c_void, CStr};
+use core::ptr::{self, NonNull};
+
+use rustix::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::ioctl::{Ioctl, IoctlOutput, Opcode};
+use rustix::mm::{MapFlags, ProtFlags};
+
+use super::{Fd, Kernel, Protection, Request};
+use crate::sys;
+
+/// The running Linux kernel. A zero-sized handle: copying it is free.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Host;
+
+/// One ioctl call as rustix wants it: an opcode and an argument word, with the
+/// ioctl's integer result as output.
+struct RawIoctl {
+    opcode: Opcode,
+    arg: *mut c_void,
+}
+
+// SAFETY: `as_ptr` returns the argument chosen in `Host::ioctl`, where each
+// opcode is paired with the argument type its uapi definition takes; the
+// output is the ioctl's return value, which needs no pointer access.
+unsafe impl Ioctl for RawIoctl {
+    type Output = IoctlOutput;
+    const IS_MUTATING: bool = true;
+
+    fn opcode(&self) -> Opcode {
+        self.opcode
+    }
+
+    fn as_ptr(&mut self) -> *mut c_void {
+        self.arg
+    }
+
+    unsafe fn output_from_ptr(out: IoctlOutput, _: *mut c_void) -> rustix::io::Result<IoctlOutput> {
+        Ok(out)
+    }
+}
+
+fn borrow(fd: Fd) -> BorrowedFd<'static> {
+    // SAFETY: `Fd`s reach the kernel only from a context that opened them and
+    // has not closed them yet; the borrow does not outlive the syscall it is
+    // made for (the 'static here is never stored).
+    unsafe { BorrowedFd::borrow_raw(fd.raw()) }
+}
+
+fn out_ptr<T>(value: &mut T) -> *mut c_void {
+    ptr::from_mut(value).cast()
+}
+
+// SAFETY: `mmap` below returns what the kernel mapped with MAP_SHARED, which is
+// page aligned and valid until munmap.
+unsafe impl Kernel for Host {
+    fn open(&self, path: &CStr) -> Result<Fd, Errno> {
+        let fd: OwnedFd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(Fd::from_raw(fd.into_raw_fd()))
+    }
+
+    fn close(&self, fd: Fd) {
+        // SAFETY: the caller owns `fd` and closes it once (see `Fd`).
+        drop(unsafe { OwnedFd::from_raw_fd(fd.raw()) });
+    }
+
+    fn ioctl(&self, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
+        let (opcode, arg): (Opcode, *mut c_void) = match request {
+            Request::GetApiVersion => (sys::GET_API_VERSION, ptr::null_mut()),
+            Request::CheckExtension(ext) => (sys::CHECK_EXTENSION, ext as usize as *mut c_void),
+            Request::SetIommu(kind) => (sys::SET_IOMMU, kind as usize as *mut c_void),
+            Request::GroupGetStatus(status) => (sys::GROUP_GET_STATUS, out_ptr(status)),
+            Request::GroupSetContainer(container) => {
+                let mut raw = container.raw();
+                // The kernel copies the int before returning; `raw` outlives the call.
+                return self.call(fd, sys::GROUP_SET_CONTAINER, out_ptr(&mut raw));
+            }
+            Request::GroupUnsetContainer => (sys::GROUP_UNSET_CONTAINER, ptr::null_mut()),
+            Request::GroupGetDeviceFd(name) => (sys::GROUP_GET_DEVICE_FD, name.as_ptr().cast_mut().cast()),
+            Request::DeviceGetInfo(info) => (sys::DEVICE_GET_INFO, out_ptr(info)),
+            Request::DeviceGetRegionInfo(info) => (sys::DEVICE_GET_REGION_INFO, out_ptr(info)),
+            Request::DeviceGetIrqInfo(info) => (sys::DEVICE_GET_IRQ_INFO, out_ptr(info)),
+        };
+        self.call(fd, opcode, arg)
+    }
+
+    fn mmap(&self, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
+        let mut flags = ProtFlags::empty();
+        if prot.read {
+            flags |= ProtFlags::READ;
+        }
+        if prot.write {
+            flags |= ProtFlags::WRITE;
+        }
+        // SAFETY: a new shared mapping at an address the kernel picks (NULL
+        // hint) cannot alias any memory Rust knows about.
+        let addr = unsafe { rustix::mm::mmap(ptr::null_mut(), len, flags, MapFlags::SHARED, borrow(fd), offset)? };
+        NonNull::new(addr.cast()).ok_or(Errno::FAULT)
+    }
+
+    unsafe fn munmap(&self, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { rustix::mm::munmap(addr.as_ptr().cast(), len) }
+    }
+
+    fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+        rustix::io::pread(borrow(fd), buf, offset)
+    }
+
+    fn pwrite(&self, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
+        rustix::io::pwrite(borrow(fd), buf, offset)
+    }
+
+    fn readlink<'b>(&self, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        let len = rustix::fs::readlinkat_raw(rustix::fs::CWD, path, &mut *buf)?;
+        Ok(&buf[..len])
+    }
+}
+
+impl Host {
+    fn call(&self, fd: Fd, opcode: Opcode, arg: *mut c_void) -> Result<i32, Errno> {
+        // SAFETY: `Host::ioctl` pairs each VFIO opcode with the argument its
+        // uapi definition takes (an integer, NULL, or a pointer to the matching
+        // `#[repr(C)]` struct or NUL-terminated name that lives across the call).
+        unsafe { rustix::ioctl::ioctl(borrow(fd), RawIoctl { opcode, arg }) }
+    }
+}

@@ -1,0 +1,145 @@
+//! The kernel seam: the few system calls the crate makes, behind one trait.
+//!
+//! [`Host`] implements it with `rustix` raw syscalls for real use; the fake
+//! kernel (`dao_vfio::fake`, feature `fake`) implements it for tests, and can
+//! fail any chosen call. Nothing outside this module and [`crate::sys`] talks
+//! to the kernel.
+
+mod host;
+
+pub use host::Host;
+
+use core::ffi::CStr;
+use core::ptr::NonNull;
+
+use rustix::io::Errno;
+
+use crate::sys;
+
+/// A file descriptor number handed out by a [`Kernel`].
+///
+/// It is a plain number: the context that received it closes it exactly once,
+/// through [`Kernel::close`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fd(i32);
+
+impl Fd {
+    /// Wraps a descriptor number.
+    pub const fn from_raw(raw: i32) -> Self {
+        Fd(raw)
+    }
+
+    /// The descriptor number, for the user's own `poll`/`epoll` or syscalls.
+    pub const fn raw(self) -> i32 {
+        self.0
+    }
+}
+
+/// Memory protection of a mapping, derived from a region's READ/WRITE flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protection {
+    /// `PROT_READ`.
+    pub read: bool,
+    /// `PROT_WRITE`.
+    pub write: bool,
+}
+
+/// One VFIO ioctl with its typed argument. The real kernel turns each variant
+/// into `ioctl(fd, VFIO_..., arg)`; a fake matches on it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Request<'a> {
+    /// `ioctl(container, VFIO_GET_API_VERSION)`; returns the version.
+    GetApiVersion,
+    /// `ioctl(container, VFIO_CHECK_EXTENSION, ext)`; returns > 0 if present.
+    CheckExtension(u32),
+    /// `ioctl(container, VFIO_SET_IOMMU, type)`.
+    SetIommu(u32),
+    /// `ioctl(group, VFIO_GROUP_GET_STATUS, &status)`.
+    GroupGetStatus(&'a mut sys::GroupStatus),
+    /// `ioctl(group, VFIO_GROUP_SET_CONTAINER, &container_fd)`.
+    GroupSetContainer(Fd),
+    /// `ioctl(group, VFIO_GROUP_UNSET_CONTAINER)`.
+    GroupUnsetContainer,
+    /// `ioctl(group, VFIO_GROUP_GET_DEVICE_FD, name)`; returns a new fd.
+    GroupGetDeviceFd(&'a CStr),
+    /// `ioctl(device, VFIO_DEVICE_GET_INFO, &info)`.
+    DeviceGetInfo(&'a mut sys::DeviceInfo),
+    /// `ioctl(device, VFIO_DEVICE_GET_REGION_INFO, &info)`.
+    DeviceGetRegionInfo(&'a mut sys::RegionInfo),
+    /// `ioctl(device, VFIO_DEVICE_GET_IRQ_INFO, &info)`.
+    DeviceGetIrqInfo(&'a mut sys::IrqInfo),
+}
+
+/// The system calls the crate makes.
+///
+/// Every path is absolute and NUL-terminated; every fd is opened `O_RDWR |
+/// O_CLOEXEC`.
+///
+/// # Safety
+///
+/// Implementors promise that a pointer returned by [`Kernel::mmap`] is valid
+/// for volatile reads and writes of `len` bytes (as its protection allows),
+/// aligned to at least 4096 bytes, and stays valid until it is passed to
+/// [`Kernel::munmap`]; the crate hands out references into that memory.
+pub unsafe trait Kernel {
+    /// `open(path, O_RDWR | O_CLOEXEC)`.
+    fn open(&self, path: &CStr) -> Result<Fd, Errno>;
+
+    /// `close(fd)`. Linux releases the fd even when close reports an error,
+    /// so there is nothing for the caller to do about one.
+    fn close(&self, fd: Fd);
+
+    /// `ioctl(fd, request...)`; returns the ioctl's non-negative result.
+    fn ioctl(&self, fd: Fd, request: Request<'_>) -> Result<i32, Errno>;
+
+    /// `mmap(NULL, len, prot, MAP_SHARED, fd, offset)`.
+    fn mmap(&self, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno>;
+
+    /// `munmap(addr, len)`.
+    ///
+    /// # Safety
+    ///
+    /// `addr` and `len` describe a mapping returned by [`Kernel::mmap`] of this
+    /// kernel, and nothing uses that memory afterwards.
+    unsafe fn munmap(&self, addr: NonNull<u8>, len: usize) -> Result<(), Errno>;
+
+    /// `pread(fd, buf, offset)`; returns the number of bytes read.
+    fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno>;
+
+    /// `pwrite(fd, buf, offset)`; returns the number of bytes written.
+    fn pwrite(&self, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno>;
+
+    /// `readlink(path, buf)`; returns the link's target, which may fill `buf`
+    /// completely (the caller treats a full buffer as possibly truncated).
+    fn readlink<'b>(&self, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno>;
+}
+
+// SAFETY: forwards to `K`, whose contract it inherits.
+unsafe impl<K: Kernel> Kernel for &K {
+    fn open(&self, path: &CStr) -> Result<Fd, Errno> {
+        (**self).open(path)
+    }
+    fn close(&self, fd: Fd) {
+        (**self).close(fd)
+    }
+    fn ioctl(&self, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
+        (**self).ioctl(fd, request)
+    }
+    fn mmap(&self, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
+        (**self).mmap(fd, offset, len, prot)
+    }
+    unsafe fn munmap(&self, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { (**self).munmap(addr, len) }
+    }
+    fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+        (**self).pread(fd, buf, offset)
+    }
+    fn pwrite(&self, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
+        (**self).pwrite(fd, buf, offset)
+    }
+    fn readlink<'b>(&self, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        (**self).readlink(path, buf)
+    }
+}

@@ -1,0 +1,80 @@
+//! # dao-vfio
+//!
+//! Deterministic user-space access to Linux devices through VFIO: platform
+//! devices bound to `vfio-platform` and PCI devices bound to `vfio-pci`. A
+//! Rust successor to Marvell DAO's VFIO library (`dao_vfio_init`,
+//! `dao_vfio_device_setup`, `dao_vfio_device_free`, `dao_vfio_fini`).
+//!
+//! - `no_std`, no heap (the crate does not use `alloc`), no libc: system
+//!   calls go through `rustix`.
+//! - Fixed-capacity tables; every failure is an [`Error`] that says what to do,
+//!   and leaves nothing open or mapped.
+//! - The data path (register access) makes no system call, takes no lock and
+//!   allocates nothing.
+//!
+//! ```no_run
+//! use dao_vfio::{register_block, Context, RO, RW};
+//!
+//! register_block! {
+//!     /// QEMU's edu device, BAR 0.
+//!     struct Edu {
+//!         0x00 => id: RO<u32>,
+//!         0x04 => liveness: RW<u32>,
+//!         0x08 => factorial: RW<u32>,
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), dao_vfio::Error> {
+//! let mut vfio = Context::open()?;                 // dao_vfio_init
+//! let edu = vfio.setup("0000:00:02.0")?;           // dao_vfio_device_setup
+//! {
+//!     let bar0 = vfio.device(&edu)?.region(0)?;
+//!     let regs = bar0.block::<Edu>(0)?;
+//!     assert_eq!(regs.id.read(), 0x010000ed);
+//! }
+//! vfio.free(edu)?;                                 // dao_vfio_device_free
+//! vfio.close().map_err(|(_, e)| e)?;               // dao_vfio_fini
+//! # Ok(()) }
+//! ```
+//!
+//! # Threads
+//! Setup, free and close need `&mut Context`; register access needs only
+//! `&Region`, which is `Sync`. See [`context`] and [`region`].
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub mod barrier;
+mod container;
+pub mod context;
+mod device;
+mod error;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+mod group;
+pub mod kernel;
+mod name;
+mod path;
+pub mod regblock;
+pub mod region;
+pub mod sys;
+mod sysfs;
+
+pub use container::IommuKind;
+pub use context::{Context, DeviceHandle};
+pub use device::{Device, IrqIndex, MAX_IRQ_INDEXES, MAX_REGIONS};
+pub use error::{DriverName, Error, ErrorKind, Step};
+pub use kernel::{Fd, Host, Kernel};
+pub use name::{Bus, DeviceName, NameError, MAX_NAME_LEN};
+pub use regblock::{Register, RegisterBlock, RO, RW, WO};
+pub use region::{AccessError, Region, RegionKind};
+pub use rustix::io::Errno;
+
+/// The examples in README.md, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,21 @@
+//! The VFIO kernel ABI, and nothing else.
+//!
+//! This module is the only place that knows ioctl numbers and the layout of the
+//! structures the kernel reads and writes (`include/uapi/linux/vfio.h`). Every
+//! structure carries `const` size and offset assertions, and every opcode is
+//! checked at compile time against `linux-raw-sys`, which is generated from the
+//! kernel headers.
+//!
+//! # References
+//! - `include/uapi/linux/vfio.h`
+//! - `Documentation/driver-api/vfio.rst`
+
+mod consts;
+mod flags;
+mod opcodes;
+mod structs;
+
+pub use consts::*;
+pub use flags::*;
+pub use opcodes::*;
+pub use structs::*;

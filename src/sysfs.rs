@@ -1,0 +1,134 @@
+//! What sysfs says about a device: its bus, its driver, its IOMMU group.
+//! Links are read into stack buffers; nothing allocates.
+
+use rustix::io::Errno;
+
+use crate::error::{DriverName, Error, ErrorKind, Step};
+use crate::kernel::Kernel;
+use crate::name::{Bus, DeviceName};
+use crate::path::sys_path;
+
+/// Room for a sysfs link target (`../../../devices/platform/...`).
+const LINK_CAPACITY: usize = 256;
+
+/// The last `/`-separated component of a link target.
+pub(crate) fn last_component(link: &[u8]) -> &[u8] {
+    let trimmed = link.strip_suffix(b"/").unwrap_or(link);
+    match trimmed.iter().rposition(|&b| b == b'/') {
+        Some(slash) => &trimmed[slash + 1..],
+        None => trimmed,
+    }
+}
+
+/// The group number at the end of an `iommu_group` link
+/// (`../../../kernel/iommu_groups/12` gives 12).
+pub(crate) fn parse_group_number(link: &[u8]) -> Option<u32> {
+    let digits = last_component(link);
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u32, |n, &d| n.checked_mul(10)?.checked_add(u32::from(d - b'0')))
+}
+
+/// Whether a driver name is one of VFIO's (`vfio-pci`, `vfio-platform`,
+/// `vfio-amba`, or a variant driver such as `mlx5_vfio_pci`).
+pub(crate) fn is_vfio_driver(driver: &[u8]) -> bool {
+    driver.starts_with(b"vfio") || driver.windows(5).any(|w| w == b"_vfio" || w == b"-vfio")
+}
+
+/// Reads a link; `Ok(None)` when it does not exist. A target that fills the
+/// whole buffer may be truncated and is refused as `ENAMETOOLONG`.
+fn read_link<'b, K: Kernel>(kernel: &K, path: &core::ffi::CStr, buf: &'b mut [u8]) -> Result<Option<&'b [u8]>, Error> {
+    let cap = buf.len();
+    match kernel.readlink(path, buf) {
+        Ok(target) if target.len() >= cap => Err(Error::syscall(Step::ReadSysfs, Errno::NAMETOOLONG)),
+        Ok(target) => Ok(Some(target)),
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
+        Err(e) => Err(Error::syscall(Step::ReadSysfs, e)),
+    }
+}
+
+fn too_long() -> Error {
+    Error::syscall(Step::ReadSysfs, Errno::NAMETOOLONG)
+}
+
+/// Finds the bus the device is on: the one stated, or PCI then platform.
+pub(crate) fn find_bus<K: Kernel>(kernel: &K, name: &DeviceName, stated: Option<Bus>) -> Result<Bus, Error> {
+    let candidates: &[Bus] = match stated {
+        Some(Bus::Pci) => &[Bus::Pci],
+        Some(Bus::Platform) => &[Bus::Platform],
+        None => &[Bus::Pci, Bus::Platform],
+    };
+    let mut buf = [0u8; LINK_CAPACITY];
+    for &bus in candidates {
+        let path = sys_path!("/sys/bus/{}/devices/{}", bus.sysfs_name(), name).ok_or_else(too_long)?;
+        if read_link(kernel, path.as_c_str(), &mut buf)?.is_some() {
+            return Ok(bus);
+        }
+    }
+    Err(Error::new(ErrorKind::NoSuchDevice { bus: stated }))
+}
+
+/// Checks the device is bound to a VFIO driver.
+pub(crate) fn check_driver<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<(), Error> {
+    let path = sys_path!("/sys/bus/{}/devices/{}/driver", bus.sysfs_name(), name).ok_or_else(too_long)?;
+    let mut buf = [0u8; LINK_CAPACITY];
+    match read_link(kernel, path.as_c_str(), &mut buf)? {
+        None => Err(Error::new(ErrorKind::NotBound { bus })),
+        Some(link) => {
+            let driver = last_component(link);
+            if is_vfio_driver(driver) {
+                Ok(())
+            } else {
+                Err(Error::new(ErrorKind::WrongDriver { bus, driver: DriverName::new(driver) }))
+            }
+        }
+    }
+}
+
+/// The device's IOMMU group number.
+pub(crate) fn iommu_group<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<u32, Error> {
+    let path = sys_path!("/sys/bus/{}/devices/{}/iommu_group", bus.sysfs_name(), name).ok_or_else(too_long)?;
+    let mut buf = [0u8; LINK_CAPACITY];
+    match read_link(kernel, path.as_c_str(), &mut buf)? {
+        None => Err(Error::new(ErrorKind::NoIommuGroup { bus })),
+        Some(link) => parse_group_number(link).ok_or(Error::syscall(Step::ReadSysfs, Errno::INVAL)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_component_of_links() {
+        assert_eq!(last_component(b"../../../bus/pci/drivers/vfio-pci"), b"vfio-pci");
+        assert_eq!(last_component(b"vfio-pci"), b"vfio-pci");
+        assert_eq!(last_component(b"a/b/"), b"b");
+        assert_eq!(last_component(b""), b"");
+        assert_eq!(last_component(b"/"), b"");
+    }
+
+    #[test]
+    fn group_numbers() {
+        assert_eq!(parse_group_number(b"../../../kernel/iommu_groups/12"), Some(12));
+        assert_eq!(parse_group_number(b"../../../kernel/iommu_groups/0"), Some(0));
+        assert_eq!(parse_group_number(b"../kernel/iommu_groups/4294967295"), Some(u32::MAX));
+        assert_eq!(parse_group_number(b"../kernel/iommu_groups/4294967296"), None);
+        assert_eq!(parse_group_number(b"../kernel/iommu_groups/"), None);
+        assert_eq!(parse_group_number(b"../kernel/iommu_groups/1a"), None);
+        assert_eq!(parse_group_number(b"../kernel/iommu_groups/-1"), None);
+        assert_eq!(parse_group_number(b"99999999999"), None);
+    }
+
+    #[test]
+    fn vfio_driver_names() {
+        assert!(is_vfio_driver(b"vfio-pci"));
+        assert!(is_vfio_driver(b"vfio-platform"));
+        assert!(is_vfio_driver(b"vfio-amba"));
+        assert!(is_vfio_driver(b"mlx5_vfio_pci"));
+        assert!(!is_vfio_driver(b"e1000e"));
+        assert!(!is_vfio_driver(b"pci-host-generic"));
+        assert!(!is_vfio_driver(b""));
+    }
+}

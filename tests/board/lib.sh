@@ -1,0 +1,50 @@
+# shellcheck shell=bash
+# Shared definitions of the virtual board rig. Sourced by prepare, run, test and demo;
+# never executed on its own.
+#
+# Everything heavy (kernels, busybox, device tree, base initramfs) lives in a cache OUTSIDE
+# the checkout; see `board_input_hash` for how a checkout finds the artifacts that match it.
+
+BOARD_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$BOARD_DIR/../.." && pwd)"
+CACHE="${DAO_VFIO_CACHE:-/var/cache/dao-vfio}"
+
+# Markers printed by the guest init (tests/board/init) and parsed by tests/board/run.
+# Kept in sync by hand with init; both are part of the input hash below.
+MARK_START='@@dao-vfio-start@@'
+MARK_EXIT_RE='@@dao-vfio-exit=([0-9]+)@@'
+
+# The kernel command lines. `panic=-1` + QEMU's -no-reboot: a guest panic ends QEMU at once.
+X86_APPEND='console=ttyS0 intel_iommu=on quiet panic=-1'
+ARM_APPEND='console=ttyAMA0 quiet panic=-1 vfio.enable_unsafe_noiommu_mode=1 vfio_platform.reset_required=0'
+
+# QEMU machine arguments (without kernel/initrd/dtb/console). The aarch64 ones are also used
+# to dump the device tree, so the edited tree always matches the machine that boots with it.
+# -nodefaults drops the default NIC, VGA, monitor and serial backends; the serial port is
+# added back by `run` on stdio.
+board_qemu_machine() {
+    case "$1" in
+        x86_64)  echo "qemu-system-x86_64 -accel tcg -machine q35 -m 512 -smp 1 -nodefaults -vga none -device intel-iommu -device edu" ;;
+        aarch64) echo "qemu-system-aarch64 -accel tcg -machine virt,iommu=smmuv3,gic-version=3 -cpu cortex-a57 -m 512 -smp 1 -nodefaults -device edu" ;;
+        *) return 1 ;;
+    esac
+}
+
+board_check_arch() {
+    case "${1:-}" in
+        x86_64|aarch64) ;;
+        *) echo "board: ARCH must be x86_64 or aarch64 (got '${1:-}')" >&2; exit 2 ;;
+    esac
+}
+
+# sha256 of the repo files that decide what prepare produces and how run boots it.
+# prepare writes $CACHE/boards/<arch>-<hash>.env; run looks for the file with its own hash,
+# so an edited init/config/script is noticed (run then asks for prepare) and two checkouts
+# with different rigs can share one cache.
+board_input_hash() {
+    (cd "$BOARD_DIR" && cat lib.sh init prepare build-arm64-kernel arm64-kernel.config) | sha256sum | cut -c1-16
+}
+
+board_env_file() { # ARCH [INPUT_HASH]
+    echo "$CACHE/boards/$1-${2:-$(board_input_hash)}.env"
+}

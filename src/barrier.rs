@@ -25,9 +25,11 @@
 //! there; `mfence` is needed only to order a store before a later load.
 //! The outer-shareable domain (`osh`) is the one DMA-capable devices are in,
 //! the same choice as Linux's `dma_wmb`/`dma_rmb` and DPDK's `rte_io_*mb`.
-//! Other architectures fall back to a sequentially consistent fence.
+//! The module exists on aarch64 and x86_64 only: elsewhere a CPU fence does not
+//! necessarily order device I/O (RISC-V needs `fence` with I/O bits), and a
+//! wrong barrier is worse than none that is visibly missing.
 
-#[cfg(any(target_arch = "x86_64", not(target_arch = "aarch64")))]
+#[cfg(target_arch = "x86_64")]
 use core::sync::atomic::{compiler_fence, fence, Ordering};
 
 /// Orders earlier stores before later stores, to normal or device memory:
@@ -43,8 +45,6 @@ pub fn io_wmb() {
     };
     #[cfg(target_arch = "x86_64")]
     compiler_fence(Ordering::SeqCst);
-    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
-    fence(Ordering::SeqCst);
 }
 
 /// Orders earlier loads before later loads and stores: put it between reading
@@ -60,8 +60,6 @@ pub fn io_rmb() {
     };
     #[cfg(target_arch = "x86_64")]
     compiler_fence(Ordering::SeqCst);
-    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
-    fence(Ordering::SeqCst);
 }
 
 /// Orders every earlier access before every later one.
@@ -74,7 +72,5 @@ pub fn io_mb() {
         core::arch::asm!("dmb osh", options(nostack, preserves_flags))
     };
     #[cfg(target_arch = "x86_64")]
-    fence(Ordering::SeqCst);
-    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
     fence(Ordering::SeqCst);
 }

@@ -5,7 +5,7 @@
 use rustix::io::Errno;
 
 use crate::error::{Error, ErrorKind, Step};
-use crate::kernel::{Fd, Kernel, Request};
+use crate::kernel::{Fd, Kernel, Request, TOKEN};
 use crate::sys;
 
 /// Which kind of IOMMU backend a container serves.
@@ -24,6 +24,8 @@ pub(crate) struct Container {
     kind: IommuKind,
     /// The IOMMU type set with `VFIO_SET_IOMMU`, while groups are attached.
     iommu_type: Option<u32>,
+    /// The type last set, kept after the last group left.
+    last_type: Option<u32>,
     /// Groups attached.
     groups: u32,
 }
@@ -31,19 +33,19 @@ pub(crate) struct Container {
 impl Container {
     /// Opens `/dev/vfio/vfio` and checks the API version.
     pub(crate) fn open<K: Kernel>(kernel: &K, kind: IommuKind) -> Result<Self, Error> {
-        let fd = kernel.open(c"/dev/vfio/vfio").map_err(|e| match e {
+        let fd = kernel.open(&TOKEN, c"/dev/vfio/vfio").map_err(|e| match e {
             Errno::NOENT => Error::new(ErrorKind::NoVfio).with_errno(e),
             Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission).with_errno(e),
             _ => Error::syscall(Step::OpenContainer, e),
         })?;
-        match kernel.ioctl(fd, Request::GetApiVersion) {
-            Ok(sys::API_VERSION) => Ok(Container { fd, kind, iommu_type: None, groups: 0 }),
+        match kernel.ioctl(&TOKEN, fd, Request::GetApiVersion) {
+            Ok(sys::API_VERSION) => Ok(Container { fd, kind, iommu_type: None, last_type: None, groups: 0 }),
             Ok(found) => {
-                kernel.close(fd);
+                kernel.close(&TOKEN, fd);
                 Err(Error::new(ErrorKind::ApiVersion { found }))
             }
             Err(e) => {
-                kernel.close(fd);
+                kernel.close(&TOKEN, fd);
                 Err(Error::syscall(Step::ApiVersion, e))
             }
         }
@@ -68,8 +70,9 @@ impl Container {
     pub(crate) fn group_joined<K: Kernel>(&mut self, kernel: &K) -> Result<(), Error> {
         if self.iommu_type.is_none() {
             let kind = self.choose_type(kernel)?;
-            kernel.ioctl(self.fd, Request::SetIommu(kind)).map_err(|e| Error::syscall(Step::SetIommu, e))?;
+            kernel.ioctl(&TOKEN, self.fd, Request::SetIommu(kind)).map_err(|e| Error::syscall(Step::SetIommu, e))?;
             self.iommu_type = Some(kind);
+            self.last_type = Some(kind);
         }
         self.groups += 1;
         Ok(())
@@ -83,6 +86,12 @@ impl Container {
         }
     }
 
+    /// Keeps the last IOMMU type as set although no group of ours is attached
+    /// (a group the kernel could not detach still holds it).
+    pub(crate) fn assume_type_kept(&mut self) {
+        self.iommu_type = self.last_type;
+    }
+
     fn choose_type<K: Kernel>(&self, kernel: &K) -> Result<u32, Error> {
         let preferred: &[u32] = match self.kind {
             IommuKind::Type1 => &[sys::TYPE1V2_IOMMU, sys::TYPE1_IOMMU],
@@ -90,7 +99,7 @@ impl Container {
         };
         for &kind in preferred {
             let present = kernel
-                .ioctl(self.fd, Request::CheckExtension(kind))
+                .ioctl(&TOKEN, self.fd, Request::CheckExtension(kind))
                 .map_err(|e| Error::syscall(Step::CheckExtension, e))?;
             if present > 0 {
                 return Ok(kind);
@@ -101,6 +110,6 @@ impl Container {
 
     /// Closes the container.
     pub(crate) fn close<K: Kernel>(self, kernel: &K) {
-        kernel.close(self.fd);
+        kernel.close(&TOKEN, self.fd);
     }
 }

@@ -7,18 +7,18 @@
 //! [`Device`], [`Region`](crate::Region)) may be shared among data-plane
 //! threads (the context is `Sync` when its kernel is; the real one is).
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::container::{Container, IommuKind};
 use crate::device::{Device, DeviceState, Placement};
 use crate::error::{Error, ErrorKind};
 use crate::group::Group;
-use crate::kernel::{Host, Kernel};
+use crate::kernel::{Host, Kernel, TOKEN};
 use crate::name::{Bus, DeviceName};
 use crate::sysfs;
 
 /// Distinguishes contexts, so a handle cannot be used with another one.
-static NEXT_CONTEXT_ID: AtomicU32 = AtomicU32::new(1);
+static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Default capacity of the device table.
 pub const DEFAULT_DEVICES: usize = 8;
@@ -38,8 +38,8 @@ pub const DEFAULT_GROUPS: usize = 8;
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a device handle is the only way to free the device before the context drops"]
 pub struct DeviceHandle {
-    context: u32,
-    serial: u32,
+    context: u64,
+    serial: u64,
 }
 
 /// The state of the library: what `dao_vfio_init` creates and `dao_vfio_fini`
@@ -78,8 +78,8 @@ pub struct DeviceHandle {
 /// ```
 pub struct Context<K: Kernel = Host, const DEVICES: usize = DEFAULT_DEVICES, const GROUPS: usize = DEFAULT_GROUPS> {
     kernel: K,
-    id: u32,
-    next_serial: u32,
+    id: u64,
+    next_serial: u64,
     /// The container for groups behind a real IOMMU; opened with the context.
     iommu: Container,
     /// The container for noiommu groups; open while it has groups.
@@ -181,7 +181,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Context<K, DEVICES, G
             let _ = self.release_group(group);
             return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
         }
-        self.next_serial = serial.wrapping_add(1);
+        self.next_serial = serial + 1; // u64: cannot wrap in practice
         Ok(DeviceHandle { context: self.id, serial })
     }
 
@@ -254,7 +254,12 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Context<K, DEVICES, G
         let kind = group.kind();
         let result = group.close(&self.kernel, true);
         match kind {
-            IommuKind::Type1 => self.iommu.group_left(),
+            IommuKind::Type1 => {
+                self.iommu.group_left();
+                if result.is_err() && self.iommu.groups() == 0 {
+                    self.renew_iommu_container();
+                }
+            }
             IommuKind::NoIommu => {
                 if let Some(container) = &mut self.noiommu {
                     container.group_left();
@@ -267,6 +272,19 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Context<K, DEVICES, G
             }
         }
         result
+    }
+
+    /// After a failed `VFIO_GROUP_UNSET_CONTAINER` the kernel may keep the
+    /// group attached (its release waits for every reference to the device
+    /// file), and with it the container's IOMMU type, which a new group could
+    /// then not set. Start over with a fresh container; the kernel frees the
+    /// old one with its last reference. If none can be opened, keep the old
+    /// one and assume its type is still set.
+    fn renew_iommu_container(&mut self) {
+        match Container::open(&self.kernel, IommuKind::Type1) {
+            Ok(fresh) => core::mem::replace(&mut self.iommu, fresh).close(&self.kernel),
+            Err(_) => self.iommu.assume_type_kept(),
+        }
     }
 
     /// The device behind `handle`. The borrow keeps the device open.
@@ -337,7 +355,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Drop for Context<K, D
         if let Some(container) = self.noiommu.take() {
             container.close(&self.kernel);
         }
-        self.kernel.close(self.iommu.fd());
+        self.kernel.close(&TOKEN, self.iommu.fd());
     }
 }
 

@@ -4,7 +4,7 @@
 use rustix::io::Errno;
 
 use crate::error::{Error, ErrorKind, Step};
-use crate::kernel::{Fd, Kernel, Protection, Request};
+use crate::kernel::{Fd, Kernel, Protection, Request, TOKEN};
 use crate::name::{Bus, DeviceName};
 use crate::path::sys_path;
 use crate::region::{Region, RegionKind};
@@ -48,7 +48,7 @@ impl IrqIndex {
 /// What a context keeps of an open device.
 #[derive(Debug)]
 pub(crate) struct DeviceState {
-    pub(crate) serial: u32,
+    pub(crate) serial: u64,
     pub(crate) name: DeviceName,
     pub(crate) bus: Bus,
     pub(crate) group: u32,
@@ -68,7 +68,7 @@ pub(crate) struct Placement {
     pub(crate) group: u32,
     pub(crate) group_fd: Fd,
     pub(crate) noiommu: bool,
-    pub(crate) serial: u32,
+    pub(crate) serial: u64,
 }
 
 impl DeviceState {
@@ -77,7 +77,7 @@ impl DeviceState {
     pub(crate) fn open<K: Kernel>(kernel: &K, at: Placement) -> Result<Self, Error> {
         let cname = sys_path!("{}", at.name).ok_or(Error::syscall(Step::GetDeviceFd, Errno::NAMETOOLONG))?;
         let raw = kernel
-            .ioctl(at.group_fd, Request::GroupGetDeviceFd(cname.as_c_str()))
+            .ioctl(&TOKEN, at.group_fd, Request::GroupGetDeviceFd(cname.as_c_str()))
             .map_err(|e| Error::syscall(Step::GetDeviceFd, e))?;
         let mut state = DeviceState {
             serial: at.serial,
@@ -105,7 +105,9 @@ impl DeviceState {
 
     fn describe<K: Kernel>(&mut self, kernel: &K) -> Result<(), Error> {
         let mut info = sys::DeviceInfo { argsz: sys::argsz::<sys::DeviceInfo>(), ..Default::default() };
-        kernel.ioctl(self.fd, Request::DeviceGetInfo(&mut info)).map_err(|e| Error::syscall(Step::DeviceInfo, e))?;
+        kernel
+            .ioctl(&TOKEN, self.fd, Request::DeviceGetInfo(&mut info))
+            .map_err(|e| Error::syscall(Step::DeviceInfo, e))?;
         self.flags = DeviceFlags::from_bits_retain(info.flags);
         let expected = match self.bus {
             Bus::Pci => DeviceFlags::PCI,
@@ -123,7 +125,7 @@ impl DeviceState {
         }
         for index in 0..info.num_irqs.min(MAX_IRQ_INDEXES as u32) {
             let mut irq = sys::IrqInfo { argsz: sys::argsz::<sys::IrqInfo>(), index, ..Default::default() };
-            match kernel.ioctl(self.fd, Request::DeviceGetIrqInfo(&mut irq)) {
+            match kernel.ioctl(&TOKEN, self.fd, Request::DeviceGetIrqInfo(&mut irq)) {
                 Ok(_) => {}
                 // Unsupported index (vfio-pci's ERR index on conventional PCI).
                 Err(Errno::INVAL) => irq = sys::IrqInfo { index, ..Default::default() },
@@ -137,7 +139,7 @@ impl DeviceState {
     /// Describes region `index` and maps it if the kernel allows.
     fn set_up_region<K: Kernel>(&self, kernel: &K, index: u32) -> Result<Region, Error> {
         let mut info = sys::RegionInfo { argsz: sys::argsz::<sys::RegionInfo>(), index, ..Default::default() };
-        match kernel.ioctl(self.fd, Request::DeviceGetRegionInfo(&mut info)) {
+        match kernel.ioctl(&TOKEN, self.fd, Request::DeviceGetRegionInfo(&mut info)) {
             Ok(_) => {}
             // The kernel's way of saying "no region here" (the VGA index).
             Err(Errno::INVAL) => return Ok(Region::unmapped(index, RegionKind::Absent, RegionFlags::empty(), 0, 0)),
@@ -152,7 +154,16 @@ impl DeviceState {
             return Ok(Region::unmapped(index, RegionKind::Unmapped, flags, info.size, info.offset));
         }
         let len = usize::try_from(info.size).map_err(|_| Error::syscall(Step::Mmap(index), Errno::NOMEM))?;
-        let base = kernel.mmap(self.fd, info.offset, len, prot).map_err(|e| Error::syscall(Step::Mmap(index), e))?;
+        let base = match kernel.mmap(&TOKEN, self.fd, info.offset, len, prot) {
+            Ok(base) => base,
+            // A region with capabilities may allow mapping only parts of it
+            // (sparse mmap, e.g. around an MSI-X table); until those parts
+            // are mapped one by one, such a region is reached with pread/pwrite.
+            Err(Errno::INVAL | Errno::PERM) if flags.contains(RegionFlags::CAPS) => {
+                return Ok(Region::unmapped(index, RegionKind::Unmapped, flags, info.size, info.offset));
+            }
+            Err(e) => return Err(Error::syscall(Step::Mmap(index), e)),
+        };
         // SAFETY: `base` is a fresh mapping of `len` bytes with `prot` (the
         // `Kernel` contract); it is unmapped only in `release`, after the
         // region is taken out of this state.
@@ -167,12 +178,12 @@ impl DeviceState {
             if let Some((base, len)) = region.take_mapping() {
                 // SAFETY: the mapping came from `kernel.mmap` in
                 // `set_up_region`, and the region no longer points to it.
-                if let Err(e) = unsafe { kernel.munmap(base, len) } {
+                if let Err(e) = unsafe { kernel.munmap(&TOKEN, base, len) } {
                     result = result.and(Err(Error::syscall(Step::Munmap(region.index()), e)));
                 }
             }
         }
-        kernel.close(self.fd);
+        kernel.close(&TOKEN, self.fd);
         result
     }
 
@@ -294,7 +305,13 @@ impl<'a, K: Kernel> Device<'a, K> {
             let off = usize::try_from(offset).unwrap_or(usize::MAX);
             return refuse(AccessError::OutOfBounds { offset: off, width: len, len: len_region });
         }
-        Ok((region, region.fd_offset() + offset))
+        let at =
+            region.fd_offset().checked_add(offset).ok_or(self.error(ErrorKind::Access(AccessError::OutOfBounds {
+                offset: usize::try_from(offset).unwrap_or(usize::MAX),
+                width: len,
+                len: usize::try_from(region.size()).unwrap_or(usize::MAX),
+            })))?;
+        Ok((region, at))
     }
 
     /// Reads `buf.len()` bytes at `offset` of region `index` with `pread` on
@@ -304,7 +321,7 @@ impl<'a, K: Kernel> Device<'a, K> {
         let (_, at) = self.transfer(index, offset, buf.len(), false)?;
         let done = self
             .kernel
-            .pread(self.state.fd, buf, at)
+            .pread(&TOKEN, self.state.fd, buf, at)
             .map_err(|e| Error::syscall(Step::Pread(index), e).for_device(self.state.name))?;
         if done != buf.len() {
             return Err(self.error(ErrorKind::ShortTransfer { region: index, done, wanted: buf.len() }));
@@ -318,7 +335,7 @@ impl<'a, K: Kernel> Device<'a, K> {
         let (_, at) = self.transfer(index, offset, buf.len(), true)?;
         let done = self
             .kernel
-            .pwrite(self.state.fd, buf, at)
+            .pwrite(&TOKEN, self.state.fd, buf, at)
             .map_err(|e| Error::syscall(Step::Pwrite(index), e).for_device(self.state.name))?;
         if done != buf.len() {
             return Err(self.error(ErrorKind::ShortTransfer { region: index, done, wanted: buf.len() }));

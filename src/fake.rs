@@ -6,6 +6,12 @@
 //! Available with the `fake` feature, so drivers built on this crate can be
 //! unit-tested on a machine with no VFIO at all.
 //!
+//! The fake's regions are ordinary memory, not device memory: two threads
+//! accessing the *same* register at the same time, one of them writing, is a
+//! data race there (undefined behaviour), whereas on a real mapping it is what
+//! hardware drivers do. Tests that share a fake region between threads must
+//! keep each thread on its own registers.
+//!
 //! ```
 //! use dao_vfio::fake::{FakeDevice, FakeKernel};
 //! use dao_vfio::Context;
@@ -31,7 +37,7 @@ use std::{format, vec};
 
 use rustix::io::Errno;
 
-use crate::kernel::{Fd, Kernel, Protection, Request};
+use crate::kernel::{Fd, Kernel, Protection, Request, Token};
 use crate::name::Bus;
 use crate::sys::{self, DeviceFlags, GroupFlags, IrqFlags, RegionFlags};
 
@@ -582,10 +588,12 @@ impl State {
 }
 
 // SAFETY: `mmap` returns pointers into `Backing` memory, page aligned and at
-// least as long as the mapping; backings live as long as the `FakeKernel`,
-// which outlives every context using it (a context owns or borrows it).
+// least as long as the mapping; backings are heap allocations that live as
+// long as the `FakeKernel` (moving it does not move them), which outlives
+// every context using it (a context owns or borrows it). Concurrent access is
+// allowed to disjoint registers only (see the module documentation).
 unsafe impl Kernel for FakeKernel {
-    fn open(&self, path: &CStr) -> Result<Fd, Errno> {
+    fn open(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
         let mut s = self.enter("open")?;
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
         if path == "/dev/vfio/vfio" {
@@ -601,7 +609,7 @@ unsafe impl Kernel for FakeKernel {
         Ok(s.new_fd(Object::Group { number, container: None }))
     }
 
-    fn close(&self, fd: Fd) {
+    fn close(&self, _: &Token, fd: Fd) {
         let mut s = self.lock();
         match s.fds.remove(&fd.raw()) {
             None => s.bad_closes += 1,
@@ -610,11 +618,11 @@ unsafe impl Kernel for FakeKernel {
         }
     }
 
-    fn ioctl(&self, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
+    fn ioctl(&self, _: &Token, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
         self.enter("ioctl")?.ioctl(fd, request)
     }
 
-    fn mmap(&self, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
+    fn mmap(&self, _: &Token, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
         let mut s = self.enter("mmap")?;
         let device = s.device_of(fd).map_err(|_| Errno::BADF)?;
         let (index, within) = s.locate(device, offset)?;
@@ -631,7 +639,7 @@ unsafe impl Kernel for FakeKernel {
         Ok(base)
     }
 
-    unsafe fn munmap(&self, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+    unsafe fn munmap(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
         let mut s = self.enter("munmap")?;
         match s.mappings.get(&(addr.as_ptr() as usize)) {
             Some(&(mapped, _, _)) if mapped == len => {
@@ -642,7 +650,7 @@ unsafe impl Kernel for FakeKernel {
         }
     }
 
-    fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+    fn pread(&self, _: &Token, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
         let s = self.enter("pread")?;
         let device = s.device_of(fd)?;
         let (index, within) = s.locate(device, offset)?;
@@ -657,7 +665,7 @@ unsafe impl Kernel for FakeKernel {
         Ok(n)
     }
 
-    fn pwrite(&self, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
+    fn pwrite(&self, _: &Token, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
         let s = self.enter("pwrite")?;
         let device = s.device_of(fd)?;
         let (index, within) = s.locate(device, offset)?;
@@ -672,7 +680,7 @@ unsafe impl Kernel for FakeKernel {
         Ok(n)
     }
 
-    fn readlink<'b>(&self, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+    fn readlink<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         let s = self.enter("readlink")?;
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
         let target = s

@@ -5,7 +5,7 @@ use rustix::io::Errno;
 
 use crate::container::IommuKind;
 use crate::error::{Error, ErrorKind, Step};
-use crate::kernel::{Fd, Kernel, Request};
+use crate::kernel::{Fd, Kernel, Request, TOKEN};
 use crate::path::sys_path;
 use crate::sys::{self, GroupFlags};
 
@@ -25,15 +25,15 @@ impl Group {
     pub(crate) fn open<K: Kernel>(kernel: &K, number: u32) -> Result<Self, Error> {
         let (fd, kind) = Self::open_node(kernel, number)?;
         let mut status = sys::GroupStatus { argsz: sys::argsz::<sys::GroupStatus>(), flags: 0 };
-        let viable = match kernel.ioctl(fd, Request::GroupGetStatus(&mut status)) {
+        let viable = match kernel.ioctl(&TOKEN, fd, Request::GroupGetStatus(&mut status)) {
             Ok(_) => GroupFlags::from_bits_retain(status.flags).contains(GroupFlags::VIABLE),
             Err(e) => {
-                kernel.close(fd);
+                kernel.close(&TOKEN, fd);
                 return Err(Error::syscall(Step::GroupStatus, e));
             }
         };
         if !viable {
-            kernel.close(fd);
+            kernel.close(&TOKEN, fd);
             return Err(Error::new(ErrorKind::GroupNotViable { group: number }));
         }
         Ok(Group { number, fd, kind, devices: 0 })
@@ -47,13 +47,13 @@ impl Group {
         };
         let too_long = || Error::syscall(Step::OpenGroup, Errno::NAMETOOLONG);
         let iommu = sys_path!("/dev/vfio/{number}").ok_or_else(too_long)?;
-        match kernel.open(iommu.as_c_str()) {
+        match kernel.open(&TOKEN, iommu.as_c_str()) {
             Ok(fd) => return Ok((fd, IommuKind::Type1)),
             Err(Errno::NOENT) => {}
             Err(e) => return Err(failed(e)),
         }
         let noiommu = sys_path!("/dev/vfio/noiommu-{number}").ok_or_else(too_long)?;
-        match kernel.open(noiommu.as_c_str()) {
+        match kernel.open(&TOKEN, noiommu.as_c_str()) {
             Ok(fd) => Ok((fd, IommuKind::NoIommu)),
             Err(Errno::NOENT) => {
                 Err(Error::new(ErrorKind::GroupNodeMissing { group: number }).with_errno(Errno::NOENT))
@@ -87,7 +87,7 @@ impl Group {
     /// `VFIO_GROUP_SET_CONTAINER`.
     pub(crate) fn attach<K: Kernel>(&self, kernel: &K, container: Fd) -> Result<(), Error> {
         kernel
-            .ioctl(self.fd, Request::GroupSetContainer(container))
+            .ioctl(&TOKEN, self.fd, Request::GroupSetContainer(container))
             .map(drop)
             .map_err(|e| Error::syscall(Step::SetContainer, e))
     }
@@ -98,13 +98,13 @@ impl Group {
     pub(crate) fn close<K: Kernel>(self, kernel: &K, attached: bool) -> Result<(), Error> {
         let detached = if attached {
             kernel
-                .ioctl(self.fd, Request::GroupUnsetContainer)
+                .ioctl(&TOKEN, self.fd, Request::GroupUnsetContainer)
                 .map(drop)
                 .map_err(|e| Error::syscall(Step::UnsetContainer, e))
         } else {
             Ok(())
         };
-        kernel.close(self.fd);
+        kernel.close(&TOKEN, self.fd);
         detached
     }
 }

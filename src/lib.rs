@@ -48,6 +48,7 @@
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 pub mod barrier;
 mod container;
 pub mod context;
@@ -70,7 +71,7 @@ pub use device::{Device, IrqIndex, MAX_IRQ_INDEXES, MAX_REGIONS};
 pub use error::{DriverName, Error, ErrorKind, Step};
 pub use kernel::{Fd, Host, Kernel};
 pub use name::{Bus, DeviceName, NameError, MAX_NAME_LEN};
-pub use regblock::{Register, RegisterBlock, RO, RW, WO};
+pub use regblock::{Register, RegisterBlock, Reserved, RO, RW, WO};
 pub use region::{AccessError, Region, RegionKind};
 pub use rustix::io::Errno;
 

@@ -8,7 +8,7 @@
 //! once at run time.
 //!
 //! ```
-//! use dao_vfio::{register_block, RO, RW, WO};
+//! use dao_vfio::{register_block, Reserved, RO, RW, WO};
 //!
 //! register_block! {
 //!     /// The QEMU `edu` device's BAR 0.
@@ -16,10 +16,10 @@
 //!         0x00 => pub id: RO<u32>,
 //!         0x04 => pub liveness: RW<u32>,
 //!         0x08 => pub factorial: RW<u32>,
-//!         0x0c => _gap: [u32; 5],
+//!         0x0c => _gap: Reserved<0x14>,
 //!         0x20 => pub status: RW<u32>,
 //!         0x24 => pub irq_status: RO<u32>,
-//!         0x28 => _gap2: [u32; 14],
+//!         0x28 => _gap2: Reserved<0x38>,
 //!         0x60 => pub irq_raise: WO<u32>,
 //!     }
 //! }
@@ -35,6 +35,13 @@
 //!         0x08 => b: dao_vfio::RO<u32>, // really at 0x04
 //!     }
 //! }
+//! ```
+//!
+//! Nor does a field that is not a register (a plain integer would be read
+//! without `volatile`):
+//!
+//! ```compile_fail
+//! dao_vfio::register_block! { struct R { 0x0 => id: u32 } }
 //! ```
 //!
 //! Nor does writing a read-only register:
@@ -59,14 +66,17 @@
 //! register write can start DMA or otherwise reach memory Rust owns, which
 //! only the driver can vouch for.
 
+use core::cell::UnsafeCell;
+
 pub use volatile_register::{RO, RW, WO};
 
 /// A type that is made only of volatile register cells and plain padding,
 /// so a reference to it over device memory reads nothing by itself.
 ///
 /// # Safety
-/// The type is `#[repr(C)]` and every field is a [`Register`] (a cell or an
-/// array of cells) or padding that is never read. Use
+/// The type is `#[repr(C)]`, every field is a [`Register`] (a cell, an array
+/// of cells, or [`Reserved`] bytes), and its alignment is at most 4096 (a
+/// mapping's alignment). Use
 /// [`register_block!`](crate::register_block), which checks this.
 pub unsafe trait RegisterBlock: Sized {}
 
@@ -93,16 +103,21 @@ registers!(u8, u16, u32, u64);
 
 // SAFETY: an array of registers is registers.
 unsafe impl<R: Register, const N: usize> Register for [R; N] {}
-// SAFETY: padding bytes; the macro makes such fields private and nothing reads them.
-unsafe impl<const N: usize> Register for [u8; N] {}
-// SAFETY: as above, for word-sized padding.
-unsafe impl<const N: usize> Register for [u32; N] {}
+
+/// `N` reserved bytes in a register block: a gap between registers. It has no
+/// accessors, so nothing reads or writes it, and, being an `UnsafeCell`, a
+/// reference to a block over device memory promises nothing about its bytes.
+#[repr(transparent)]
+pub struct Reserved<const N: usize>(UnsafeCell<[u8; N]>);
+
+// SAFETY: an `UnsafeCell` that is never accessed.
+unsafe impl<const N: usize> Register for Reserved<N> {}
 
 /// Declares a `#[repr(C)]` register block whose field offsets are checked at
 /// compile time, and implements [`RegisterBlock`] for it.
 ///
-/// Each field is written `OFFSET => [pub] name: Type`; padding fields are
-/// plain byte or word arrays (`[u8; N]`, `[u32; N]`).
+/// Each field is written `OFFSET => [pub] name: Type`; gaps between registers
+/// are [`Reserved<N>`](Reserved) fields.
 #[macro_export]
 macro_rules! register_block {
     (
@@ -126,6 +141,7 @@ macro_rules! register_block {
             )*
             const fn is_register<T: $crate::Register>() {}
             $( is_register::<$ty>(); )*
+            assert!(::core::mem::align_of::<$name>() <= 4096, "a register block cannot be aligned beyond a page");
         };
 
         // SAFETY: `#[repr(C)]`, and every field was checked above to be a `Register`.

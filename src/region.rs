@@ -104,11 +104,14 @@ pub struct Region {
     writable: usize,
 }
 
-// SAFETY: a `Region` is plain data plus a pointer to a shared device mapping
-// that lives as long as the `Region` (it is unmapped only by the context, which
+// SAFETY: a `Region` is plain data plus a pointer to a shared mapping that
+// lives as long as the `Region` (it is unmapped only by the context, which
 // must first get `&mut` access and so outlive every borrow of the region).
 // Accesses through it are single volatile loads and stores of device memory,
-// which other threads may make too, as kernel drivers do with readl/writel.
+// which other threads may make too, as kernel drivers do with readl/writel;
+// the `Kernel` contract requires mappings that allow this. (The fake kernel's
+// regions are ordinary memory and allow it for disjoint registers only; see
+// `dao_vfio::fake`.)
 unsafe impl Send for Region {}
 // SAFETY: see `Send`; `&Region` only permits volatile accesses.
 unsafe impl Sync for Region {}
@@ -199,7 +202,7 @@ impl Region {
             AccessError::NotWritable
         } else if !write && !self.flags.contains(RegionFlags::READ) {
             AccessError::NotReadable
-        } else if !offset.is_multiple_of(align) {
+        } else if !self.base.is_some_and(|b| b.as_ptr().addr().wrapping_add(offset).is_multiple_of(align)) {
             AccessError::Misaligned { offset, align }
         } else {
             AccessError::OutOfBounds { offset, width, len: self.mapped_len() }
@@ -211,7 +214,10 @@ impl Region {
     #[inline(always)]
     fn checked(&self, offset: usize, width: usize, align: usize, limit: usize) -> Option<NonNull<u8>> {
         let base = self.base?;
-        if limit < width || offset > limit - width || offset & (align - 1) != 0 {
+        // Alignment of the address, not just of the offset: a block type may
+        // be aligned beyond what the offset alone guarantees.
+        let misaligned = base.as_ptr().addr().wrapping_add(offset) & (align - 1) != 0;
+        if limit < width || offset > limit - width || misaligned {
             return None;
         }
         // SAFETY: `offset + width <= limit <= mapping length`, so the result
@@ -383,6 +389,25 @@ mod tests {
             0x04 => scratch: crate::RW<u32>,
             0x08 => wide: crate::RW<u64>,
         }
+    }
+
+    crate::register_block! {
+        /// A block aligned beyond its registers.
+        #[repr(align(64))]
+        struct Wide {
+            0x00 => a: crate::RW<u64>,
+        }
+    }
+
+    #[test]
+    fn blocks_are_aligned_by_address_not_only_by_offset() {
+        let mut mem = [0u64; 32];
+        let r = over(&mut mem, RegionFlags::READ | RegionFlags::WRITE | RegionFlags::MMAP);
+        let base = r.as_ptr().unwrap().as_ptr().addr();
+        let aligned = (64 - base % 64) % 64;
+        assert!(r.block::<Wide>(aligned).is_ok());
+        let off = aligned + 8;
+        assert_eq!(r.block::<Wide>(off).err(), Some(AccessError::Misaligned { offset: off, align: 64 }));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use rustix::io::Errno;
 
 use crate::error::{DriverName, Error, ErrorKind, Step};
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, TOKEN};
 use crate::name::{Bus, DeviceName};
 use crate::path::sys_path;
 
@@ -40,7 +40,7 @@ pub(crate) fn is_vfio_driver(driver: &[u8]) -> bool {
 /// whole buffer may be truncated and is refused as `ENAMETOOLONG`.
 fn read_link<'b, K: Kernel>(kernel: &K, path: &core::ffi::CStr, buf: &'b mut [u8]) -> Result<Option<&'b [u8]>, Error> {
     let cap = buf.len();
-    match kernel.readlink(path, buf) {
+    match kernel.readlink(&TOKEN, path, buf) {
         Ok(target) if target.len() >= cap => Err(Error::syscall(Step::ReadSysfs, Errno::NAMETOOLONG)),
         Ok(target) => Ok(Some(target)),
         Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),

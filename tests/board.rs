@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use dao_vfio::sys::{self, pci_region, RegionFlags};
-use dao_vfio::{register_block, AccessError, Bus, Context, ErrorKind, NameError, RegionKind, RO, RW, WO};
+use dao_vfio::{register_block, AccessError, Bus, Context, ErrorKind, NameError, RegionKind, Reserved, RO, RW, WO};
 
 /// A device name the guest's init exported.
 fn dev(var: &str) -> String {
@@ -22,10 +22,10 @@ register_block! {
         0x00 => pub id: RO<u32>,
         0x04 => pub liveness: RW<u32>,
         0x08 => pub factorial: RW<u32>,
-        0x0c => _reserved0: [u32; 5],
+        0x0c => _reserved0: Reserved<0x14>,
         0x20 => pub status: RW<u32>,
         0x24 => pub irq_status: RO<u32>,
-        0x28 => _reserved1: [u32; 14],
+        0x28 => _reserved1: Reserved<0x38>,
         0x60 => pub irq_raise: WO<u32>,
         0x64 => pub irq_ack: WO<u32>,
     }
@@ -212,7 +212,7 @@ mod platform {
             0x014 => pub raw_status: RO<u32>,
             0x018 => pub masked_status: RO<u32>,
             0x01c => pub irq_clear: WO<u32>,
-            0x020 => _reserved: [u32; 1008],
+            0x020 => _reserved: Reserved<0xfc0>,
             0xfe0 => pub periph_id: [RO<u32>; 4],
             0xff0 => pub cell_id: [RO<u32>; 4],
         }

@@ -427,6 +427,37 @@ fn every_open_failure_point_leaves_nothing_behind() {
 }
 
 #[test]
+fn a_failed_detach_of_the_last_group_renews_the_container() {
+    let mut n = 1;
+    loop {
+        let k = board();
+        let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+        let edu = ctx.setup(EDU).unwrap();
+        let calls_before = k.calls();
+        k.fail_call(n, Errno::IO);
+        let result = ctx.free(edu);
+        if k.failure_pending() {
+            k.clear_failure();
+            result.unwrap();
+            break;
+        }
+        let failed_call = k.trace()[(calls_before + n - 1) as usize];
+        assert_eq!(result.unwrap_err().errno(), Some(Errno::IO));
+        assert_eq!((ctx.device_count(), ctx.group_count()), (0, 0));
+        assert_eq!(k.open_fds(), 1, "call {n} ({failed_call}): one container");
+        assert_eq!(k.container_types(), vec![None]);
+        // A new setup sets the IOMMU type on the (possibly renewed) container.
+        let again = ctx.setup(EDU).unwrap();
+        assert_eq!(ctx.iommu_type(), Some(sys::TYPE1V2_IOMMU));
+        ctx.free(again).unwrap();
+        drop(ctx);
+        assert_eq!((k.open_fds(), k.bad_closes()), (0, 0));
+        n += 1;
+    }
+    assert_eq!(n, 3, "munmap and unset-container");
+}
+
+#[test]
 fn every_free_failure_point_releases_everything() {
     let mut n = 1;
     loop {
@@ -495,12 +526,13 @@ fn regions_are_shared_between_threads() {
 
 #[test]
 fn errors_are_small_and_say_what_to_do() {
+    // The name is stored inline (no heap): two cache lines at most; layouts differ a little between compilers.
     println!(
         "size_of Error = {}, AccessError = {}",
         std::mem::size_of::<dao_vfio::Error>(),
         std::mem::size_of::<AccessError>()
     );
-    assert!(std::mem::size_of::<dao_vfio::Error>() <= 112, "{}", std::mem::size_of::<dao_vfio::Error>());
+    assert!(std::mem::size_of::<dao_vfio::Error>() <= 128, "{}", std::mem::size_of::<dao_vfio::Error>());
     assert!(std::mem::size_of::<AccessError>() <= 32);
     let k = board();
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();

@@ -9,7 +9,7 @@ use rustix::io::Errno;
 use rustix::ioctl::{Ioctl, IoctlOutput, Opcode};
 use rustix::mm::{MapFlags, ProtFlags};
 
-use super::{Fd, Kernel, Protection, Request};
+use super::{Fd, Kernel, Protection, Request, Token};
 use crate::sys;
 
 /// The running Linux kernel. A zero-sized handle: copying it is free.
@@ -57,17 +57,17 @@ fn out_ptr<T>(value: &mut T) -> *mut c_void {
 // SAFETY: `mmap` below returns what the kernel mapped with MAP_SHARED, which is
 // page aligned and valid until munmap.
 unsafe impl Kernel for Host {
-    fn open(&self, path: &CStr) -> Result<Fd, Errno> {
+    fn open(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
         let fd: OwnedFd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
         Ok(Fd::from_raw(fd.into_raw_fd()))
     }
 
-    fn close(&self, fd: Fd) {
+    fn close(&self, _: &Token, fd: Fd) {
         // SAFETY: the caller owns `fd` and closes it once (see `Fd`).
         drop(unsafe { OwnedFd::from_raw_fd(fd.raw()) });
     }
 
-    fn ioctl(&self, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
+    fn ioctl(&self, _: &Token, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
         let (opcode, arg): (Opcode, *mut c_void) = match request {
             Request::GetApiVersion => (sys::GET_API_VERSION, ptr::null_mut()),
             Request::CheckExtension(ext) => (sys::CHECK_EXTENSION, ext as usize as *mut c_void),
@@ -87,7 +87,7 @@ unsafe impl Kernel for Host {
         self.call(fd, opcode, arg)
     }
 
-    fn mmap(&self, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
+    fn mmap(&self, _: &Token, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
         let mut flags = ProtFlags::empty();
         if prot.read {
             flags |= ProtFlags::READ;
@@ -101,20 +101,20 @@ unsafe impl Kernel for Host {
         NonNull::new(addr.cast()).ok_or(Errno::FAULT)
     }
 
-    unsafe fn munmap(&self, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+    unsafe fn munmap(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
         // SAFETY: forwarded from this function's contract.
         unsafe { rustix::mm::munmap(addr.as_ptr().cast(), len) }
     }
 
-    fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+    fn pread(&self, _: &Token, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
         rustix::io::pread(borrow(fd), buf, offset)
     }
 
-    fn pwrite(&self, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
+    fn pwrite(&self, _: &Token, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
         rustix::io::pwrite(borrow(fd), buf, offset)
     }
 
-    fn readlink<'b>(&self, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+    fn readlink<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         let len = rustix::fs::readlinkat_raw(rustix::fs::CWD, path, &mut *buf)?;
         Ok(&buf[..len])
     }

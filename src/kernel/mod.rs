@@ -24,7 +24,7 @@ use crate::sys;
 pub struct Fd(i32);
 
 impl Fd {
-    /// Wraps a descriptor number.
+    /// Wraps a descriptor number (for kernels implementing [`Kernel`]).
     pub const fn from_raw(raw: i32) -> Self {
         Fd(raw)
     }
@@ -71,30 +71,43 @@ pub enum Request<'a> {
     DeviceGetIrqInfo(&'a mut sys::IrqInfo),
 }
 
-/// The system calls the crate makes.
+/// A token that only this crate creates. Every [`Kernel`] method takes one,
+/// so code outside the crate cannot call them: they trust the fds and
+/// arguments they are given (an fd closed behind the context's back, or an
+/// `argsz` larger than its struct, would break memory and I/O safety).
+/// An implementor receives it, inside its own `unsafe impl`, only to forward it.
+#[derive(Debug)]
+pub struct Token(());
+
+/// The token the crate passes to its kernel.
+pub(crate) const TOKEN: Token = Token(());
+
+/// The system calls the crate makes: implemented by [`Host`] and, with the
+/// `fake` feature, by `dao_vfio::fake::FakeKernel`.
 ///
 /// Every path is absolute and NUL-terminated; every fd is opened `O_RDWR |
-/// O_CLOEXEC`.
+/// O_CLOEXEC`. The methods can only be called by this crate (see [`Token`]).
 ///
 /// # Safety
 ///
 /// Implementors promise that a pointer returned by [`Kernel::mmap`] is valid
 /// for volatile reads and writes of `len` bytes (as its protection allows),
 /// aligned to at least 4096 bytes, and stays valid until it is passed to
-/// [`Kernel::munmap`]; the crate hands out references into that memory.
+/// [`Kernel::munmap`], even if the kernel value is moved; the crate hands out
+/// references into that memory and lets several threads access it at once.
 pub unsafe trait Kernel {
     /// `open(path, O_RDWR | O_CLOEXEC)`.
-    fn open(&self, path: &CStr) -> Result<Fd, Errno>;
+    fn open(&self, token: &Token, path: &CStr) -> Result<Fd, Errno>;
 
     /// `close(fd)`. Linux releases the fd even when close reports an error,
     /// so there is nothing for the caller to do about one.
-    fn close(&self, fd: Fd);
+    fn close(&self, token: &Token, fd: Fd);
 
     /// `ioctl(fd, request...)`; returns the ioctl's non-negative result.
-    fn ioctl(&self, fd: Fd, request: Request<'_>) -> Result<i32, Errno>;
+    fn ioctl(&self, token: &Token, fd: Fd, request: Request<'_>) -> Result<i32, Errno>;
 
     /// `mmap(NULL, len, prot, MAP_SHARED, fd, offset)`.
-    fn mmap(&self, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno>;
+    fn mmap(&self, token: &Token, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno>;
 
     /// `munmap(addr, len)`.
     ///
@@ -102,44 +115,45 @@ pub unsafe trait Kernel {
     ///
     /// `addr` and `len` describe a mapping returned by [`Kernel::mmap`] of this
     /// kernel, and nothing uses that memory afterwards.
-    unsafe fn munmap(&self, addr: NonNull<u8>, len: usize) -> Result<(), Errno>;
+    unsafe fn munmap(&self, token: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno>;
 
     /// `pread(fd, buf, offset)`; returns the number of bytes read.
-    fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno>;
+    fn pread(&self, token: &Token, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno>;
 
     /// `pwrite(fd, buf, offset)`; returns the number of bytes written.
-    fn pwrite(&self, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno>;
+    fn pwrite(&self, token: &Token, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno>;
 
     /// `readlink(path, buf)`; returns the link's target, which may fill `buf`
     /// completely (the caller treats a full buffer as possibly truncated).
-    fn readlink<'b>(&self, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno>;
+    fn readlink<'b>(&self, token: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno>;
 }
 
-// SAFETY: forwards to `K`, whose contract it inherits.
+// SAFETY: forwards to `K`, whose contract it inherits; `K` outlives the
+// borrow, so its mappings do too.
 unsafe impl<K: Kernel> Kernel for &K {
-    fn open(&self, path: &CStr) -> Result<Fd, Errno> {
-        (**self).open(path)
+    fn open(&self, t: &Token, path: &CStr) -> Result<Fd, Errno> {
+        (**self).open(t, path)
     }
-    fn close(&self, fd: Fd) {
-        (**self).close(fd)
+    fn close(&self, t: &Token, fd: Fd) {
+        (**self).close(t, fd)
     }
-    fn ioctl(&self, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
-        (**self).ioctl(fd, request)
+    fn ioctl(&self, t: &Token, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
+        (**self).ioctl(t, fd, request)
     }
-    fn mmap(&self, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
-        (**self).mmap(fd, offset, len, prot)
+    fn mmap(&self, t: &Token, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
+        (**self).mmap(t, fd, offset, len, prot)
     }
-    unsafe fn munmap(&self, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+    unsafe fn munmap(&self, t: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
         // SAFETY: forwarded from this function's contract.
-        unsafe { (**self).munmap(addr, len) }
+        unsafe { (**self).munmap(t, addr, len) }
     }
-    fn pread(&self, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
-        (**self).pread(fd, buf, offset)
+    fn pread(&self, t: &Token, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+        (**self).pread(t, fd, buf, offset)
     }
-    fn pwrite(&self, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
-        (**self).pwrite(fd, buf, offset)
+    fn pwrite(&self, t: &Token, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
+        (**self).pwrite(t, fd, buf, offset)
     }
-    fn readlink<'b>(&self, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
-        (**self).readlink(path, buf)
+    fn readlink<'b>(&self, t: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        (**self).readlink(t, path, buf)
     }
 }

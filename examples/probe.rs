@@ -21,6 +21,9 @@ fn print_device(dev: &Device<'_, Host>) {
             RegionKind::Absent => println!("    [{}] absent", r.index()),
             kind => println!("    [{}] size {:#x}, flags {:?}, {kind}", r.index(), r.size(), r.flags()),
         }
+        for (offset, len) in r.mapped_areas() {
+            println!("        mapped area {offset:#x}..{:#x}", offset + len);
+        }
     }
     println!("  interrupt indexes: {}", dev.num_irqs());
     for irq in dev.irqs() {

@@ -11,10 +11,14 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::container::{Container, IommuKind};
 use crate::device::{Device, DeviceState, Placement};
+use crate::dma::{self, DmaBuffer, DmaDirection, DmaOptions, IommuInfo};
 use crate::error::{Error, ErrorKind};
 use crate::group::Group;
+use crate::irq;
+use crate::kernel::Fd;
 use crate::kernel::{Host, Kernel, TOKEN};
 use crate::name::{Bus, DeviceName};
+use crate::sys::IrqFlags;
 use crate::sysfs;
 
 /// Distinguishes contexts, so a handle cannot be used with another one.
@@ -24,6 +28,8 @@ static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub const DEFAULT_DEVICES: usize = 8;
 /// Default capacity of the group table.
 pub const DEFAULT_GROUPS: usize = 8;
+/// Default capacity of the DMA mapping table.
+pub const DEFAULT_DMA: usize = 32;
 
 /// A device opened by [`Context::setup`]. Not `Copy` or `Clone`:
 /// [`Context::free`] consumes it, so a freed device cannot be used again.
@@ -42,11 +48,21 @@ pub struct DeviceHandle {
     serial: u64,
 }
 
+/// A DMA mapping made by [`Context::dma_alloc`] or [`Context::dma_map_raw`].
+/// Not `Copy` or `Clone`: [`Context::dma_free`] consumes it.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a DMA handle is the only way to free the mapping before the context drops"]
+pub struct DmaHandle {
+    context: u64,
+    serial: u64,
+}
+
 /// The state of the library: what `dao_vfio_init` creates and `dao_vfio_fini`
 /// destroys, as a value the caller owns (it may live in a `static`).
 ///
-/// `K` is the kernel ([`Host`] on a real system); `DEVICES` and `GROUPS` are
-/// the capacities of the device and group tables, fixed at compile time.
+/// `K` is the kernel ([`Host`] on a real system); `DEVICES`, `GROUPS` and
+/// `DMA` are the capacities of the device, group and DMA mapping tables,
+/// fixed at compile time.
 ///
 /// Borrowing rules make misuse fail to compile: a region cannot outlive the
 /// context or survive the free of its device, and the context cannot be
@@ -76,7 +92,12 @@ pub struct DeviceHandle {
 /// let _ = bar0.read32(0);
 /// # Ok(()) }
 /// ```
-pub struct Context<K: Kernel = Host, const DEVICES: usize = DEFAULT_DEVICES, const GROUPS: usize = DEFAULT_GROUPS> {
+pub struct Context<
+    K: Kernel = Host,
+    const DEVICES: usize = DEFAULT_DEVICES,
+    const GROUPS: usize = DEFAULT_GROUPS,
+    const DMA: usize = DEFAULT_DMA,
+> {
     kernel: K,
     id: u64,
     next_serial: u64,
@@ -86,6 +107,7 @@ pub struct Context<K: Kernel = Host, const DEVICES: usize = DEFAULT_DEVICES, con
     noiommu: Option<Container>,
     groups: heapless::Vec<Group, GROUPS>,
     devices: heapless::Vec<DeviceState, DEVICES>,
+    dma: dma::Table<DMA>,
 }
 
 impl Context<Host> {
@@ -97,7 +119,7 @@ impl Context<Host> {
     }
 }
 
-impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Context<K, DEVICES, GROUPS> {
+impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Context<K, DEVICES, GROUPS, DMA> {
     /// Opens a context on `kernel` (the real [`Host`], or a fake one in tests).
     pub fn with_kernel(kernel: K) -> Result<Self, Error> {
         let iommu = Container::open(&kernel, IommuKind::Type1)?;
@@ -109,6 +131,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Context<K, DEVICES, G
             noiommu: None,
             groups: heapless::Vec::new(),
             devices: heapless::Vec::new(),
+            dma: dma::Table::new(),
         })
     }
 
@@ -252,7 +275,16 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Context<K, DEVICES, G
     /// container when its last group leaves.
     fn detach(&mut self, group: Group) -> Result<(), Error> {
         let kind = group.kind();
+        // The last IOMMU-backed group takes the IOMMU domain, and with it the
+        // DMA mappings: remove them first, while the domain still exists.
+        let last_domain_group = kind == IommuKind::Type1 && self.iommu.groups() == 1 && self.dma.len() > 0;
+        let dma_unmapped = last_domain_group && self.dma.unmap_all_from_iommu(&self.kernel, self.iommu.fd());
         let result = group.close(&self.kernel, true);
+        if last_domain_group {
+            // Memory goes back only once no device can reach it: every
+            // mapping removed, or the domain gone with the group.
+            self.dma.forget_all(&self.kernel, dma_unmapped || result.is_ok());
+        }
         match kind {
             IommuKind::Type1 => {
                 self.iommu.group_left();
@@ -333,6 +365,111 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Context<K, DEVICES, G
         Ok(())
     }
 
+    /// Binds `count` new eventfds to vectors `0..count` of interrupt `index`
+    /// (`VFIO_DEVICE_SET_IRQS` with `ACTION_TRIGGER`); get them with
+    /// [`Device::interrupt`]. For PCI, enable bus mastering for MSI/MSI-X
+    /// first ([`Device::enable_bus_master`]). On error nothing stays bound.
+    pub fn irq_enable(&mut self, handle: &DeviceHandle, index: u32, count: u32) -> Result<(), Error> {
+        let slot = self.slot(handle)?;
+        let state = &mut self.devices[slot];
+        let name = state.name;
+        let (flags, available) = match state.irq_index(index) {
+            Some(irq) if irq.count() > 0 && irq.flags().contains(IrqFlags::EVENTFD) => (irq.flags(), irq.count()),
+            _ => return Err(Error::new(ErrorKind::NoSuchIrq { index }).for_device(name)),
+        };
+        let fd = state.fd();
+        irq::enable(&self.kernel, fd, &mut state.bound, index, flags, available, count).map_err(|e| e.for_device(name))
+    }
+
+    /// Unbinds every vector of interrupt `index` and closes their eventfds.
+    pub fn irq_disable(&mut self, handle: &DeviceHandle, index: u32) -> Result<(), Error> {
+        let slot = self.slot(handle)?;
+        let state = &mut self.devices[slot];
+        let (name, fd) = (state.name, state.fd());
+        irq::disable(&self.kernel, fd, &mut state.bound, index).map_err(|e| e.for_device(name))
+    }
+
+    /// The type1 container, if an IOMMU-backed device is open.
+    fn dma_container(&self) -> Result<Fd, Error> {
+        match (self.iommu.groups(), &self.noiommu) {
+            (0, Some(_)) => Err(Error::new(ErrorKind::NoIommuDma)),
+            (0, None) => Err(Error::new(ErrorKind::NoDmaDomain)),
+            _ => Ok(self.iommu.fd()),
+        }
+    }
+
+    /// What the IOMMU allows: page sizes, usable IOVA ranges, mappings left.
+    pub fn iommu_info(&self) -> Result<IommuInfo, Error> {
+        dma::iommu_info(&self.kernel, self.dma_container()?)
+    }
+
+    /// Allocates anonymous memory of at least `len` bytes (rounded up to the
+    /// page size) and maps it for DMA at an IOVA inside the IOMMU's allowed
+    /// ranges. The memory is released after its mapping is removed, by
+    /// [`Context::dma_free`] or when the context lets go of it.
+    pub fn dma_alloc(&mut self, len: usize, options: DmaOptions) -> Result<DmaHandle, Error> {
+        let container = self.dma_container()?;
+        if self.dma.len() == DMA {
+            return Err(Error::new(ErrorKind::DmaTableFull { capacity: DMA }));
+        }
+        let (base, len) = dma::allocate(&self.kernel, len, &options)?;
+        let memory = dma::Memory { vaddr: base, len, iova: options.iova, direction: options.direction, owned: true };
+        // SAFETY: the memory is fresh, owned by the table from here on, and
+        // released only after its mapping is removed.
+        match unsafe { self.dma.map(&self.kernel, container, memory) } {
+            Ok(serial) => Ok(DmaHandle { context: self.id, serial }),
+            Err(e) => {
+                dma::deallocate(&self.kernel, base, len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Maps the caller's memory `vaddr..vaddr + len` for DMA, at `iova` or at
+    /// an address the allocator picks. `vaddr` and `len` must be multiples of
+    /// the IOMMU page size.
+    ///
+    /// # Safety
+    /// From the call until the mapping is removed ([`Context::dma_free`],
+    /// dropping the context, or freeing the last IOMMU-backed device), the
+    /// memory must stay mapped in this process and must not be freed,
+    /// unmapped or remapped; the device may read it (and, unless the
+    /// direction is [`DmaDirection::ToDevice`], write it) at any moment, so no
+    /// Rust reference to it may assume it is unchanging or exclusive.
+    pub unsafe fn dma_map_raw(
+        &mut self,
+        vaddr: core::ptr::NonNull<u8>,
+        len: usize,
+        iova: Option<u64>,
+        direction: DmaDirection,
+    ) -> Result<DmaHandle, Error> {
+        let container = self.dma_container()?;
+        let memory = dma::Memory { vaddr, len: len as u64, iova, direction, owned: false };
+        // SAFETY: forwarded from this function's contract.
+        let serial = unsafe { self.dma.map(&self.kernel, container, memory)? };
+        Ok(DmaHandle { context: self.id, serial })
+    }
+
+    /// The DMA buffer or mapping behind `handle`.
+    pub fn dma(&self, handle: &DmaHandle) -> Result<DmaBuffer<'_>, Error> {
+        if handle.context != self.id {
+            return Err(Error::new(ErrorKind::ForeignHandle));
+        }
+        self.dma.get(handle.serial).ok_or(Error::new(ErrorKind::ForeignHandle))
+    }
+
+    /// Removes a DMA mapping from the IOMMU, then releases its memory (for
+    /// buffers from [`Context::dma_alloc`]). If the IOMMU refuses, the
+    /// mapping and its memory are kept (the context retries when it lets go),
+    /// and the error is returned.
+    pub fn dma_free(&mut self, handle: DmaHandle) -> Result<(), Error> {
+        if handle.context != self.id {
+            return Err(Error::new(ErrorKind::ForeignHandle));
+        }
+        let container = self.dma_container()?;
+        self.dma.unmap(&self.kernel, container, handle.serial)
+    }
+
     /// The IOMMU type in force in the type1 container (`VFIO_TYPE1v2_IOMMU`,
     /// `VFIO_TYPE1_IOMMU`), while it has groups.
     pub fn iommu_type(&self) -> Option<u32> {
@@ -340,9 +477,10 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Context<K, DEVICES, G
     }
 }
 
-impl<K: Kernel, const DEVICES: usize, const GROUPS: usize> Drop for Context<K, DEVICES, GROUPS> {
-    /// Frees every device, then closes the containers. Never panics; errors
-    /// are dropped (use [`Context::free`] to see them).
+impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Drop for Context<K, DEVICES, GROUPS, DMA> {
+    /// Frees every device (removing DMA mappings before the last
+    /// IOMMU-backed group goes), then closes the containers. Never panics;
+    /// errors are dropped (use [`Context::free`] to see them).
     fn drop(&mut self) {
         while let Some(state) = self.devices.pop() {
             let group = state.group;
@@ -367,6 +505,7 @@ impl<K: Kernel + core::fmt::Debug, const DEVICES: usize, const GROUPS: usize> co
             .field("kernel", &self.kernel)
             .field("devices", &self.devices.len())
             .field("groups", &self.groups.len())
+            .field("dma_mappings", &self.dma.len())
             .field("iommu_type", &self.iommu.iommu_type())
             .finish_non_exhaustive()
     }

@@ -3,7 +3,9 @@
 
 use rustix::io::Errno;
 
+use crate::capchain;
 use crate::error::{Error, ErrorKind, Step};
+use crate::irq::{self, Interrupt};
 use crate::kernel::{Fd, Kernel, Protection, Request, TOKEN};
 use crate::name::{Bus, DeviceName};
 use crate::path::sys_path;
@@ -59,6 +61,8 @@ pub(crate) struct DeviceState {
     num_irqs: u32,
     regions: heapless::Vec<Region, MAX_REGIONS>,
     irqs: heapless::Vec<IrqIndex, MAX_IRQ_INDEXES>,
+    /// Eventfds bound to interrupt vectors.
+    pub(crate) bound: irq::Bindings,
 }
 
 /// Where a device is: its name, bus and group, and the group's fd.
@@ -91,6 +95,7 @@ impl DeviceState {
             num_irqs: 0,
             regions: heapless::Vec::new(),
             irqs: heapless::Vec::new(),
+            bound: heapless::Vec::new(),
         };
         match state.describe(kernel) {
             Ok(()) => Ok(state),
@@ -153,6 +158,11 @@ impl DeviceState {
         if !flags.contains(RegionFlags::MMAP) || !(prot.read || prot.write) {
             return Ok(Region::unmapped(index, RegionKind::Unmapped, flags, info.size, info.offset));
         }
+        if flags.contains(RegionFlags::CAPS) {
+            if let Some(region) = self.set_up_sparse_region(kernel, index, flags, &info)? {
+                return Ok(region);
+            }
+        }
         let len = usize::try_from(info.size).map_err(|_| Error::syscall(Step::Mmap(index), Errno::NOMEM))?;
         let base = match kernel.mmap(&TOKEN, self.fd, info.offset, len, prot) {
             Ok(base) => base,
@@ -170,26 +180,99 @@ impl DeviceState {
         Ok(unsafe { Region::mapped(index, flags, info.size, info.offset, base, len) })
     }
 
-    /// Unmaps every region and closes the device fd. Everything is released
+    /// With the sparse-mmap capability, maps only the areas it names.
+    /// `None`: the region has no such capability (map it whole).
+    fn set_up_sparse_region<K: Kernel>(
+        &self,
+        kernel: &K,
+        index: u32,
+        flags: RegionFlags,
+        info: &sys::RegionInfo,
+    ) -> Result<Option<Region>, Error> {
+        let mut buf = sys::InfoBuffer::region_info(index);
+        kernel
+            .ioctl(&TOKEN, self.fd, Request::DeviceGetRegionInfoCaps(&mut buf))
+            .map_err(|e| Error::syscall(Step::RegionInfo(index), e))?;
+        let head = core::mem::size_of::<sys::RegionInfo>();
+        let first = buf.u32_at(12);
+        if first == 0 {
+            return Ok(None);
+        }
+        let cap = capchain::find(buf.filled(), first, head, sys::REGION_CAP_SPARSE_MMAP)
+            .map_err(|e| Error::new(ErrorKind::CapabilityChain(e)))?;
+        let Some(cap) = cap else { return Ok(None) };
+        let quad = |at: usize| {
+            cap.body.get(at..at + 8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        };
+        let areas = cap.body.get(0..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let prot = Protection { read: flags.contains(RegionFlags::READ), write: flags.contains(RegionFlags::WRITE) };
+        let mut region = Region::sparse(index, flags, info.size, info.offset);
+        for i in 0..areas as usize {
+            let (Some(offset), Some(size)) = (quad(8 + 16 * i), quad(16 + 16 * i)) else { break };
+            let inside = offset.checked_add(size).is_some_and(|end| end <= info.size);
+            if size == 0 || !inside {
+                continue;
+            }
+            let mapped = kernel
+                .mmap(&TOKEN, self.fd, info.offset + offset, size as usize, prot)
+                .map_err(|e| Error::syscall(Step::Mmap(index), e));
+            let base = match mapped {
+                Ok(base) => base,
+                Err(e) => {
+                    let _ = unmap_region(kernel, &mut region);
+                    return Err(e);
+                }
+            };
+            // SAFETY: `base` is a fresh mapping of `size` bytes at `offset` of
+            // this region with `prot`; it is unmapped only through
+            // `take_mappings`.
+            if !unsafe { region.add_area(offset as usize, size as usize, base) } {
+                // More areas than recorded: leave the rest to pread/pwrite.
+                // SAFETY: mapped just above and not recorded anywhere.
+                let _ = unsafe { kernel.munmap(&TOKEN, base, size as usize) };
+                break;
+            }
+        }
+        Ok(Some(region))
+    }
+
+    /// Unmaps every region, closes the device fd, then the interrupt eventfds
+    /// (closing the device disables its interrupts). Everything is released
     /// even if a step fails; the first failure is returned.
     pub(crate) fn release<K: Kernel>(mut self, kernel: &K) -> Result<(), Error> {
         let mut result = Ok(());
         for region in self.regions.iter_mut() {
-            if let Some((base, len)) = region.take_mapping() {
-                // SAFETY: the mapping came from `kernel.mmap` in
-                // `set_up_region`, and the region no longer points to it.
-                if let Err(e) = unsafe { kernel.munmap(&TOKEN, base, len) } {
-                    result = result.and(Err(Error::syscall(Step::Munmap(region.index()), e)));
-                }
-            }
+            result = result.and(unmap_region(kernel, region));
         }
         kernel.close(&TOKEN, self.fd);
+        irq::close_all(kernel, &mut self.bound);
         result
+    }
+
+    pub(crate) fn fd(&self) -> Fd {
+        self.fd
+    }
+
+    pub(crate) fn irq_index(&self, index: u32) -> Option<IrqIndex> {
+        self.irqs.get(index as usize).copied()
     }
 
     pub(crate) fn view<'a, K: Kernel>(&'a self, kernel: &'a K) -> Device<'a, K> {
         Device { kernel, state: self }
     }
+}
+
+/// Unmaps every mapping of a region; all are attempted, the first failure is returned.
+fn unmap_region<K: Kernel>(kernel: &K, region: &mut Region) -> Result<(), Error> {
+    let mut result = Ok(());
+    for (base, len) in region.take_mappings() {
+        // SAFETY: the mapping came from `kernel.mmap` when the region was set
+        // up, and the region no longer points to it.
+        if let Err(e) = unsafe { kernel.munmap(&TOKEN, base, len) } {
+            result = result.and(Err(Error::syscall(Step::Munmap(region.index()), e)));
+        }
+    }
+    result
 }
 
 /// An open device, borrowed from its [`Context`](crate::Context): while any
@@ -285,8 +368,24 @@ impl<'a, K: Kernel> Device<'a, K> {
         &self.state.irqs
     }
 
-    fn error(&self, kind: ErrorKind) -> Error {
+    pub(crate) fn error(&self, kind: ErrorKind) -> Error {
         Error::new(kind).for_device(self.state.name)
+    }
+
+    pub(crate) fn kernel(&self) -> &'a K {
+        self.kernel
+    }
+
+    pub(crate) fn name_value(&self) -> DeviceName {
+        self.state.name
+    }
+
+    /// The eventfd bound to `vector` of interrupt `index` (see
+    /// [`Context::irq_enable`](crate::Context::irq_enable)).
+    pub fn interrupt(&self, index: u32, vector: u32) -> Result<Interrupt<'a, K>, Error> {
+        let binding = self.state.bound.iter().find(|b| b.index == index && b.vector == vector);
+        let binding = *binding.ok_or(self.error(ErrorKind::IrqNotEnabled { index, vector }))?;
+        Ok(Interrupt { kernel: self.kernel, device: self.state.fd, name: self.state.name, binding })
     }
 
     /// Checks that `len` bytes at `offset` of region `index` may be moved in

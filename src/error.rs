@@ -45,6 +45,28 @@ pub enum Step {
     Pread(u32),
     /// `pwrite` to this region.
     Pwrite(u32),
+    /// `eventfd` for an interrupt.
+    Eventfd,
+    /// `VFIO_DEVICE_SET_IRQS` for this interrupt index.
+    SetIrqs(u32),
+    /// `read` of an interrupt's eventfd.
+    ReadEventfd,
+    /// `poll` of an interrupt's eventfd.
+    Poll,
+    /// `VFIO_DEVICE_RESET`.
+    Reset,
+    /// `VFIO_IOMMU_GET_INFO`.
+    IommuInfo,
+    /// `VFIO_IOMMU_MAP_DMA`.
+    MapDma,
+    /// `VFIO_IOMMU_UNMAP_DMA`.
+    UnmapDma,
+    /// `mmap` of anonymous memory for a DMA buffer.
+    MapMemory,
+    /// `mlock` of a DMA buffer.
+    LockMemory,
+    /// `munmap` of a DMA buffer.
+    UnmapMemory,
 }
 
 impl fmt::Display for Step {
@@ -67,6 +89,17 @@ impl fmt::Display for Step {
             Step::Munmap(i) => write!(f, "munmap of region {i}"),
             Step::Pread(i) => write!(f, "pread from region {i}"),
             Step::Pwrite(i) => write!(f, "pwrite to region {i}"),
+            Step::Eventfd => f.write_str("eventfd"),
+            Step::SetIrqs(i) => write!(f, "VFIO_DEVICE_SET_IRQS for interrupt index {i}"),
+            Step::ReadEventfd => f.write_str("reading the interrupt's eventfd"),
+            Step::Poll => f.write_str("polling the interrupt's eventfd"),
+            Step::Reset => f.write_str("VFIO_DEVICE_RESET"),
+            Step::IommuInfo => f.write_str("VFIO_IOMMU_GET_INFO"),
+            Step::MapDma => f.write_str("VFIO_IOMMU_MAP_DMA"),
+            Step::UnmapDma => f.write_str("VFIO_IOMMU_UNMAP_DMA"),
+            Step::MapMemory => f.write_str("mmap of DMA memory"),
+            Step::LockMemory => f.write_str("mlock of DMA memory (raise RLIMIT_MEMLOCK, or run as root)"),
+            Step::UnmapMemory => f.write_str("munmap of DMA memory"),
         }
     }
 }
@@ -174,8 +207,67 @@ pub enum ErrorKind {
         /// How many are open.
         count: usize,
     },
-    /// The handle belongs to another context.
+    /// The handle belongs to another context, or what it named is gone
+    /// (DMA mappings go with the last IOMMU-backed device).
     ForeignHandle,
+    /// The device has no such interrupt index, or it cannot signal an eventfd.
+    NoSuchIrq {
+        /// The index asked for.
+        index: u32,
+    },
+    /// More vectors were asked for than the index has or than fit.
+    TooManyVectors {
+        /// Vectors asked for.
+        requested: u32,
+        /// Vectors available: the index's count, or what is left of
+        /// [`sys::MAX_IRQ_VECTORS`](crate::sys::MAX_IRQ_VECTORS).
+        available: u32,
+    },
+    /// The interrupt index already has eventfds bound.
+    IrqAlreadyEnabled {
+        /// The index.
+        index: u32,
+    },
+    /// No eventfd is bound to this vector: enable the index first.
+    IrqNotEnabled {
+        /// The index.
+        index: u32,
+        /// The vector.
+        vector: u32,
+    },
+    /// The interrupt cannot be masked (its flags lack MASKABLE).
+    NotMaskable {
+        /// The index.
+        index: u32,
+    },
+    /// The device does not support `VFIO_DEVICE_RESET` (its flags lack RESET).
+    ResetUnsupported,
+    /// A PCI-only operation on a device that is not a PCI device.
+    NotPci,
+    /// The PCI capability list in config space is malformed.
+    PciCapabilities(crate::pci_caps::CapListError),
+    /// A capability chain from the kernel is malformed.
+    CapabilityChain(crate::capchain::ChainError),
+    /// No device behind an IOMMU is open, so there is no IOMMU domain to map into.
+    NoDmaDomain,
+    /// Only noiommu devices are open: they cannot use DMA mapping.
+    NoIommuDma,
+    /// The DMA mapping table is full.
+    DmaTableFull {
+        /// Its capacity (the context's `DMA` parameter).
+        capacity: usize,
+    },
+    /// No free IOVA range of this length is left.
+    NoIova {
+        /// The length asked for.
+        len: u64,
+    },
+    /// A DMA request with a zero length, or an address or length that is
+    /// not a multiple of the IOMMU page size.
+    BadDmaRange {
+        /// The page size required.
+        page: u64,
+    },
     /// The device has no region with this index.
     NoSuchRegion {
         /// The index asked for.
@@ -380,7 +472,43 @@ impl fmt::Display for Error {
             ErrorKind::DevicesOpen { count } => {
                 write!(f, "{count} device(s) are still open: free them before closing the context")?
             }
-            ErrorKind::ForeignHandle => f.write_str("this device handle belongs to another context")?,
+            ErrorKind::ForeignHandle => {
+                f.write_str("this handle belongs to another context, or what it named was released")?
+            }
+            ErrorKind::NoSuchIrq { index } => {
+                write!(f, "interrupt index {index} does not exist or cannot signal an eventfd")?
+            }
+            ErrorKind::TooManyVectors { requested, available } => {
+                write!(f, "{requested} interrupt vectors asked for, {available} available")?
+            }
+            ErrorKind::IrqAlreadyEnabled { index } => {
+                write!(f, "interrupt index {index} is already enabled: disable it first")?
+            }
+            ErrorKind::IrqNotEnabled { index, vector } => {
+                write!(f, "interrupt {index}/{vector} has no eventfd: enable the index first (Context::irq_enable)")?
+            }
+            ErrorKind::NotMaskable { index } => write!(f, "interrupt index {index} cannot be masked")?,
+            ErrorKind::ResetUnsupported => {
+                f.write_str("the device does not support VFIO_DEVICE_RESET (no function-level or bus reset)")?
+            }
+            ErrorKind::NotPci => f.write_str("this operation needs a PCI device")?,
+            ErrorKind::PciCapabilities(e) => write!(f, "malformed PCI capability list: {e}")?,
+            ErrorKind::CapabilityChain(e) => write!(f, "malformed VFIO capability chain from the kernel: {e}")?,
+            ErrorKind::NoDmaDomain => {
+                f.write_str("no device behind an IOMMU is open: set one up before mapping DMA memory")?
+            }
+            ErrorKind::NoIommuDma => f.write_str(
+                "the open devices are noiommu devices: without an IOMMU there is no DMA mapping (their DMA uses physical addresses)",
+            )?,
+            ErrorKind::DmaTableFull { capacity } => write!(
+                f,
+                "the DMA mapping table is full ({capacity} mappings): free one, or raise the context's DMA parameter"
+            )?,
+            ErrorKind::NoIova { len } => write!(f, "no free IOVA range of {len:#x} bytes is left")?,
+            ErrorKind::BadDmaRange { page } => write!(
+                f,
+                "DMA address and length must be non-zero multiples of the IOMMU page size ({page:#x})"
+            )?,
             ErrorKind::NoSuchRegion { index, count } => {
                 write!(f, "region {index} does not exist (the device has {count} regions)")?
             }

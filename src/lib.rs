@@ -50,27 +50,39 @@ extern crate std;
 
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 pub mod barrier;
+mod capchain;
 mod container;
 pub mod context;
 mod device;
+pub mod dma;
 mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 mod group;
+mod iova;
+pub mod irq;
 pub mod kernel;
 mod name;
 mod path;
+pub mod pci;
+pub mod pci_caps;
 pub mod regblock;
 pub mod region;
 pub mod sys;
 mod sysfs;
 
+pub use capchain::ChainError;
 pub use container::IommuKind;
-pub use context::{Context, DeviceHandle};
+pub use context::{Context, DeviceHandle, DmaHandle};
 pub use device::{Device, IrqIndex, MAX_IRQ_INDEXES, MAX_REGIONS};
+pub use dma::{DmaBuffer, DmaDirection, DmaOptions, IommuInfo};
 pub use error::{DriverName, Error, ErrorKind, Step};
+pub use iova::IovaRange;
+pub use irq::Interrupt;
 pub use kernel::{Fd, Host, Kernel};
 pub use name::{Bus, DeviceName, NameError, MAX_NAME_LEN};
+pub use pci::{Bar, BarKind, PciCommand};
+pub use pci_caps::{Capabilities, Capability};
 pub use regblock::{Register, RegisterBlock, Reserved, RO, RW, WO};
 pub use region::{AccessError, Region, RegionKind};
 pub use rustix::io::Errno;

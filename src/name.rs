@@ -73,6 +73,8 @@ impl fmt::Display for NameError {
     }
 }
 
+impl core::error::Error for NameError {}
+
 /// A validated device name, stored inline (`Copy`, no allocation).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeviceName {

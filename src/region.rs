@@ -30,6 +30,10 @@ pub enum RegionKind {
     Unmapped,
     /// The region is mapped; register access goes straight to the device.
     Mapped,
+    /// Only some areas of the region may be mapped (the sparse-mmap
+    /// capability, e.g. a BAR around an MSI-X table): those areas are mapped
+    /// and accessible; the rest is reached with pread/pwrite.
+    Sparse,
 }
 
 impl fmt::Display for RegionKind {
@@ -39,6 +43,7 @@ impl fmt::Display for RegionKind {
             RegionKind::Empty => "empty",
             RegionKind::Unmapped => "not mappable (pread/pwrite)",
             RegionKind::Mapped => "mapped",
+            RegionKind::Sparse => "sparse: only its mmap areas are mapped",
         })
     }
 }
@@ -88,6 +93,20 @@ impl fmt::Display for AccessError {
     }
 }
 
+/// Mapped areas recorded per sparse region.
+pub const MAX_SPARSE_AREAS: usize = 4;
+
+/// One separately mapped area of a sparse region.
+#[derive(Clone, Copy, Debug)]
+struct Area {
+    /// Offset within the region.
+    offset: usize,
+    len: usize,
+    base: NonNull<u8>,
+}
+
+impl core::error::Error for AccessError {}
+
 /// One region of a device, as the kernel described it, and its mapping.
 #[derive(Debug)]
 pub struct Region {
@@ -102,6 +121,8 @@ pub struct Region {
     readable: usize,
     /// Bytes that may be written through the mapping (0 if not mapped or not writable).
     writable: usize,
+    /// The mapped areas of a sparse region.
+    areas: heapless::Vec<Area, MAX_SPARSE_AREAS>,
 }
 
 // SAFETY: a `Region` is plain data plus a pointer to a shared mapping that
@@ -118,7 +139,7 @@ unsafe impl Sync for Region {}
 
 impl Region {
     pub(crate) fn unmapped(index: u32, kind: RegionKind, flags: RegionFlags, size: u64, offset: u64) -> Self {
-        Region { index, kind, flags, size, offset, base: None, readable: 0, writable: 0 }
+        Region { index, kind, flags, size, offset, base: None, readable: 0, writable: 0, areas: heapless::Vec::new() }
     }
 
     /// # Safety
@@ -141,17 +162,47 @@ impl Region {
             base: Some(base),
             readable: if flags.contains(RegionFlags::READ) { len } else { 0 },
             writable: if flags.contains(RegionFlags::WRITE) { len } else { 0 },
+            areas: heapless::Vec::new(),
         }
     }
 
-    /// Removes the mapping from the region, for the context to unmap it.
-    pub(crate) fn take_mapping(&mut self) -> Option<(NonNull<u8>, usize)> {
-        let base = self.base.take()?;
-        let len = self.mapped_len();
+    /// A sparse region with no areas yet; see [`Region::add_area`].
+    pub(crate) fn sparse(index: u32, flags: RegionFlags, size: u64, offset: u64) -> Self {
+        Region::unmapped(index, RegionKind::Sparse, flags, size, offset)
+    }
+
+    /// Records a mapped area of a sparse region. Returns false (recording
+    /// nothing) when the area table is full.
+    ///
+    /// # Safety
+    /// `base` points to a live mapping of `len` bytes of this region at
+    /// `offset`, with the protections `flags` allows, which stays mapped until
+    /// [`Region::take_mappings`].
+    pub(crate) unsafe fn add_area(&mut self, offset: usize, len: usize, base: NonNull<u8>) -> bool {
+        self.areas.push(Area { offset, len, base }).is_ok()
+    }
+
+    /// Removes every mapping from the region, for the context to unmap them.
+    pub(crate) fn take_mappings(&mut self) -> heapless::Vec<(NonNull<u8>, usize), { MAX_SPARSE_AREAS + 1 }> {
+        let mut out = heapless::Vec::new();
+        if let Some(base) = self.base.take() {
+            let _ = out.push((base, self.mapped_len()));
+        }
+        for area in self.areas.iter() {
+            let _ = out.push((area.base, area.len));
+        }
+        self.areas.clear();
         self.readable = 0;
         self.writable = 0;
-        self.kind = RegionKind::Unmapped;
-        Some((base, len))
+        if self.kind != RegionKind::Sparse {
+            self.kind = RegionKind::Unmapped;
+        }
+        out
+    }
+
+    /// The mapped areas of a sparse region: `(offset, length)` pairs.
+    pub fn mapped_areas(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.areas.iter().map(|a| (a.offset, a.len))
     }
 
     fn mapped_len(&self) -> usize {
@@ -183,7 +234,8 @@ impl Region {
         self.offset
     }
 
-    /// Whether the region is mapped.
+    /// Whether the whole region is mapped (a sparse region is not: see
+    /// [`Region::mapped_areas`]).
     pub fn is_mapped(&self) -> bool {
         self.base.is_some()
     }
@@ -194,8 +246,41 @@ impl Region {
         self.base
     }
 
+    /// The address of `width` bytes at `offset` inside one mapped area of a
+    /// sparse region (the slow path: no whole-region mapping).
+    #[cold]
+    fn in_area(&self, offset: usize, width: usize, align: usize, write: bool) -> Option<NonNull<u8>> {
+        let allowed = if write { RegionFlags::WRITE } else { RegionFlags::READ };
+        if !self.flags.contains(allowed) {
+            return None;
+        }
+        let area =
+            self.areas.iter().find(|a| offset >= a.offset && offset - a.offset <= a.len.saturating_sub(width))?;
+        if width > area.len {
+            return None;
+        }
+        // SAFETY: `offset - area.offset + width <= area.len`: inside the area's mapping.
+        let p = unsafe { area.base.add(offset - area.offset) };
+        (p.as_ptr().addr() & (align - 1) == 0).then_some(p)
+    }
+
     #[cold]
     fn refusal(&self, offset: usize, width: usize, align: usize, write: bool) -> AccessError {
+        if self.kind == RegionKind::Sparse {
+            let len = usize::try_from(self.size).unwrap_or(usize::MAX);
+            return if !offset.is_multiple_of(align) {
+                AccessError::Misaligned { offset, align }
+            } else if write && !self.flags.contains(RegionFlags::WRITE) {
+                AccessError::NotWritable
+            } else if !write && !self.flags.contains(RegionFlags::READ) {
+                AccessError::NotReadable
+            } else if offset.checked_add(width).is_some_and(|end| end <= len) {
+                // Inside the region, outside its mappable areas.
+                AccessError::NotMapped
+            } else {
+                AccessError::OutOfBounds { offset, width, len }
+            };
+        }
         if self.base.is_none() {
             AccessError::NotMapped
         } else if write && !self.flags.contains(RegionFlags::WRITE) {
@@ -231,7 +316,11 @@ impl Region {
         match self.checked(offset, width, align, self.readable) {
             // SAFETY: in bounds of a live, readable mapping and aligned for T.
             Some(p) => Ok(unsafe { p.cast::<T>().read_volatile() }),
-            None => Err(self.refusal(offset, width, align, false)),
+            None => match self.in_area(offset, width, align, false) {
+                // SAFETY: inside a live, readable area mapping, aligned for T.
+                Some(p) => Ok(unsafe { p.cast::<T>().read_volatile() }),
+                None => Err(self.refusal(offset, width, align, false)),
+            },
         }
     }
 
@@ -246,7 +335,14 @@ impl Region {
                 unsafe { p.cast::<T>().write_volatile(value) };
                 Ok(())
             }
-            None => Err(self.refusal(offset, width, align, true)),
+            None => match self.in_area(offset, width, align, true) {
+                Some(p) => {
+                    // SAFETY: inside a live, writable area mapping, aligned for T.
+                    unsafe { p.cast::<T>().write_volatile(value) };
+                    Ok(())
+                }
+                None => Err(self.refusal(offset, width, align, true)),
+            },
         }
     }
 
@@ -307,7 +403,14 @@ impl Region {
             // through it is volatile. The borrow is tied to `&self`, which the
             // mapping outlives (see the `Send` impl).
             Some(p) => Ok(unsafe { p.cast::<T>().as_ref() }),
-            None => Err(self.refusal(offset, width, align, self.writable < self.readable)),
+            None => {
+                let read_write = self.flags.contains(RegionFlags::READ | RegionFlags::WRITE);
+                match self.in_area(offset, width, align, false).filter(|_| read_write) {
+                    // SAFETY: as above, inside one live read/write area mapping.
+                    Some(p) => Ok(unsafe { p.cast::<T>().as_ref() }),
+                    None => Err(self.refusal(offset, width, align, !self.flags.contains(RegionFlags::WRITE))),
+                }
+            }
         }
     }
 

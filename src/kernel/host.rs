@@ -2,6 +2,9 @@
 
 use core::ffi::{c_void, CStr};
 use core::ptr::{self, NonNull};
+use core::time::Duration;
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
 use rustix::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
@@ -54,6 +57,18 @@ fn out_ptr<T>(value: &mut T) -> *mut c_void {
     ptr::from_mut(value).cast()
 }
 
+/// An argument the kernel only reads.
+fn in_ptr<T>(value: &T) -> *mut c_void {
+    ptr::from_ref(value).cast_mut().cast()
+}
+
+/// An info buffer, with `argsz` clamped to the buffer so the kernel never
+/// writes past it.
+fn info_ptr(buf: &mut sys::InfoBuffer) -> *mut c_void {
+    buf.set_argsz(buf.argsz().min(sys::INFO_BUFFER_LEN as u32));
+    out_ptr(buf)
+}
+
 // SAFETY: `mmap` below returns what the kernel mapped with MAP_SHARED, which is
 // page aligned and valid until munmap.
 unsafe impl Kernel for Host {
@@ -83,6 +98,12 @@ unsafe impl Kernel for Host {
             Request::DeviceGetInfo(info) => (sys::DEVICE_GET_INFO, out_ptr(info)),
             Request::DeviceGetRegionInfo(info) => (sys::DEVICE_GET_REGION_INFO, out_ptr(info)),
             Request::DeviceGetIrqInfo(info) => (sys::DEVICE_GET_IRQ_INFO, out_ptr(info)),
+            Request::DeviceGetRegionInfoCaps(buf) => (sys::DEVICE_GET_REGION_INFO, info_ptr(buf)),
+            Request::DeviceSetIrqs(set) => (sys::DEVICE_SET_IRQS, in_ptr(set)),
+            Request::DeviceReset => (sys::DEVICE_RESET, ptr::null_mut()),
+            Request::IommuGetInfo(buf) => (sys::IOMMU_GET_INFO, info_ptr(buf)),
+            Request::IommuMapDma(map) => (sys::IOMMU_MAP_DMA, in_ptr(map)),
+            Request::IommuUnmapDma(unmap) => (sys::IOMMU_UNMAP_DMA, out_ptr(unmap)),
         };
         self.call(fd, opcode, arg)
     }
@@ -117,6 +138,54 @@ unsafe impl Kernel for Host {
     fn readlink<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         let len = rustix::fs::readlinkat_raw(rustix::fs::CWD, path, &mut *buf)?;
         Ok(&buf[..len])
+    }
+
+    fn eventfd(&self, _: &Token) -> Result<Fd, Errno> {
+        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC)?;
+        Ok(Fd::from_raw(fd.into_raw_fd()))
+    }
+
+    fn read_counter(&self, _: &Token, fd: Fd) -> Result<u64, Errno> {
+        let mut counter = [0u8; 8];
+        match rustix::io::read(borrow(fd), &mut counter)? {
+            8 => Ok(u64::from_ne_bytes(counter)),
+            _ => Err(Errno::IO),
+        }
+    }
+
+    fn poll_readable(&self, _: &Token, fd: Fd, timeout: Option<Duration>) -> Result<bool, Errno> {
+        let timeout = timeout.map(|t| Timespec {
+            tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(t.subsec_nanos()),
+        });
+        let mut fds = [PollFd::from_borrowed_fd(borrow(fd), PollFlags::IN)];
+        loop {
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(n) => return Ok(n > 0),
+                // A signal cut the wait short; the timeout restarts, which
+                // only ever waits longer, never reports an interrupt early.
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn map_anonymous(&self, _: &Token, len: usize, huge_pages: bool) -> Result<NonNull<u8>, Errno> {
+        let mut flags = MapFlags::PRIVATE | MapFlags::POPULATE;
+        if huge_pages {
+            flags |= MapFlags::HUGETLB;
+        }
+        // SAFETY: a new anonymous mapping at an address the kernel picks
+        // aliases nothing Rust knows about.
+        let addr =
+            unsafe { rustix::mm::mmap_anonymous(ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, flags)? };
+        NonNull::new(addr.cast()).ok_or(Errno::FAULT)
+    }
+
+    fn lock(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+        // SAFETY: mlock only changes whether pages may be swapped out; it
+        // reads and writes no memory.
+        unsafe { rustix::mm::mlock(addr.as_ptr().cast(), len) }
     }
 }
 

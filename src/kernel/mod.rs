@@ -11,6 +11,7 @@ pub use host::Host;
 
 use core::ffi::CStr;
 use core::ptr::NonNull;
+use core::time::Duration;
 
 use rustix::io::Errno;
 
@@ -69,6 +70,19 @@ pub enum Request<'a> {
     DeviceGetRegionInfo(&'a mut sys::RegionInfo),
     /// `ioctl(device, VFIO_DEVICE_GET_IRQ_INFO, &info)`.
     DeviceGetIrqInfo(&'a mut sys::IrqInfo),
+    /// `ioctl(device, VFIO_DEVICE_GET_REGION_INFO, buf)` with room for the
+    /// region's capability chain.
+    DeviceGetRegionInfoCaps(&'a mut sys::InfoBuffer),
+    /// `ioctl(device, VFIO_DEVICE_SET_IRQS, &set)`.
+    DeviceSetIrqs(&'a sys::IrqSetEventfds),
+    /// `ioctl(device, VFIO_DEVICE_RESET)`.
+    DeviceReset,
+    /// `ioctl(container, VFIO_IOMMU_GET_INFO, buf)`.
+    IommuGetInfo(&'a mut sys::InfoBuffer),
+    /// `ioctl(container, VFIO_IOMMU_MAP_DMA, &map)`.
+    IommuMapDma(&'a sys::DmaMap),
+    /// `ioctl(container, VFIO_IOMMU_UNMAP_DMA, &unmap)`.
+    IommuUnmapDma(&'a mut sys::DmaUnmap),
 }
 
 /// A token that only this crate creates. Every [`Kernel`] method takes one,
@@ -90,7 +104,8 @@ pub(crate) const TOKEN: Token = Token(());
 ///
 /// # Safety
 ///
-/// Implementors promise that a pointer returned by [`Kernel::mmap`] is valid
+/// Implementors promise that a pointer returned by [`Kernel::mmap`] or
+/// [`Kernel::map_anonymous`] is valid
 /// for volatile reads and writes of `len` bytes (as its protection allows),
 /// aligned to at least 4096 bytes, and stays valid until it is passed to
 /// [`Kernel::munmap`], even if the kernel value is moved; the crate hands out
@@ -126,6 +141,24 @@ pub unsafe trait Kernel {
     /// `readlink(path, buf)`; returns the link's target, which may fill `buf`
     /// completely (the caller treats a full buffer as possibly truncated).
     fn readlink<'b>(&self, token: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno>;
+
+    /// `eventfd(0, EFD_CLOEXEC)`: a blocking eventfd.
+    fn eventfd(&self, token: &Token) -> Result<Fd, Errno>;
+
+    /// `read(fd, &counter, 8)` on an eventfd: blocks until it is non-zero,
+    /// returns and clears it.
+    fn read_counter(&self, token: &Token, fd: Fd) -> Result<u64, Errno>;
+
+    /// `poll(fd, POLLIN, timeout)`: whether `fd` became readable in time
+    /// (`None`: wait forever).
+    fn poll_readable(&self, token: &Token, fd: Fd, timeout: Option<Duration>) -> Result<bool, Errno>;
+
+    /// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS |
+    /// MAP_POPULATE [| MAP_HUGETLB], -1, 0)`: memory for DMA buffers.
+    fn map_anonymous(&self, token: &Token, len: usize, huge_pages: bool) -> Result<NonNull<u8>, Errno>;
+
+    /// `mlock(addr, len)`.
+    fn lock(&self, token: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno>;
 }
 
 // SAFETY: forwards to `K`, whose contract it inherits; `K` outlives the
@@ -155,5 +188,20 @@ unsafe impl<K: Kernel> Kernel for &K {
     }
     fn readlink<'b>(&self, t: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         (**self).readlink(t, path, buf)
+    }
+    fn eventfd(&self, t: &Token) -> Result<Fd, Errno> {
+        (**self).eventfd(t)
+    }
+    fn read_counter(&self, t: &Token, fd: Fd) -> Result<u64, Errno> {
+        (**self).read_counter(t, fd)
+    }
+    fn poll_readable(&self, t: &Token, fd: Fd, timeout: Option<Duration>) -> Result<bool, Errno> {
+        (**self).poll_readable(t, fd, timeout)
+    }
+    fn map_anonymous(&self, t: &Token, len: usize, huge_pages: bool) -> Result<NonNull<u8>, Errno> {
+        (**self).map_anonymous(t, len, huge_pages)
+    }
+    fn lock(&self, t: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+        (**self).lock(t, addr, len)
     }
 }

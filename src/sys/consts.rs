@@ -58,3 +58,18 @@ pub mod pci_irq {
     #[doc(alias = "VFIO_PCI_REQ_IRQ_INDEX")]
     pub const REQ: u32 = 4;
 }
+
+/// `VFIO_IOMMU_INFO_PGSIZES`: `iova_pgsizes` is valid.
+pub const IOMMU_INFO_PGSIZES: u32 = 1 << 0;
+/// `VFIO_IOMMU_INFO_CAPS`: the info has a capability chain.
+pub const IOMMU_INFO_CAPS: u32 = 1 << 1;
+/// `VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE`: the usable IOVA ranges.
+pub const IOMMU_CAP_IOVA_RANGE: u16 = 1;
+/// `VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL`: how many more DMA mappings are allowed.
+pub const IOMMU_CAP_DMA_AVAIL: u16 = 3;
+/// `VFIO_REGION_INFO_CAP_SPARSE_MMAP`: the parts of a region that may be mapped.
+pub const REGION_CAP_SPARSE_MMAP: u16 = 1;
+/// `VFIO_DMA_MAP_FLAG_READ`: the device may read the memory.
+pub const DMA_MAP_FLAG_READ: u32 = 1 << 0;
+/// `VFIO_DMA_MAP_FLAG_WRITE`: the device may write the memory.
+pub const DMA_MAP_FLAG_WRITE: u32 = 1 << 1;

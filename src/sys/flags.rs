@@ -74,3 +74,22 @@ bitflags! {
         const _ = !0;
     }
 }
+
+bitflags! {
+    /// `struct vfio_irq_set.flags`: one `DATA_*` and one `ACTION_*`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct IrqSetFlags: u32 {
+        /// `VFIO_IRQ_SET_DATA_NONE`: no data.
+        const DATA_NONE = 1 << 0;
+        /// `VFIO_IRQ_SET_DATA_BOOL`: one byte per vector.
+        const DATA_BOOL = 1 << 1;
+        /// `VFIO_IRQ_SET_DATA_EVENTFD`: one eventfd per vector.
+        const DATA_EVENTFD = 1 << 2;
+        /// `VFIO_IRQ_SET_ACTION_MASK`.
+        const ACTION_MASK = 1 << 3;
+        /// `VFIO_IRQ_SET_ACTION_UNMASK`.
+        const ACTION_UNMASK = 1 << 4;
+        /// `VFIO_IRQ_SET_ACTION_TRIGGER`.
+        const ACTION_TRIGGER = 1 << 5;
+    }
+}

@@ -31,6 +31,17 @@ pub const DEVICE_GET_REGION_INFO: Opcode = vfio(8);
 /// `VFIO_DEVICE_GET_IRQ_INFO` (device), `struct vfio_irq_info *`.
 pub const DEVICE_GET_IRQ_INFO: Opcode = vfio(9);
 
+/// `VFIO_DEVICE_SET_IRQS` (device), `struct vfio_irq_set *`.
+pub const DEVICE_SET_IRQS: Opcode = vfio(10);
+/// `VFIO_DEVICE_RESET` (device), no argument.
+pub const DEVICE_RESET: Opcode = vfio(11);
+/// `VFIO_IOMMU_GET_INFO` (container), `struct vfio_iommu_type1_info *`.
+pub const IOMMU_GET_INFO: Opcode = vfio(12);
+/// `VFIO_IOMMU_MAP_DMA` (container), `struct vfio_iommu_type1_dma_map *`.
+pub const IOMMU_MAP_DMA: Opcode = vfio(13);
+/// `VFIO_IOMMU_UNMAP_DMA` (container), `struct vfio_iommu_type1_dma_unmap *`.
+pub const IOMMU_UNMAP_DMA: Opcode = vfio(14);
+
 // Cross-check against the numbers generated from the kernel's own headers.
 const _: () = {
     use linux_raw_sys::ioctl as k;
@@ -44,4 +55,9 @@ const _: () = {
     assert!(DEVICE_GET_INFO as u64 == k::VFIO_DEVICE_GET_INFO as u64);
     assert!(DEVICE_GET_REGION_INFO as u64 == k::VFIO_DEVICE_GET_REGION_INFO as u64);
     assert!(DEVICE_GET_IRQ_INFO as u64 == k::VFIO_DEVICE_GET_IRQ_INFO as u64);
+    assert!(DEVICE_SET_IRQS as u64 == k::VFIO_DEVICE_SET_IRQS as u64);
+    assert!(DEVICE_RESET as u64 == k::VFIO_DEVICE_RESET as u64);
+    assert!(IOMMU_GET_INFO as u64 == k::VFIO_IOMMU_GET_INFO as u64);
+    assert!(IOMMU_MAP_DMA as u64 == k::VFIO_IOMMU_MAP_DMA as u64);
+    assert!(IOMMU_UNMAP_DMA as u64 == k::VFIO_IOMMU_UNMAP_DMA as u64);
 };

@@ -1,0 +1,428 @@
+//! DMA mapping: memory made visible to devices at an I/O virtual address
+//! (IOVA) through the type1 IOMMU container.
+//!
+//! DMA lives in the IOMMU domain of the context's IOMMU-backed devices: it
+//! needs one of them open, and when the last one is freed its mappings go
+//! with it (the kernel would drop them anyway); their handles then answer
+//! `ForeignHandle`. noiommu devices have no IOMMU domain and cannot map DMA.
+//!
+//! A mapping is always removed from the IOMMU before the memory behind it is
+//! released; if the kernel refuses to remove it, the memory is kept (leaked)
+//! rather than handed back while a device may still write it.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use crate::capchain;
+use crate::error::{Error, ErrorKind, Step};
+use crate::iova::{self, IovaRange};
+use crate::kernel::{Fd, Kernel, Request, TOKEN};
+use crate::region::AccessError;
+use crate::sys;
+
+/// IOVA ranges recorded from the kernel's answer.
+pub const MAX_IOVA_RANGES: usize = 16;
+
+/// Lowest IOVA the allocator hands out: keeps address 0 (and the first MiB,
+/// where a stray null-based DMA would land) unused.
+const IOVA_FLOOR: u64 = 0x10_0000;
+
+/// What the IOMMU allows, from `VFIO_IOMMU_GET_INFO`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IommuInfo {
+    /// Bitmap of the IOMMU's page sizes (bit n set: 2^n bytes).
+    pub page_sizes: u64,
+    /// Usable IOVA ranges (the whole 64-bit space if the kernel names none;
+    /// the first [`MAX_IOVA_RANGES`] if it names more, which only narrows
+    /// what the allocator uses).
+    pub ranges: heapless::Vec<IovaRange, MAX_IOVA_RANGES>,
+    /// How many more mappings the kernel allows, if it says.
+    pub dma_avail: Option<u32>,
+}
+
+impl IommuInfo {
+    /// The smallest IOMMU page size (4 KiB if the kernel names none).
+    pub fn min_page_size(&self) -> u64 {
+        match self.page_sizes {
+            0 => 4096,
+            sizes => 1 << sizes.trailing_zeros(),
+        }
+    }
+}
+
+/// Which way the device moves data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DmaDirection {
+    /// The device only reads the memory.
+    ToDevice,
+    /// The device only writes the memory.
+    FromDevice,
+    /// The device reads and writes it.
+    #[default]
+    Bidirectional,
+}
+
+impl DmaDirection {
+    fn map_flags(self) -> u32 {
+        match self {
+            DmaDirection::ToDevice => sys::DMA_MAP_FLAG_READ,
+            DmaDirection::FromDevice => sys::DMA_MAP_FLAG_WRITE,
+            DmaDirection::Bidirectional => sys::DMA_MAP_FLAG_READ | sys::DMA_MAP_FLAG_WRITE,
+        }
+    }
+}
+
+/// How to allocate a DMA buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DmaOptions {
+    /// Back it with huge pages (`MAP_HUGETLB`; needs pages reserved in
+    /// `/proc/sys/vm/nr_hugepages`). The length is rounded up to 2 MiB.
+    pub huge_pages: bool,
+    /// Lock it in RAM with `mlock` (the IOMMU mapping pins it anyway; this
+    /// also keeps the CPU side from ever faulting).
+    pub locked: bool,
+    /// Map it at this IOVA instead of one the allocator picks.
+    pub iova: Option<u64>,
+    /// Which way the device moves data.
+    pub direction: DmaDirection,
+}
+
+/// One mapping of the context's table.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    pub(crate) serial: u64,
+    iova: u64,
+    len: u64,
+    vaddr: NonNull<u8>,
+    /// Memory the context allocated (and releases) rather than the caller's.
+    owned: bool,
+}
+
+/// A DMA buffer or mapping, borrowed from its context.
+///
+/// The device may write the memory at any time while it is mapped, so this
+/// view hands out no references to it: copy in and out with the methods,
+/// which use relaxed atomic accesses (plain loads and stores on aarch64 and
+/// x86_64, and free of data races between threads), after the device said it
+/// is done and after [`crate::barrier::io_rmb`]; or use the raw pointer.
+#[derive(Clone, Copy, Debug)]
+pub struct DmaBuffer<'a> {
+    mapping: &'a Mapping,
+}
+
+impl DmaBuffer<'_> {
+    /// The device address of the first byte.
+    pub fn iova(&self) -> u64 {
+        self.mapping.iova
+    }
+
+    /// The mapped length.
+    pub fn len(&self) -> usize {
+        self.mapping.len as usize
+    }
+
+    /// Always false: mappings are never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The process address of the first byte.
+    pub fn as_ptr(&self) -> NonNull<u8> {
+        self.mapping.vaddr
+    }
+
+    fn span(&self, offset: usize, width: usize) -> Result<NonNull<u8>, AccessError> {
+        let len = self.len();
+        match offset.checked_add(width) {
+            Some(end) if end <= len => {
+                // SAFETY: `offset + width <= len`, inside the mapping.
+                Ok(unsafe { self.mapping.vaddr.add(offset) })
+            }
+            _ => Err(AccessError::OutOfBounds { offset, width, len }),
+        }
+    }
+
+    /// Copies `out.len()` bytes from `offset` into `out`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), AccessError> {
+        let src = self.span(offset, out.len())?;
+        for (i, byte) in out.iter_mut().enumerate() {
+            // SAFETY: in bounds (checked above); see `byte_at`.
+            *byte = unsafe { byte_at(src, i) }.load(Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Copies `data` to `offset`.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
+        let dst = self.span(offset, data.len())?;
+        for (i, &byte) in data.iter().enumerate() {
+            // SAFETY: in bounds (checked above); see `byte_at`.
+            unsafe { byte_at(dst, i) }.store(byte, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Fills `len` bytes at `offset` with `byte`.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), AccessError> {
+        let dst = self.span(offset, len)?;
+        for i in 0..len {
+            // SAFETY: in bounds (checked above); see `byte_at`.
+            unsafe { byte_at(dst, i) }.store(byte, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn aligned(&self, offset: usize, width: usize) -> Result<NonNull<u8>, AccessError> {
+        if !offset.is_multiple_of(width) {
+            return Err(AccessError::Misaligned { offset, align: width });
+        }
+        self.span(offset, width)
+    }
+
+    /// Reads a `u32` at `offset` (4-aligned) with one load: for descriptor
+    /// fields the device updates.
+    pub fn read32(&self, offset: usize) -> Result<u32, AccessError> {
+        let p = self.aligned(offset, 4)?;
+        // SAFETY: in bounds and 4-aligned (aligned offset, page-aligned base);
+        // every access this crate makes to the buffer is atomic.
+        Ok(unsafe { AtomicU32::from_ptr(p.cast().as_ptr()) }.load(Ordering::Relaxed))
+    }
+
+    /// Writes a `u32` at `offset` (4-aligned) with one store.
+    pub fn write32(&self, offset: usize, value: u32) -> Result<(), AccessError> {
+        let p = self.aligned(offset, 4)?;
+        // SAFETY: as in `read32`.
+        unsafe { AtomicU32::from_ptr(p.cast().as_ptr()) }.store(value, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads a `u64` at `offset` (8-aligned) with one load.
+    pub fn read64(&self, offset: usize) -> Result<u64, AccessError> {
+        let p = self.aligned(offset, 8)?;
+        // SAFETY: as in `read32`, 8-aligned.
+        Ok(unsafe { AtomicU64::from_ptr(p.cast().as_ptr()) }.load(Ordering::Relaxed))
+    }
+
+    /// Writes a `u64` at `offset` (8-aligned) with one store.
+    pub fn write64(&self, offset: usize, value: u64) -> Result<(), AccessError> {
+        let p = self.aligned(offset, 8)?;
+        // SAFETY: as in `read64`.
+        unsafe { AtomicU64::from_ptr(p.cast().as_ptr()) }.store(value, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The byte at `base + i` as an atomic.
+///
+/// # Safety
+/// `base + i` is inside a live DMA mapping. Every access this crate makes to
+/// DMA memory is atomic, so views on several threads do not race; the device's
+/// own accesses are outside the program.
+unsafe fn byte_at<'a>(base: NonNull<u8>, i: usize) -> &'a AtomicU8 {
+    // SAFETY: forwarded from this function's contract; `AtomicU8` has the
+    // size and alignment of `u8`.
+    unsafe { AtomicU8::from_ptr(base.as_ptr().add(i)) }
+}
+
+/// Asks the container what the IOMMU allows.
+pub(crate) fn iommu_info<K: Kernel>(kernel: &K, container: Fd) -> Result<IommuInfo, Error> {
+    let mut buf = sys::InfoBuffer::new();
+    kernel.ioctl(&TOKEN, container, Request::IommuGetInfo(&mut buf)).map_err(|e| Error::syscall(Step::IommuInfo, e))?;
+    let head = core::mem::size_of::<sys::IommuType1Info>();
+    let flags = buf.flags();
+    let mut info = IommuInfo {
+        page_sizes: if flags & sys::IOMMU_INFO_PGSIZES != 0 { buf.u64_at(8) } else { 0 },
+        ranges: heapless::Vec::new(),
+        dma_avail: None,
+    };
+    let first = buf.u32_at(16);
+    // cap_offset 0 with the CAPS flag: the chain did not fit the buffer; go on
+    // without it (the whole space, no count), which the kernel still polices.
+    if flags & sys::IOMMU_INFO_CAPS != 0 && first != 0 {
+        for cap in capchain::CapChain::new(buf.filled(), first, head) {
+            let cap = cap.map_err(|e| Error::new(ErrorKind::CapabilityChain(e)))?;
+            let word = |at: usize| cap.body.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let quad = |at: usize| {
+                cap.body.get(at..at + 8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            };
+            match cap.id {
+                sys::IOMMU_CAP_IOVA_RANGE => {
+                    let n = word(0).unwrap_or(0) as usize;
+                    for i in 0..n.min(MAX_IOVA_RANGES) {
+                        if let (Some(start), Some(end)) = (quad(8 + 16 * i), quad(16 + 16 * i)) {
+                            let _ = info.ranges.push(IovaRange { start, end });
+                        }
+                    }
+                }
+                sys::IOMMU_CAP_DMA_AVAIL => info.dma_avail = word(0),
+                _ => {}
+            }
+        }
+    }
+    if info.ranges.is_empty() {
+        let _ = info.ranges.push(IovaRange { start: 0, end: u64::MAX });
+    }
+    Ok(info)
+}
+
+/// Memory to map for DMA.
+pub(crate) struct Memory {
+    pub(crate) vaddr: NonNull<u8>,
+    pub(crate) len: u64,
+    /// The IOVA asked for, if any.
+    pub(crate) iova: Option<u64>,
+    pub(crate) direction: DmaDirection,
+    /// Memory the context allocated (and releases) rather than the caller's.
+    pub(crate) owned: bool,
+}
+
+/// The context's DMA mappings, at most `N`.
+pub(crate) struct Table<const N: usize> {
+    mappings: heapless::Vec<Mapping, N>,
+    next_serial: u64,
+}
+
+impl<const N: usize> Table<N> {
+    pub(crate) const fn new() -> Self {
+        Table { mappings: heapless::Vec::new(), next_serial: 0 }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.mappings.len()
+    }
+
+    pub(crate) fn get(&self, serial: u64) -> Option<DmaBuffer<'_>> {
+        self.mappings.iter().find(|m| m.serial == serial).map(|mapping| DmaBuffer { mapping })
+    }
+
+    /// Maps `memory` at the chosen or given IOVA. On error the caller still
+    /// owns the memory and nothing is mapped.
+    ///
+    /// # Safety
+    /// `memory.vaddr..memory.vaddr + memory.len` stays valid until the
+    /// mapping is removed.
+    pub(crate) unsafe fn map<K: Kernel>(&mut self, kernel: &K, container: Fd, memory: Memory) -> Result<u64, Error> {
+        let Memory { vaddr, len, iova, direction, owned } = memory;
+        if self.mappings.is_full() {
+            return Err(Error::new(ErrorKind::DmaTableFull { capacity: N }));
+        }
+        let info = iommu_info(kernel, container)?;
+        let page = info.min_page_size();
+        let bad_range = Error::new(ErrorKind::BadDmaRange { page });
+        if len == 0 || !len.is_multiple_of(page) || !(vaddr.as_ptr().addr() as u64).is_multiple_of(page) {
+            return Err(bad_range);
+        }
+        let mut taken: heapless::Vec<(u64, u64), N> = heapless::Vec::new();
+        for m in &self.mappings {
+            let _ = taken.push((m.iova, m.len));
+        }
+        let iova = match iova {
+            Some(at) if !at.is_multiple_of(page) => return Err(bad_range),
+            Some(at) if !iova::inside(&info.ranges, at, len) || iova::overlaps(&taken, at, len) => {
+                return Err(Error::new(ErrorKind::NoIova { len }));
+            }
+            Some(at) => at,
+            None => iova::choose_iova(&info.ranges, &taken, len, page, IOVA_FLOOR)
+                .ok_or(Error::new(ErrorKind::NoIova { len }))?,
+        };
+        let map = sys::DmaMap {
+            argsz: sys::argsz::<sys::DmaMap>(),
+            flags: direction.map_flags(),
+            // The kernel and the device will reach this memory by address:
+            // expose its provenance, as for any pointer handed to another agent.
+            vaddr: vaddr.as_ptr().expose_provenance() as u64,
+            iova,
+            size: len,
+        };
+        kernel.ioctl(&TOKEN, container, Request::IommuMapDma(&map)).map_err(|e| Error::syscall(Step::MapDma, e))?;
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        // Cannot fail: fullness was checked first.
+        let _ = self.mappings.push(Mapping { serial, iova, len, vaddr, owned });
+        Ok(serial)
+    }
+
+    /// Removes a mapping from the IOMMU, then releases its memory if owned.
+    /// If the IOMMU refuses, the mapping stays in the table (retried when the
+    /// context lets go of it) and the error is returned.
+    pub(crate) fn unmap<K: Kernel>(&mut self, kernel: &K, container: Fd, serial: u64) -> Result<(), Error> {
+        let Some(slot) = self.mappings.iter().position(|m| m.serial == serial) else {
+            return Err(Error::new(ErrorKind::ForeignHandle));
+        };
+        unmap_iommu(kernel, container, &self.mappings[slot])?;
+        let mapping = self.mappings.swap_remove(slot);
+        release_memory(kernel, &mapping)
+    }
+
+    /// Before the last IOMMU-backed group leaves: removes every mapping from
+    /// the IOMMU. Returns false if any removal failed.
+    pub(crate) fn unmap_all_from_iommu<K: Kernel>(&self, kernel: &K, container: Fd) -> bool {
+        // Every mapping is tried, whatever the ones before it answered.
+        let mut all_removed = true;
+        for m in &self.mappings {
+            all_removed &= unmap_iommu(kernel, container, m).is_ok();
+        }
+        all_removed
+    }
+
+    /// After the domain is gone (or every mapping was removed from it):
+    /// releases owned memory and empties the table. With `domain_gone` false
+    /// and removals failed, the memory is leaked rather than released.
+    pub(crate) fn forget_all<K: Kernel>(&mut self, kernel: &K, memory_safe_to_release: bool) {
+        for m in &self.mappings {
+            if memory_safe_to_release {
+                let _ = release_memory(kernel, m);
+            }
+        }
+        self.mappings.clear();
+    }
+}
+
+fn unmap_iommu<K: Kernel>(kernel: &K, container: Fd, m: &Mapping) -> Result<(), Error> {
+    let mut unmap = sys::DmaUnmap { argsz: sys::argsz::<sys::DmaUnmap>(), flags: 0, iova: m.iova, size: m.len };
+    kernel
+        .ioctl(&TOKEN, container, Request::IommuUnmapDma(&mut unmap))
+        .map_err(|e| Error::syscall(Step::UnmapDma, e))?;
+    Ok(())
+}
+
+fn release_memory<K: Kernel>(kernel: &K, m: &Mapping) -> Result<(), Error> {
+    if !m.owned {
+        return Ok(());
+    }
+    // SAFETY: owned memory came from `kernel.map_anonymous` with this length,
+    // and the IOMMU no longer maps it; the mapping is being dropped.
+    unsafe { kernel.munmap(&TOKEN, m.vaddr, m.len as usize) }.map_err(|e| Error::syscall(Step::UnmapMemory, e))
+}
+
+/// Allocates anonymous memory for a buffer of at least `len` bytes: returns
+/// the address and the rounded length. On error nothing stays mapped.
+pub(crate) fn allocate<K: Kernel>(kernel: &K, len: usize, opts: &DmaOptions) -> Result<(NonNull<u8>, u64), Error> {
+    let unit = if opts.huge_pages { 2 << 20 } else { 4096 };
+    let len = len
+        .checked_next_multiple_of(unit)
+        .filter(|&l| l > 0)
+        .ok_or(Error::new(ErrorKind::BadDmaRange { page: unit as u64 }))?;
+    let base = kernel.map_anonymous(&TOKEN, len, opts.huge_pages).map_err(|e| Error::syscall(Step::MapMemory, e))?;
+    if opts.locked {
+        if let Err(e) = kernel.lock(&TOKEN, base, len) {
+            // SAFETY: mapped just above with this length, never shared.
+            let _ = unsafe { kernel.munmap(&TOKEN, base, len) };
+            return Err(Error::syscall(Step::LockMemory, e));
+        }
+    }
+    Ok((base, len as u64))
+}
+
+/// Releases memory from [`allocate`] that was never mapped for DMA.
+pub(crate) fn deallocate<K: Kernel>(kernel: &K, base: NonNull<u8>, len: u64) {
+    // SAFETY: from `allocate`, never mapped for DMA, and dropped by the caller.
+    let _ = unsafe { kernel.munmap(&TOKEN, base, len as usize) };
+}
+
+// SAFETY: a mapping is plain data plus the address of memory the table owns
+// or the caller promised to keep valid; `DmaBuffer` accesses that memory only
+// with atomic operations, so sharing it between threads cannot race.
+unsafe impl Send for Mapping {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Mapping {}

@@ -1,0 +1,470 @@
+//! A fake kernel for tests: `/dev/vfio`, sysfs links, groups, containers and
+//! device regions modelled in memory, with the kernel's rules (viability, one
+//! IOMMU type per container, noiommu groups apart, EINVAL for absent regions),
+//! and failure injection: any chosen system call can fail with a chosen errno.
+//!
+//! Available with the `fake` feature, so drivers built on this crate can be
+//! unit-tested on a machine with no VFIO at all.
+//!
+//! The fake's regions are ordinary memory, not device memory: two threads
+//! accessing the *same* register at the same time, one of them writing, is a
+//! data race there (undefined behaviour), whereas on a real mapping it is what
+//! hardware drivers do. Tests that share a fake region between threads must
+//! keep each thread on its own registers.
+//!
+//! ```
+//! use dao_vfio::fake::{FakeDevice, FakeKernel};
+//! use dao_vfio::Context;
+//!
+//! let kernel = FakeKernel::new();
+//! kernel.add_device(FakeDevice::edu("0000:00:02.0", 3));
+//! let mut vfio: Context<&FakeKernel> = Context::with_kernel(&kernel).unwrap();
+//! let edu = vfio.setup("0000:00:02.0").unwrap();
+//! assert_eq!(vfio.device(&edu).unwrap().region(0).unwrap().read32(0), Ok(0x010000ed));
+//! vfio.free(edu).unwrap();
+//! drop(vfio);
+//! assert_eq!(kernel.open_fds(), 0);
+//! ```
+
+mod device;
+mod memory;
+mod model;
+
+use core::ffi::CStr;
+use core::ptr::NonNull;
+use core::time::Duration;
+use std::format;
+use std::string::ToString;
+use std::sync::{Mutex, MutexGuard};
+use std::vec::Vec;
+
+use rustix::io::Errno;
+
+pub use device::{FakeDevice, FakeRegion};
+use memory::{Backing, PAGE};
+use model::{Object, State};
+
+use crate::kernel::{Fd, Kernel, Protection, Request, Token};
+use crate::sys::{IrqFlags, RegionFlags};
+
+/// The fake kernel. Share it by reference (`Context<&FakeKernel>`) to inspect
+/// it while a context uses it.
+///
+/// It never blocks: reading an eventfd whose counter is zero fails with
+/// `EAGAIN` instead, and a poll with a timeout answers at once.
+pub struct FakeKernel {
+    state: Mutex<State>,
+}
+
+impl Default for FakeKernel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Debug for FakeKernel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let s = self.state();
+        f.debug_struct("FakeKernel").field("fds", &s.fds).field("mappings", &s.mappings.len()).finish()
+    }
+}
+
+impl FakeKernel {
+    /// A system with VFIO loaded, type1 and type1v2 IOMMU backends, noiommu
+    /// mode enabled, x86-like IOVA ranges, no huge pages, and no devices.
+    pub fn new() -> Self {
+        FakeKernel { state: Mutex::new(State::new()) }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock must not hide later reports.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a device; returns its index.
+    pub fn add_device(&self, device: FakeDevice) -> usize {
+        let mut s = self.state();
+        s.backing.push(device.regions.iter().map(|r| Backing::new(r.size, &r.contents)).collect());
+        s.devices.push(device);
+        s.resets.push(0);
+        s.devices.len() - 1
+    }
+
+    fn device_index(s: &State, name: &str) -> usize {
+        s.devices.iter().position(|d| d.name == name).unwrap_or_else(|| panic!("no fake device {name}"))
+    }
+
+    /// Binds device `index` to `driver` (`None`: unbinds it).
+    pub fn bind(&self, index: usize, driver: Option<&str>) {
+        self.state().devices[index].driver = driver.map(str::to_string);
+    }
+
+    /// Unloads (or loads) VFIO: `/dev/vfio/vfio` disappears (or comes back).
+    pub fn set_vfio_loaded(&self, loaded: bool) {
+        self.state().vfio_loaded = loaded;
+    }
+
+    /// Sets the API version `VFIO_GET_API_VERSION` reports.
+    pub fn set_api_version(&self, version: i32) {
+        self.state().api_version = version;
+    }
+
+    /// Turns `enable_unsafe_noiommu_mode` on or off: off, noiommu group nodes
+    /// disappear and the noiommu backend is not offered.
+    pub fn set_noiommu_mode(&self, enabled: bool) {
+        self.state().noiommu_mode = enabled;
+    }
+
+    /// Chooses which type1 backends `VFIO_CHECK_EXTENSION` reports.
+    pub fn set_type1(&self, type1: bool, type1v2: bool) {
+        let mut s = self.state();
+        s.type1 = type1;
+        s.type1v2 = type1v2;
+    }
+
+    /// Sets the usable IOVA ranges (inclusive ends) the IOMMU reports.
+    pub fn set_iova_ranges(&self, ranges: &[(u64, u64)]) {
+        self.state().iova_ranges = ranges.to_vec();
+    }
+
+    /// Sets how many DMA mappings a container may hold.
+    pub fn set_dma_limit(&self, limit: u32) {
+        self.state().dma_limit = limit;
+    }
+
+    /// Makes huge-page anonymous mappings succeed (by default they fail with
+    /// `ENOMEM`, as on a system with no huge pages reserved).
+    pub fn set_huge_pages(&self, available: bool) {
+        self.state().huge_pages = available;
+    }
+
+    /// Makes the `n`th system call from now (1 = the next) fail with `errno`,
+    /// doing nothing else. `close` never fails and is not counted.
+    pub fn fail_call(&self, n: u64, errno: Errno) {
+        let mut s = self.state();
+        s.fail_at = Some((s.calls + n, errno));
+    }
+
+    /// Whether an injected failure is still pending (it was never reached).
+    pub fn failure_pending(&self) -> bool {
+        self.state().fail_at.is_some()
+    }
+
+    /// Clears a pending failure.
+    pub fn clear_failure(&self) {
+        self.state().fail_at = None;
+    }
+
+    /// System calls made so far (not counting `close`).
+    pub fn calls(&self) -> u64 {
+        self.state().calls
+    }
+
+    /// Open fds.
+    pub fn open_fds(&self) -> usize {
+        self.state().fds.len()
+    }
+
+    /// Live mappings (device regions and anonymous memory).
+    pub fn live_mappings(&self) -> usize {
+        self.state().mappings.values().map(Vec::len).sum()
+    }
+
+    /// Closes of fds that were not open (double closes): a bug if non-zero.
+    pub fn bad_closes(&self) -> u32 {
+        self.state().bad_closes
+    }
+
+    /// The IOMMU type set on each open container, in fd order.
+    pub fn container_types(&self) -> Vec<Option<u32>> {
+        self.state()
+            .fds
+            .values()
+            .filter_map(|o| match o {
+                Object::Container { iommu, .. } => Some(*iommu),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every DMA mapping `(iova, size)` of every container.
+    pub fn dma_mappings(&self) -> Vec<(u64, u64)> {
+        self.state()
+            .fds
+            .values()
+            .flat_map(|o| match o {
+                Object::Container { dma, .. } => dma.iter().map(|m| (m.iova, m.size)).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// The device writes `data` at device address `iova`, through the IOMMU:
+    /// false (nothing written) if no mapping covers it, as an IOMMU fault.
+    pub fn dma_write(&self, iova: u64, data: &[u8]) -> bool {
+        let s = self.state();
+        let Some(vaddr) = s.translate(iova, data.len() as u64) else { return false };
+        // SAFETY: `translate` found a live mapping covering the range, whose
+        // memory the mapping's owner keeps valid while it is mapped; the
+        // library exposed the address's provenance when it mapped it.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                core::ptr::with_exposed_provenance_mut::<u8>(vaddr as usize),
+                data.len(),
+            )
+        };
+        true
+    }
+
+    /// The device reads `out.len()` bytes at device address `iova`, through
+    /// the IOMMU: false if no mapping covers it.
+    pub fn dma_read(&self, iova: u64, out: &mut [u8]) -> bool {
+        let s = self.state();
+        let Some(vaddr) = s.translate(iova, out.len() as u64) else { return false };
+        // SAFETY: as in `dma_write`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                core::ptr::with_exposed_provenance::<u8>(vaddr as usize),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+        true
+    }
+
+    /// The device raises vector `vector` of interrupt `index`: its eventfd is
+    /// signalled unless it is unbound or masked; an automasked (level)
+    /// interrupt masks itself. Returns whether it was delivered.
+    pub fn raise_irq(&self, device: &str, index: u32, vector: u32) -> bool {
+        let mut s = self.state();
+        let d = Self::device_index(&s, device);
+        let key = (d, index, vector);
+        let Some(&efd) = s.irq_bindings.get(&key) else { return false };
+        if s.irq_masked.contains(&key) {
+            return false;
+        }
+        let automasked = s.devices[d]
+            .irqs
+            .get(index as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|(f, _)| f.contains(IrqFlags::AUTOMASKED));
+        if automasked {
+            s.irq_masked.insert(key);
+        }
+        if let Some(Object::EventFd { count }) = s.fds.get_mut(&efd) {
+            *count += 1;
+        }
+        true
+    }
+
+    /// Whether a vector is bound to an eventfd.
+    pub fn irq_bound(&self, device: &str, index: u32, vector: u32) -> bool {
+        let s = self.state();
+        let d = Self::device_index(&s, device);
+        s.irq_bindings.contains_key(&(d, index, vector))
+    }
+
+    /// Whether a vector is masked.
+    pub fn irq_masked(&self, device: &str, index: u32, vector: u32) -> bool {
+        let s = self.state();
+        let d = Self::device_index(&s, device);
+        s.irq_masked.contains(&(d, index, vector))
+    }
+
+    /// How many times a device was reset.
+    pub fn resets(&self, device: &str) -> u32 {
+        let s = self.state();
+        s.resets[Self::device_index(&s, device)]
+    }
+
+    /// The names of the system calls made, in order (for failure reports).
+    pub fn trace(&self) -> Vec<&'static str> {
+        self.state().trace.clone()
+    }
+
+    /// Enters a system call: counts it and applies an injected failure.
+    fn enter(&self, name: &'static str) -> Result<MutexGuard<'_, State>, Errno> {
+        let mut s = self.state();
+        s.calls += 1;
+        s.trace.push(name);
+        if let Some((n, errno)) = s.fail_at {
+            if s.calls == n {
+                s.fail_at = None;
+                return Err(errno);
+            }
+        }
+        Ok(s)
+    }
+}
+
+// SAFETY: `mmap` and `map_anonymous` return pointers into `Backing` memory,
+// page aligned and at least as long as the mapping; backings are heap
+// allocations that live as long as the `FakeKernel` or until unmapped (moving
+// the kernel does not move them), and the kernel outlives every context using
+// it (a context owns or borrows it). Concurrent access is allowed to disjoint
+// registers only (see the module documentation).
+unsafe impl Kernel for FakeKernel {
+    fn open(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
+        let mut s = self.enter("open")?;
+        let path = path.to_str().map_err(|_| Errno::NOENT)?;
+        if path == "/dev/vfio/vfio" {
+            if !s.vfio_loaded {
+                return Err(Errno::NOENT);
+            }
+            return Ok(s.new_fd(Object::Container { iommu: None, groups: Vec::new(), dma: Vec::new() }));
+        }
+        let number = s.group_node(path).ok_or(Errno::NOENT)?;
+        if s.group_open(number) {
+            return Err(Errno::BUSY);
+        }
+        Ok(s.new_fd(Object::Group { number, container: None }))
+    }
+
+    fn close(&self, _: &Token, fd: Fd) {
+        let mut s = self.state();
+        match s.fds.remove(&fd.raw()) {
+            None => s.bad_closes += 1,
+            Some(Object::Group { number, container: Some(cfd) }) => s.detach(cfd, number),
+            Some(Object::Device { device }) => s.device_closed(device),
+            Some(_) => {}
+        }
+    }
+
+    fn ioctl(&self, _: &Token, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
+        self.enter("ioctl")?.ioctl(fd, request)
+    }
+
+    fn mmap(&self, _: &Token, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
+        let mut s = self.enter("mmap")?;
+        let device = s.device_of(fd).map_err(|_| Errno::BADF)?;
+        let (index, within) = s.locate(device, offset)?;
+        let region = &s.devices[device].regions[index as usize];
+        let room = (region.size as usize).next_multiple_of(PAGE);
+        let in_area = region.sparse.is_empty() && within == 0
+            || region.sparse.iter().any(|&(o, n)| within == o && len as u64 <= n);
+        let allowed = region.flags.contains(RegionFlags::MMAP)
+            && (!prot.read || region.flags.contains(RegionFlags::READ))
+            && (!prot.write || region.flags.contains(RegionFlags::WRITE));
+        if !allowed || !in_area || len == 0 || within as usize + len > room {
+            return Err(Errno::INVAL);
+        }
+        // SAFETY: `within + len <= room`, the backing's length.
+        let base = unsafe { s.backing[device][index as usize].ptr().add(within as usize) };
+        // Mapping the same region twice returns the same address here (both
+        // views share the memory, as MAP_SHARED views of one region would).
+        s.mappings.entry(base.as_ptr() as usize).or_default().push((len, device, index));
+        Ok(base)
+    }
+
+    unsafe fn munmap(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+        let mut s = self.enter("munmap")?;
+        let key = addr.as_ptr() as usize;
+        let views = s.mappings.get_mut(&key).ok_or(Errno::INVAL)?;
+        let view = views.iter().position(|&(mapped, _, _)| mapped == len).ok_or(Errno::INVAL)?;
+        views.remove(view);
+        if views.is_empty() {
+            s.mappings.remove(&key);
+            s.anonymous.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn pread(&self, _: &Token, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+        let s = self.enter("pread")?;
+        let device = s.device_of(fd)?;
+        let (index, within) = s.locate(device, offset)?;
+        let region = &s.devices[device].regions[index as usize];
+        if !region.flags.contains(RegionFlags::READ) {
+            return Err(Errno::INVAL);
+        }
+        let n = (region.size.saturating_sub(within) as usize).min(buf.len());
+        Ok(s.backing[device][index as usize].read(within as usize, &mut buf[..n]))
+    }
+
+    fn pwrite(&self, _: &Token, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
+        let s = self.enter("pwrite")?;
+        let device = s.device_of(fd)?;
+        let (index, within) = s.locate(device, offset)?;
+        let region = &s.devices[device].regions[index as usize];
+        if !region.flags.contains(RegionFlags::WRITE) {
+            return Err(Errno::INVAL);
+        }
+        let n = (region.size.saturating_sub(within) as usize).min(buf.len());
+        Ok(s.backing[device][index as usize].write(within as usize, &buf[..n]))
+    }
+
+    fn readlink<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        let s = self.enter("readlink")?;
+        let path = path.to_str().map_err(|_| Errno::NOENT)?;
+        let target = s
+            .devices
+            .iter()
+            .find_map(|d| {
+                let dir = format!("/sys/bus/{}/devices/{}", d.bus.sysfs_name(), d.name);
+                let rest = path.strip_prefix(dir.as_str())?;
+                match rest {
+                    "" => Some(format!("../../../devices/fake/{}", d.name)),
+                    "/driver" => {
+                        d.driver.as_ref().map(|drv| format!("../../../../bus/{}/drivers/{drv}", d.bus.sysfs_name()))
+                    }
+                    "/iommu_group" => d.group.map(|g| format!("../../../../kernel/iommu_groups/{g}")),
+                    _ => None,
+                }
+            })
+            .ok_or(Errno::NOENT)?;
+        let n = target.len().min(buf.len());
+        buf[..n].copy_from_slice(&target.as_bytes()[..n]);
+        Ok(&buf[..n])
+    }
+
+    fn eventfd(&self, _: &Token) -> Result<Fd, Errno> {
+        Ok(self.enter("eventfd")?.new_fd(Object::EventFd { count: 0 }))
+    }
+
+    fn read_counter(&self, _: &Token, fd: Fd) -> Result<u64, Errno> {
+        let mut s = self.enter("read")?;
+        match s.fds.get_mut(&fd.raw()) {
+            Some(Object::EventFd { count: 0 }) => Err(Errno::AGAIN),
+            Some(Object::EventFd { count }) => Ok(core::mem::take(count)),
+            Some(_) => Err(Errno::INVAL),
+            None => Err(Errno::BADF),
+        }
+    }
+
+    fn poll_readable(&self, _: &Token, fd: Fd, _timeout: Option<Duration>) -> Result<bool, Errno> {
+        let s = self.enter("poll")?;
+        match s.fds.get(&fd.raw()) {
+            Some(Object::EventFd { count }) => Ok(*count > 0),
+            Some(_) => Ok(true),
+            None => Err(Errno::BADF),
+        }
+    }
+
+    fn map_anonymous(&self, _: &Token, len: usize, huge_pages: bool) -> Result<NonNull<u8>, Errno> {
+        let mut s = self.enter("mmap")?;
+        if len == 0 {
+            return Err(Errno::INVAL);
+        }
+        if huge_pages && !s.huge_pages {
+            return Err(Errno::NOMEM);
+        }
+        let memory = Backing::new(len as u64, &[]);
+        let base = memory.ptr();
+        s.mappings.entry(base.as_ptr() as usize).or_default().push((len, usize::MAX, 0));
+        s.anonymous.insert(base.as_ptr() as usize, memory);
+        Ok(base)
+    }
+
+    fn lock(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+        let s = self.enter("mlock")?;
+        let start = addr.as_ptr() as usize;
+        let covered = s.anonymous.range(..=start).next_back().is_some_and(|(&base, m)| start + len <= base + m.len());
+        if covered {
+            Ok(())
+        } else {
+            Err(Errno::NOMEM)
+        }
+    }
+}

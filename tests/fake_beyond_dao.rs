@@ -1,0 +1,379 @@
+//! Interrupts, DMA, PCI config space, reset and sparse mmap against the fake
+//! kernel, including a failure walk over each new system call path.
+
+use std::time::Duration;
+
+use dao_vfio::fake::{FakeDevice, FakeKernel, FakeRegion};
+use dao_vfio::pci_caps::cap_id;
+use dao_vfio::sys::{pci_irq, IrqFlags};
+use dao_vfio::{
+    AccessError, BarKind, Context, DmaDirection, DmaOptions, Errno, ErrorKind, IovaRange, PciCommand, RegionKind,
+};
+
+const EDU: &str = "0000:00:02.0";
+const RTC: &str = "9010000.pl031";
+
+type Ctx<'k> = Context<&'k FakeKernel>;
+
+fn board() -> FakeKernel {
+    let k = FakeKernel::new();
+    k.add_device(FakeDevice::edu(EDU, 3));
+    k.add_device(FakeDevice::platform(RTC, 0));
+    k
+}
+
+#[test]
+fn msi_eventfd_receives_interrupts() {
+    let k = board();
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    assert_eq!(
+        ctx.device(&edu).unwrap().interrupt(pci_irq::MSI, 0).unwrap_err().kind(),
+        ErrorKind::IrqNotEnabled { index: pci_irq::MSI, vector: 0 }
+    );
+    ctx.irq_enable(&edu, pci_irq::MSI, 1).unwrap();
+    assert!(k.irq_bound(EDU, pci_irq::MSI, 0));
+    let irq = ctx.device(&edu).unwrap().interrupt(pci_irq::MSI, 0).unwrap();
+    assert_eq!(irq.wait_timeout(Duration::from_millis(10)).unwrap(), None);
+    assert!(k.raise_irq(EDU, pci_irq::MSI, 0));
+    assert!(k.raise_irq(EDU, pci_irq::MSI, 0));
+    assert_eq!(irq.wait().unwrap(), 2, "the eventfd counts both");
+    assert_eq!(irq.mask().unwrap_err().kind(), ErrorKind::NotMaskable { index: pci_irq::MSI });
+    let fds = k.open_fds();
+    ctx.irq_disable(&edu, pci_irq::MSI).unwrap();
+    assert_eq!(k.open_fds(), fds - 1, "the eventfd is closed");
+    assert!(!k.raise_irq(EDU, pci_irq::MSI, 0));
+    ctx.free(edu).unwrap();
+    assert_eq!(k.open_fds(), 1);
+}
+
+#[test]
+fn level_interrupt_masks_itself_until_unmasked() {
+    let k = board();
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let rtc = ctx.setup(RTC).unwrap();
+    ctx.irq_enable(&rtc, 0, 1).unwrap();
+    let irq = ctx.device(&rtc).unwrap().interrupt(0, 0).unwrap();
+    assert!(irq.flags().contains(IrqFlags::AUTOMASKED));
+    assert!(k.raise_irq(RTC, 0, 0));
+    assert_eq!(irq.wait().unwrap(), 1);
+    assert!(k.irq_masked(RTC, 0, 0), "automasked after firing");
+    assert!(!k.raise_irq(RTC, 0, 0), "masked: not delivered");
+    irq.unmask().unwrap();
+    assert!(k.raise_irq(RTC, 0, 0));
+    assert_eq!(irq.wait_timeout(Duration::from_secs(1)).unwrap(), Some(1));
+    irq.mask().unwrap();
+    assert!(k.irq_masked(RTC, 0, 0));
+    // Freeing the device closes its eventfds.
+    ctx.free(rtc).unwrap();
+    assert_eq!(k.open_fds(), 1);
+}
+
+#[test]
+fn interrupt_requests_are_checked() {
+    let k = board();
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    let fds = k.open_fds();
+    let err = |r: Result<(), dao_vfio::Error>| r.unwrap_err().kind();
+    assert_eq!(err(ctx.irq_enable(&edu, 9, 1)), ErrorKind::NoSuchIrq { index: 9 });
+    assert_eq!(err(ctx.irq_enable(&edu, pci_irq::ERR, 1)), ErrorKind::NoSuchIrq { index: pci_irq::ERR });
+    assert_eq!(err(ctx.irq_enable(&edu, pci_irq::MSI, 2)), ErrorKind::TooManyVectors { requested: 2, available: 1 });
+    assert_eq!(err(ctx.irq_enable(&edu, pci_irq::MSI, 0)), ErrorKind::TooManyVectors { requested: 0, available: 1 });
+    assert_eq!(err(ctx.irq_disable(&edu, pci_irq::MSI)), ErrorKind::IrqNotEnabled { index: pci_irq::MSI, vector: 0 });
+    ctx.irq_enable(&edu, pci_irq::MSI, 1).unwrap();
+    assert_eq!(err(ctx.irq_enable(&edu, pci_irq::MSI, 1)), ErrorKind::IrqAlreadyEnabled { index: pci_irq::MSI });
+    assert_eq!(k.open_fds(), fds + 1);
+    ctx.free(edu).unwrap();
+}
+
+#[test]
+fn every_irq_enable_failure_point_leaves_nothing_behind() {
+    let mut n = 1;
+    loop {
+        let k = board();
+        let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+        let edu = ctx.setup(EDU).unwrap();
+        let fds = k.open_fds();
+        k.fail_call(n, Errno::IO);
+        let result = ctx.irq_enable(&edu, pci_irq::MSI, 1);
+        if k.failure_pending() {
+            k.clear_failure();
+            result.unwrap();
+            break;
+        }
+        assert_eq!(result.unwrap_err().errno(), Some(Errno::IO));
+        assert_eq!(k.open_fds(), fds, "call {n} leaked an eventfd");
+        assert!(!k.irq_bound(EDU, pci_irq::MSI, 0));
+        ctx.irq_enable(&edu, pci_irq::MSI, 1).unwrap();
+        ctx.free(edu).unwrap();
+        n += 1;
+    }
+    println!("irq enable failure walk: {} failure points", n - 1);
+    assert_eq!(n - 1, 2, "eventfd and VFIO_DEVICE_SET_IRQS");
+}
+
+#[test]
+fn dma_buffers_are_mapped_inside_the_iova_ranges() {
+    let k = board();
+    k.set_iova_ranges(&[(0, 0xfedf_ffff), (0xfef0_0000, 0xffff_ffff_ffff)]);
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    assert_eq!(ctx.dma_alloc(4096, DmaOptions::default()).unwrap_err().kind(), ErrorKind::NoDmaDomain);
+    let rtc = ctx.setup(RTC).unwrap();
+    assert_eq!(ctx.dma_alloc(4096, DmaOptions::default()).unwrap_err().kind(), ErrorKind::NoIommuDma);
+    let edu = ctx.setup(EDU).unwrap();
+    let info = ctx.iommu_info().unwrap();
+    assert_eq!(info.min_page_size(), 4096);
+    assert_eq!(
+        info.ranges.as_slice(),
+        &[IovaRange { start: 0, end: 0xfedf_ffff }, IovaRange { start: 0xfef0_0000, end: 0xffff_ffff_ffff }]
+    );
+    assert_eq!(info.dma_avail, Some(65535));
+
+    let a = ctx.dma_alloc(4096, DmaOptions { locked: true, ..Default::default() }).unwrap();
+    let b = ctx.dma_alloc(5000, DmaOptions::default()).unwrap();
+    let (ia, ib) = (ctx.dma(&a).unwrap().iova(), ctx.dma(&b).unwrap().iova());
+    assert_eq!(ia, 0x10_0000, "the allocator starts above the first MiB");
+    assert_eq!((ib, ctx.dma(&b).unwrap().len()), (0x10_1000, 8192), "rounded to pages, no overlap");
+    assert_eq!(k.dma_mappings(), vec![(ia, 4096), (ib, 8192)]);
+
+    // The device writes through the IOMMU; the CPU sees it.
+    let buf = ctx.dma(&a).unwrap();
+    buf.write(0, b"hello").unwrap();
+    let mut seen = [0u8; 5];
+    assert!(k.dma_read(ia, &mut seen));
+    assert_eq!(&seen, b"hello");
+    assert!(k.dma_write(ia + 8, &42u64.to_le_bytes()));
+    assert_eq!(buf.read64(8), Ok(42));
+    assert_eq!(buf.read32(4096), Err(AccessError::OutOfBounds { offset: 4096, width: 4, len: 4096 }));
+    assert_eq!(buf.write64(4, 0), Err(AccessError::Misaligned { offset: 4, align: 8 }));
+
+    // A chosen IOVA: inside the ranges and free, or refused.
+    let fixed = DmaOptions { iova: Some(0xfef0_0000), direction: DmaDirection::ToDevice, ..Default::default() };
+    let c = ctx.dma_alloc(4096, fixed).unwrap();
+    assert_eq!(ctx.dma(&c).unwrap().iova(), 0xfef0_0000);
+    let in_hole = DmaOptions { iova: Some(0xfee0_0000), ..Default::default() };
+    assert_eq!(ctx.dma_alloc(4096, in_hole).unwrap_err().kind(), ErrorKind::NoIova { len: 4096 });
+    let taken = DmaOptions { iova: Some(ia), ..Default::default() };
+    assert_eq!(ctx.dma_alloc(4096, taken).unwrap_err().kind(), ErrorKind::NoIova { len: 4096 });
+    let odd = DmaOptions { iova: Some(0x20_0800), ..Default::default() };
+    assert_eq!(ctx.dma_alloc(4096, odd).unwrap_err().kind(), ErrorKind::BadDmaRange { page: 4096 });
+    assert_eq!(ctx.dma_alloc(0, DmaOptions::default()).unwrap_err().kind(), ErrorKind::BadDmaRange { page: 4096 });
+    let huge = DmaOptions { huge_pages: true, ..Default::default() };
+    assert_eq!(ctx.dma_alloc(4096, huge).unwrap_err().errno(), Some(Errno::NOMEM), "no huge pages reserved");
+    k.set_huge_pages(true);
+    let h = ctx.dma_alloc(4096, huge).unwrap();
+    assert_eq!(ctx.dma(&h).unwrap().len(), 2 << 20);
+
+    // Unmapped before released: after free the device cannot reach it.
+    ctx.dma_free(a).unwrap();
+    assert!(!k.dma_write(ia, b"late"));
+    assert_eq!(k.dma_mappings().len(), 3);
+    ctx.free(rtc).unwrap();
+    // The last IOMMU-backed device takes the remaining mappings with it.
+    let mappings = k.live_mappings();
+    ctx.free(edu).unwrap();
+    assert!(k.dma_mappings().is_empty());
+    assert_eq!(k.live_mappings(), mappings - 1 - 3, "BAR0 and the three buffers released");
+    assert_eq!(ctx.dma(&b).unwrap_err().kind(), ErrorKind::ForeignHandle);
+    drop(ctx);
+    assert_eq!((k.open_fds(), k.live_mappings(), k.bad_closes()), (0, 0, 0));
+}
+
+#[test]
+fn raw_dma_mapping_of_caller_memory() {
+    let k = board();
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    // Page-aligned caller memory that outlives its mapping.
+    #[repr(C, align(4096))]
+    struct Page([u8; 4096]);
+    let mut page = Box::new(Page([0; 4096]));
+    let vaddr = std::ptr::NonNull::new(page.0.as_mut_ptr()).unwrap();
+    // SAFETY: `page` lives until after dma_free below and is not touched
+    // through Rust references while mapped.
+    let h = unsafe { ctx.dma_map_raw(vaddr, 4096, Some(0x4000_0000), DmaDirection::FromDevice) }.unwrap();
+    assert!(k.dma_write(0x4000_0000, &[7, 7, 7]));
+    assert_eq!(ctx.dma(&h).unwrap().read32(0), Ok(0x0007_0707));
+    ctx.dma_free(h).unwrap();
+    assert_eq!(&page.0[..3], &[7, 7, 7], "caller memory is the caller's again");
+    // SAFETY: misaligned length: refused before anything is mapped.
+    let odd = unsafe { ctx.dma_map_raw(vaddr, 100, None, DmaDirection::Bidirectional) };
+    assert_eq!(odd.unwrap_err().kind(), ErrorKind::BadDmaRange { page: 4096 });
+    ctx.free(edu).unwrap();
+}
+
+#[test]
+fn full_dma_table_and_kernel_limit() {
+    let k = board();
+    let mut ctx: Context<&FakeKernel, 8, 8, 2> = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    let a = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
+    let b = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
+    let mappings = k.live_mappings();
+    assert_eq!(ctx.dma_alloc(4096, DmaOptions::default()).unwrap_err().kind(), ErrorKind::DmaTableFull { capacity: 2 });
+    assert_eq!(k.live_mappings(), mappings, "refused before allocating");
+    ctx.dma_free(a).unwrap();
+    k.set_dma_limit(1);
+    let err = ctx.dma_alloc(4096, DmaOptions::default()).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::NOSPC), "{err}");
+    assert_eq!(k.live_mappings(), mappings - 1, "the refused buffer's memory is released");
+    ctx.dma_free(b).unwrap();
+    ctx.free(edu).unwrap();
+}
+
+#[test]
+fn every_dma_failure_point_leaves_nothing_behind() {
+    let mut points = 0;
+    for locked in [false, true] {
+        let mut n = 1;
+        loop {
+            let k = board();
+            let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+            let edu = ctx.setup(EDU).unwrap();
+            let (fds, mappings) = (k.open_fds(), k.live_mappings());
+            k.fail_call(n, Errno::IO);
+            let result = ctx.dma_alloc(8192, DmaOptions { locked, ..Default::default() });
+            if k.failure_pending() {
+                k.clear_failure();
+                let h = result.unwrap();
+                // Free: unmap from the IOMMU, then release; a failed unmap keeps the memory.
+                let mut m = 1;
+                loop {
+                    let k2 = board();
+                    let mut ctx2: Ctx = Context::with_kernel(&k2).unwrap();
+                    let edu2 = ctx2.setup(EDU).unwrap();
+                    let h2 = ctx2.dma_alloc(8192, DmaOptions::default()).unwrap();
+                    let iova = ctx2.dma(&h2).unwrap().iova();
+                    k2.fail_call(m, Errno::IO);
+                    let freed = ctx2.dma_free(h2);
+                    if k2.failure_pending() {
+                        freed.unwrap();
+                        break;
+                    }
+                    let failed_call = k2.trace()[k2.trace().len() - 1];
+                    assert!(freed.is_err());
+                    if failed_call == "ioctl" {
+                        assert!(k2.dma_write(iova, b"x"), "still mapped, so its memory was kept");
+                    }
+                    drop(ctx2);
+                    let _ = edu2;
+                    assert_eq!((k2.open_fds(), k2.dma_mappings().len()), (0, 0));
+                    m += 1;
+                    points += 1;
+                }
+                ctx.dma_free(h).unwrap();
+                break;
+            }
+            assert_eq!(result.unwrap_err().errno(), Some(Errno::IO));
+            assert_eq!((k.open_fds(), k.live_mappings(), k.dma_mappings().len()), (fds, mappings, 0), "call {n}");
+            let h = ctx.dma_alloc(8192, DmaOptions::default()).unwrap();
+            ctx.dma_free(h).unwrap();
+            ctx.free(edu).unwrap();
+            n += 1;
+            points += 1;
+        }
+    }
+    println!("DMA failure walk: {points} failure points");
+    assert!(points >= 7);
+}
+
+#[test]
+fn pci_config_space_command_bars_and_capabilities() {
+    let k = board();
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    let dev = ctx.device(&edu).unwrap();
+    assert_eq!(dev.config_read16(0).unwrap(), 0x1234);
+    assert_eq!(dev.config_read16(2).unwrap(), 0x11e8);
+    assert_eq!(dev.pci_command().unwrap(), PciCommand::empty());
+    dev.enable_bus_master().unwrap();
+    let cmd = dev.pci_command_set(PciCommand::MEMORY_SPACE).unwrap();
+    assert_eq!(cmd, PciCommand::BUS_MASTER | PciCommand::MEMORY_SPACE);
+    assert_eq!(dev.pci_command_clear(PciCommand::BUS_MASTER).unwrap(), PciCommand::MEMORY_SPACE);
+    let caps = dev.pci_capabilities().unwrap();
+    assert_eq!(caps.len(), 1);
+    assert_eq!((caps[0].id, caps[0].offset, caps[0].extended), (cap_id::MSI, 0x40, false));
+    let bars = dev.pci_bars().unwrap();
+    assert_eq!(bars[0].kind, BarKind::Memory { is_64bit: false, prefetchable: false });
+    assert_eq!(bars[0].size, 0x10_0000);
+    assert!(bars[1..].iter().all(|b| b.kind == BarKind::Unused));
+    assert_eq!(
+        dev.config_read32(0x100).unwrap_err().kind(),
+        ErrorKind::Access(AccessError::OutOfBounds { offset: 0x100, width: 4, len: 0x100 })
+    );
+    // Reset: edu has none; refused without a system call.
+    let calls = k.calls();
+    assert_eq!(dev.reset().unwrap_err().kind(), ErrorKind::ResetUnsupported);
+    assert_eq!(k.calls(), calls);
+    let rtc = ctx.setup(RTC).unwrap();
+    assert_eq!(ctx.device(&rtc).unwrap().config_read8(0).unwrap_err().kind(), ErrorKind::NotPci);
+    ctx.free(rtc).unwrap();
+    ctx.free(edu).unwrap();
+}
+
+#[test]
+fn reset_where_the_device_supports_it() {
+    let k = FakeKernel::new();
+    k.add_device(FakeDevice::edu(EDU, 3).with_reset());
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    ctx.device(&edu).unwrap().reset().unwrap();
+    assert_eq!(k.resets(EDU), 1);
+    ctx.free(edu).unwrap();
+}
+
+#[test]
+fn sparse_regions_map_only_their_areas() {
+    let k = FakeKernel::new();
+    // A 16 KiB BAR whose MSI-X table page (0x1000..0x2000) may not be mapped.
+    let bar = FakeRegion::mmio(0x4000).with_sparse_areas(&[(0, 0x1000), (0x2000, 0x2000)]);
+    let mut edu = FakeDevice::edu(EDU, 3);
+    edu.regions[0] = bar;
+    k.add_device(edu);
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let h = ctx.setup(EDU).unwrap();
+    let dev = ctx.device(&h).unwrap();
+    let r = dev.region(0).unwrap();
+    assert_eq!(r.kind(), RegionKind::Sparse);
+    assert!(!r.is_mapped());
+    assert_eq!(r.mapped_areas().collect::<Vec<_>>(), vec![(0, 0x1000), (0x2000, 0x2000)]);
+    assert_eq!(k.live_mappings(), 2);
+    r.write32(0x10, 5).unwrap();
+    assert_eq!(r.read32(0x10), Ok(5));
+    r.write64(0x3ff8, 6).unwrap();
+    assert_eq!(r.read64(0x3ff8), Ok(6));
+    assert_eq!(r.read32(0x1000), Err(AccessError::NotMapped), "the hole is not mapped");
+    assert_eq!(r.read32(0x0ffe), Err(AccessError::Misaligned { offset: 0xffe, align: 4 }));
+    assert_eq!(r.read32(0x4000), Err(AccessError::OutOfBounds { offset: 0x4000, width: 4, len: 0x4000 }));
+    // The hole is still reachable through pread/pwrite.
+    dev.write_region(0, 0x1000, &[1, 2, 3, 4]).unwrap();
+    let mut back = [0u8; 4];
+    dev.read_region(0, 0x1000, &mut back).unwrap();
+    assert_eq!(back, [1, 2, 3, 4]);
+    ctx.free(h).unwrap();
+    assert_eq!(k.live_mappings(), 0);
+}
+
+#[test]
+fn every_sparse_setup_failure_point_leaves_nothing_behind() {
+    let mut n = 1;
+    loop {
+        let k = FakeKernel::new();
+        let mut edu = FakeDevice::edu(EDU, 3);
+        edu.regions[0] = FakeRegion::mmio(0x4000).with_sparse_areas(&[(0, 0x1000), (0x2000, 0x2000)]);
+        k.add_device(edu);
+        let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+        k.fail_call(n, Errno::IO);
+        let result = ctx.setup(EDU);
+        if k.failure_pending() {
+            k.clear_failure();
+            ctx.free(result.unwrap()).unwrap();
+            break;
+        }
+        assert!(result.is_err());
+        assert_eq!((k.open_fds(), k.live_mappings()), (1, 0), "call {n}");
+        n += 1;
+    }
+    println!("sparse setup failure walk: {} failure points", n - 1);
+}

@@ -64,8 +64,8 @@ fn run(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     // Bus mastering for DMA and MSI, then one eventfd on the MSI vector.
     vfio.device(&edu)?.pci_command_set(PciCommand::MEMORY_SPACE | PciCommand::BUS_MASTER)?;
     vfio.irq_enable(&edu, pci_irq::MSI, 1)?;
-    let src = vfio.dma_alloc(4096, DmaOptions::default())?;
-    let dst = vfio.dma_alloc(4096, DmaOptions::default())?;
+    let mut src = vfio.dma_alloc(4096, DmaOptions::default())?;
+    let mut dst = vfio.dma_alloc(4096, DmaOptions::default())?;
 
     let dev = vfio.device(&edu)?;
     let regs = dev.region(pci_region::BAR0)?.block::<EduRegs>(0)?;
@@ -86,7 +86,7 @@ fn run(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     unsafe { regs.irq_ack.write(regs.irq_status.read()) };
 
     let message = b"through the IOMMU and back";
-    let (src_buf, dst_buf) = (vfio.dma(&src)?, vfio.dma(&dst)?);
+    let (src_buf, dst_buf) = (vfio.dma(&mut src)?, vfio.dma(&mut dst)?);
     src_buf.write(0, message)?;
     dst_buf.fill(0, 4096, 0)?;
     dma(regs, src_buf.iova(), EDU_BUFFER, message.len() as u64, false)?;
@@ -105,8 +105,8 @@ fn run(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: acknowledges it.
     unsafe { regs.irq_ack.write(0x42) };
 
-    vfio.dma_free(src)?;
-    vfio.dma_free(dst)?;
+    vfio.dma_free(src).map_err(|(_, e)| e)?;
+    vfio.dma_free(dst).map_err(|(_, e)| e)?;
     vfio.free(edu)?;
     vfio.close().map_err(|(_, e): (_, Error)| e)?;
     Ok(())

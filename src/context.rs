@@ -412,8 +412,16 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         if self.dma.len() == DMA {
             return Err(Error::new(ErrorKind::DmaTableFull { capacity: DMA }));
         }
-        let (base, len) = dma::allocate(&self.kernel, len, &options)?;
-        let memory = dma::Memory { vaddr: base, len, iova: options.iova, direction: options.direction, owned: true };
+        let unit = dma::allocation_unit(&dma::iommu_info(&self.kernel, container)?, &options);
+        let (base, len) = dma::allocate(&self.kernel, len, unit, &options)?;
+        let memory = dma::Memory {
+            vaddr: base,
+            len,
+            iova: options.iova,
+            direction: options.direction,
+            owned: true,
+            align: unit as u64,
+        };
         // SAFETY: the memory is fresh, owned by the table from here on, and
         // released only after its mapping is removed.
         match unsafe { self.dma.map(&self.kernel, container, memory) } {
@@ -427,15 +435,20 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
 
     /// Maps the caller's memory `vaddr..vaddr + len` for DMA, at `iova` or at
     /// an address the allocator picks. `vaddr` and `len` must be multiples of
-    /// the IOMMU page size.
+    /// the IOMMU page size (and of 4 KiB).
     ///
     /// # Safety
-    /// From the call until the mapping is removed ([`Context::dma_free`],
-    /// dropping the context, or freeing the last IOMMU-backed device), the
-    /// memory must stay mapped in this process and must not be freed,
-    /// unmapped or remapped; the device may read it (and, unless the
-    /// direction is [`DmaDirection::ToDevice`], write it) at any moment, so no
-    /// Rust reference to it may assume it is unchanging or exclusive.
+    /// - `vaddr..vaddr + len` is valid for reads and writes (whatever the
+    ///   direction: [`DmaBuffer`] may write it) for as long as it is mapped.
+    /// - From this call until the mapping is removed — by a successful
+    ///   [`Context::dma_free`], by dropping the context, or by freeing the
+    ///   last IOMMU-backed device — the memory must not be freed, unmapped or
+    ///   remapped, and must be used only through raw pointers with atomic or
+    ///   volatile accesses (or system calls): the device may read or write it
+    ///   at any moment, so creating a Rust reference to it, or having one alive
+    ///   at this call, is undefined behaviour.
+    /// - Accesses made outside [`DmaBuffer`] while a view of it is in use on
+    ///   another thread must not overlap the bytes that view touches.
     pub unsafe fn dma_map_raw(
         &mut self,
         vaddr: core::ptr::NonNull<u8>,
@@ -444,14 +457,16 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         direction: DmaDirection,
     ) -> Result<DmaHandle, Error> {
         let container = self.dma_container()?;
-        let memory = dma::Memory { vaddr, len: len as u64, iova, direction, owned: false };
+        let memory = dma::Memory { vaddr, len: len as u64, iova, direction, owned: false, align: 0 };
         // SAFETY: forwarded from this function's contract.
         let serial = unsafe { self.dma.map(&self.kernel, container, memory)? };
         Ok(DmaHandle { context: self.id, serial })
     }
 
-    /// The DMA buffer or mapping behind `handle`.
-    pub fn dma(&self, handle: &DmaHandle) -> Result<DmaBuffer<'_>, Error> {
+    /// The DMA buffer or mapping behind `handle`. The view borrows the handle
+    /// exclusively, so one thread at a time copies in and out of a buffer
+    /// (other threads may use other buffers, and the context, meanwhile).
+    pub fn dma<'a>(&'a self, handle: &'a mut DmaHandle) -> Result<DmaBuffer<'a>, Error> {
         if handle.context != self.id {
             return Err(Error::new(ErrorKind::ForeignHandle));
         }
@@ -459,15 +474,22 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     }
 
     /// Removes a DMA mapping from the IOMMU, then releases its memory (for
-    /// buffers from [`Context::dma_alloc`]). If the IOMMU refuses, the
-    /// mapping and its memory are kept (the context retries when it lets go),
-    /// and the error is returned.
-    pub fn dma_free(&mut self, handle: DmaHandle) -> Result<(), Error> {
+    /// buffers from [`Context::dma_alloc`]). If the IOMMU refuses, the handle
+    /// comes back with the error and the mapping (and the memory behind it)
+    /// is still in place, to retry or to leave to the context, which removes
+    /// it when it drops or when the last IOMMU-backed device is freed. (If
+    /// only the release of the memory fails, the mapping is gone and the
+    /// returned handle names nothing.)
+    #[allow(clippy::result_large_err)] // handing the handle back is the point
+    pub fn dma_free(&mut self, handle: DmaHandle) -> Result<(), (DmaHandle, Error)> {
         if handle.context != self.id {
-            return Err(Error::new(ErrorKind::ForeignHandle));
+            return Err((handle, Error::new(ErrorKind::ForeignHandle)));
         }
-        let container = self.dma_container()?;
-        self.dma.unmap(&self.kernel, container, handle.serial)
+        let container = match self.dma_container() {
+            Ok(container) => container,
+            Err(e) => return Err((handle, e)),
+        };
+        self.dma.unmap(&self.kernel, container, handle.serial).map_err(|e| (handle, e))
     }
 
     /// The IOMMU type in force in the type1 container (`VFIO_TYPE1v2_IOMMU`,
@@ -497,8 +519,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Dro
     }
 }
 
-impl<K: Kernel + core::fmt::Debug, const DEVICES: usize, const GROUPS: usize> core::fmt::Debug
-    for Context<K, DEVICES, GROUPS>
+impl<K: Kernel + core::fmt::Debug, const DEVICES: usize, const GROUPS: usize, const DMA: usize> core::fmt::Debug
+    for Context<K, DEVICES, GROUPS, DMA>
 {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Context")

@@ -210,12 +210,17 @@ impl DeviceState {
         for i in 0..areas as usize {
             let (Some(offset), Some(size)) = (quad(8 + 16 * i), quad(16 + 16 * i)) else { break };
             let inside = offset.checked_add(size).is_some_and(|end| end <= info.size);
+            let fd_offset = info.offset.checked_add(offset);
+            let (Ok(area_offset), Ok(len), Some(fd_offset)) =
+                (usize::try_from(offset), usize::try_from(size), fd_offset)
+            else {
+                continue;
+            };
             if size == 0 || !inside {
                 continue;
             }
-            let mapped = kernel
-                .mmap(&TOKEN, self.fd, info.offset + offset, size as usize, prot)
-                .map_err(|e| Error::syscall(Step::Mmap(index), e));
+            let mapped =
+                kernel.mmap(&TOKEN, self.fd, fd_offset, len, prot).map_err(|e| Error::syscall(Step::Mmap(index), e));
             let base = match mapped {
                 Ok(base) => base,
                 Err(e) => {
@@ -226,10 +231,10 @@ impl DeviceState {
             // SAFETY: `base` is a fresh mapping of `size` bytes at `offset` of
             // this region with `prot`; it is unmapped only through
             // `take_mappings`.
-            if !unsafe { region.add_area(offset as usize, size as usize, base) } {
+            if !unsafe { region.add_area(area_offset, len, base) } {
                 // More areas than recorded: leave the rest to pread/pwrite.
                 // SAFETY: mapped just above and not recorded anywhere.
-                let _ = unsafe { kernel.munmap(&TOKEN, base, size as usize) };
+                let _ = unsafe { kernel.munmap(&TOKEN, base, len) };
                 break;
             }
         }

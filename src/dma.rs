@@ -10,6 +10,8 @@
 //! released; if the kernel refuses to remove it, the memory is kept (leaked)
 //! rather than handed back while a device may still write it.
 
+use core::cell::Cell;
+use core::marker::PhantomData;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
@@ -75,8 +77,9 @@ impl DmaDirection {
 /// How to allocate a DMA buffer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DmaOptions {
-    /// Back it with huge pages (`MAP_HUGETLB`; needs pages reserved in
-    /// `/proc/sys/vm/nr_hugepages`). The length is rounded up to 2 MiB.
+    /// Back it with 2 MiB huge pages (`MAP_HUGETLB | MAP_HUGE_2MB`; needs
+    /// pages reserved in `/sys/kernel/mm/hugepages/hugepages-2048kB`). The
+    /// length is rounded up to, and the IOVA aligned to, 2 MiB.
     pub huge_pages: bool,
     /// Lock it in RAM with `mlock` (the IOMMU mapping pins it anyway; this
     /// also keeps the CPU side from ever faulting).
@@ -103,11 +106,24 @@ pub(crate) struct Mapping {
 /// The device may write the memory at any time while it is mapped, so this
 /// view hands out no references to it: copy in and out with the methods,
 /// which use relaxed atomic accesses (plain loads and stores on aarch64 and
-/// x86_64, and free of data races between threads), after the device said it
-/// is done and after [`crate::barrier::io_rmb`]; or use the raw pointer.
-#[derive(Clone, Copy, Debug)]
+/// x86_64), after the device said it is done and after
+/// [`crate::barrier::io_rmb`]; or use the raw pointer. A view is used by one
+/// thread at a time (it is `Send`, not `Sync`, and borrows its handle
+/// mutably):
+///
+/// ```compile_fail
+/// fn share(view: &dao_vfio::DmaBuffer<'_>) {
+///     fn shared_between_threads<T: Sync>(_: &T) {}
+///     shared_between_threads(view); // DmaBuffer is not Sync
+/// }
+/// ```
+#[derive(Debug)]
 pub struct DmaBuffer<'a> {
     mapping: &'a Mapping,
+    /// Not `Sync`: one thread at a time uses a view (it is obtained through
+    /// `&mut DmaHandle`), so its differently sized accesses never overlap
+    /// another thread's.
+    _one_thread: PhantomData<Cell<()>>,
 }
 
 impl DmaBuffer<'_> {
@@ -183,8 +199,9 @@ impl DmaBuffer<'_> {
     /// fields the device updates.
     pub fn read32(&self, offset: usize) -> Result<u32, AccessError> {
         let p = self.aligned(offset, 4)?;
-        // SAFETY: in bounds and 4-aligned (aligned offset, page-aligned base);
-        // every access this crate makes to the buffer is atomic.
+        // SAFETY: in bounds and 4-aligned (aligned offset, base aligned to at
+        // least 4 KiB by `Table::map`); no other thread uses this mapping
+        // through a view meanwhile (see `byte_at`).
         Ok(unsafe { AtomicU32::from_ptr(p.cast().as_ptr()) }.load(Ordering::Relaxed))
     }
 
@@ -215,9 +232,10 @@ impl DmaBuffer<'_> {
 /// The byte at `base + i` as an atomic.
 ///
 /// # Safety
-/// `base + i` is inside a live DMA mapping. Every access this crate makes to
-/// DMA memory is atomic, so views on several threads do not race; the device's
-/// own accesses are outside the program.
+/// `base + i` is inside a live DMA mapping. Only one view of a mapping is in
+/// use at a time (views borrow the handle mutably and are not `Sync`), and the
+/// caller of `dma_map_raw` promised not to touch bytes a view uses meanwhile;
+/// the device's own accesses are outside the program.
 unsafe fn byte_at<'a>(base: NonNull<u8>, i: usize) -> &'a AtomicU8 {
     // SAFETY: forwarded from this function's contract; `AtomicU8` has the
     // size and alignment of `u8`.
@@ -274,6 +292,8 @@ pub(crate) struct Memory {
     pub(crate) direction: DmaDirection,
     /// Memory the context allocated (and releases) rather than the caller's.
     pub(crate) owned: bool,
+    /// IOVA alignment wanted beyond the IOMMU page (huge pages).
+    pub(crate) align: u64,
 }
 
 /// The context's DMA mappings, at most `N`.
@@ -292,7 +312,7 @@ impl<const N: usize> Table<N> {
     }
 
     pub(crate) fn get(&self, serial: u64) -> Option<DmaBuffer<'_>> {
-        self.mappings.iter().find(|m| m.serial == serial).map(|mapping| DmaBuffer { mapping })
+        self.mappings.iter().find(|m| m.serial == serial).map(|mapping| DmaBuffer { mapping, _one_thread: PhantomData })
     }
 
     /// Maps `memory` at the chosen or given IOVA. On error the caller still
@@ -302,16 +322,21 @@ impl<const N: usize> Table<N> {
     /// `memory.vaddr..memory.vaddr + memory.len` stays valid until the
     /// mapping is removed.
     pub(crate) unsafe fn map<K: Kernel>(&mut self, kernel: &K, container: Fd, memory: Memory) -> Result<u64, Error> {
-        let Memory { vaddr, len, iova, direction, owned } = memory;
+        let Memory { vaddr, len, iova, direction, owned, align } = memory;
         if self.mappings.is_full() {
             return Err(Error::new(ErrorKind::DmaTableFull { capacity: N }));
         }
         let info = iommu_info(kernel, container)?;
-        let page = info.min_page_size();
+        // At least 4 KiB whatever the kernel answers: the views' alignment
+        // claims rest on it.
+        let page = info.min_page_size().max(4096);
         let bad_range = Error::new(ErrorKind::BadDmaRange { page });
         if len == 0 || !len.is_multiple_of(page) || !(vaddr.as_ptr().addr() as u64).is_multiple_of(page) {
             return Err(bad_range);
         }
+        // Huge-page buffers get huge-page-aligned IOVAs, so the IOMMU can use
+        // huge pages too.
+        let align = page.max(align);
         let mut taken: heapless::Vec<(u64, u64), N> = heapless::Vec::new();
         for m in &self.mappings {
             let _ = taken.push((m.iova, m.len));
@@ -322,7 +347,7 @@ impl<const N: usize> Table<N> {
                 return Err(Error::new(ErrorKind::NoIova { len }));
             }
             Some(at) => at,
-            None => iova::choose_iova(&info.ranges, &taken, len, page, IOVA_FLOOR)
+            None => iova::choose_iova(&info.ranges, &taken, len, align, IOVA_FLOOR)
                 .ok_or(Error::new(ErrorKind::NoIova { len }))?,
         };
         let map = sys::DmaMap {
@@ -395,10 +420,29 @@ fn release_memory<K: Kernel>(kernel: &K, m: &Mapping) -> Result<(), Error> {
     unsafe { kernel.munmap(&TOKEN, m.vaddr, m.len as usize) }.map_err(|e| Error::syscall(Step::UnmapMemory, e))
 }
 
-/// Allocates anonymous memory for a buffer of at least `len` bytes: returns
-/// the address and the rounded length. On error nothing stays mapped.
-pub(crate) fn allocate<K: Kernel>(kernel: &K, len: usize, opts: &DmaOptions) -> Result<(NonNull<u8>, u64), Error> {
-    let unit = if opts.huge_pages { 2 << 20 } else { 4096 };
+/// The size a buffer is allocated and aligned in: 2 MiB with huge pages, else
+/// the IOMMU's smallest page (at least 4 KiB).
+pub(crate) fn allocation_unit(info: &IommuInfo, opts: &DmaOptions) -> usize {
+    let page = usize::try_from(info.min_page_size()).unwrap_or(usize::MAX).max(4096);
+    if opts.huge_pages {
+        page.max(HUGE_PAGE)
+    } else {
+        page
+    }
+}
+
+/// The huge page size buffers ask for (`MAP_HUGE_2MB`).
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
+
+/// Allocates anonymous memory for a buffer of at least `len` bytes, in whole
+/// `unit`s: returns the address and the rounded length. On error nothing
+/// stays mapped.
+pub(crate) fn allocate<K: Kernel>(
+    kernel: &K,
+    len: usize,
+    unit: usize,
+    opts: &DmaOptions,
+) -> Result<(NonNull<u8>, u64), Error> {
     let len = len
         .checked_next_multiple_of(unit)
         .filter(|&l| l > 0)
@@ -421,8 +465,9 @@ pub(crate) fn deallocate<K: Kernel>(kernel: &K, base: NonNull<u8>, len: u64) {
 }
 
 // SAFETY: a mapping is plain data plus the address of memory the table owns
-// or the caller promised to keep valid; `DmaBuffer` accesses that memory only
-// with atomic operations, so sharing it between threads cannot race.
+// or the caller promised to keep valid. Sharing `&Mapping` reads only that
+// data; the memory is reached only through a `DmaBuffer`, which one thread
+// at a time uses.
 unsafe impl Send for Mapping {}
 // SAFETY: see `Send`.
 unsafe impl Sync for Mapping {}

@@ -262,6 +262,14 @@ pub enum ErrorKind {
         /// The length asked for.
         len: u64,
     },
+    /// The IOMMU unmapped less than the whole mapping; the mapping (and its
+    /// memory) is kept.
+    PartialUnmap {
+        /// Bytes the kernel reported unmapped.
+        unmapped: u64,
+        /// Bytes of the mapping.
+        len: u64,
+    },
     /// A DMA request with a zero length, or an address or length that is
     /// not a multiple of the IOMMU page size.
     BadDmaRange {
@@ -505,6 +513,10 @@ impl fmt::Display for Error {
                 "the DMA mapping table is full ({capacity} mappings): free one, or raise the context's DMA parameter"
             )?,
             ErrorKind::NoIova { len } => write!(f, "no free IOVA range of {len:#x} bytes is left")?,
+            ErrorKind::PartialUnmap { unmapped, len } => write!(
+                f,
+                "the IOMMU unmapped {unmapped:#x} of {len:#x} bytes; the mapping and its memory are kept"
+            )?,
             ErrorKind::BadDmaRange { page } => write!(
                 f,
                 "DMA address and length must be non-zero multiples of the IOMMU page size ({page:#x})"

@@ -122,8 +122,9 @@ pub(crate) fn close_all<K: Kernel>(kernel: &K, bindings: &mut Bindings) {
 
 /// One interrupt vector bound to an eventfd, borrowed from its device.
 ///
-/// Waiting reads the eventfd (one `read` system call), so it may run under
-/// seccomp strict mode; [`Interrupt::wait_timeout`] also polls.
+/// The eventfd is non-blocking: [`Interrupt::take`] is one `read`, and the
+/// waits poll first when nothing is pending. Have one waiter per vector: two
+/// threads waiting on the same eventfd share its counts between them.
 pub struct Interrupt<'a, K: Kernel> {
     pub(crate) kernel: &'a K,
     pub(crate) device: Fd,
@@ -177,15 +178,34 @@ impl<K: Kernel> Interrupt<'_, K> {
     }
 
     /// Blocks until the interrupt fires; returns how many times it fired
-    /// since the last wait.
+    /// since the last wait. (If it already fired, that is one `read` and no
+    /// wait; otherwise `poll`, then `read`.)
     pub fn wait(&self) -> Result<u64, Error> {
-        self.kernel.read_counter(&TOKEN, self.binding.eventfd).map_err(|e| self.fail(Step::ReadEventfd, e))
+        loop {
+            if let Some(count) = self.take()? {
+                return Ok(count);
+            }
+            self.kernel.poll_readable(&TOKEN, self.binding.eventfd, None).map_err(|e| self.fail(Step::Poll, e))?;
+        }
     }
 
-    /// Waits at most `timeout`; `None` if the interrupt did not fire in time.
+    /// Takes the count if the interrupt fired, without waiting (one `read`).
+    pub fn take(&self) -> Result<Option<u64>, Error> {
+        match self.kernel.read_counter(&TOKEN, self.binding.eventfd) {
+            Ok(count) => Ok(Some(count)),
+            Err(rustix::io::Errno::AGAIN) => Ok(None),
+            Err(e) => Err(self.fail(Step::ReadEventfd, e)),
+        }
+    }
+
+    /// Waits at most `timeout`; `None` if the interrupt did not fire in time
+    /// (or a signal, or another reader of the eventfd, came first).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<u64>, Error> {
+        if let Some(count) = self.take()? {
+            return Ok(Some(count));
+        }
         match self.kernel.poll_readable(&TOKEN, self.binding.eventfd, Some(timeout)) {
-            Ok(true) => self.wait().map(Some),
+            Ok(true) => self.take(),
             Ok(false) => Ok(None),
             Err(e) => Err(self.fail(Step::Poll, e)),
         }

@@ -48,6 +48,11 @@
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+// The kernel structures are read as little-endian (native on aarch64 and
+// x86_64, the targets this crate is for).
+#[cfg(target_endian = "big")]
+compile_error!("dao-vfio reads VFIO structures as little-endian; big-endian targets are not supported");
+
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 pub mod barrier;
 mod capchain;

@@ -71,12 +71,13 @@ fn edu_dma_round_trip_through_the_iommu() {
     let cmd = vfio.device(&edu).unwrap().pci_command_set(PciCommand::BUS_MASTER | PciCommand::MEMORY_SPACE).unwrap();
     assert!(cmd.contains(PciCommand::BUS_MASTER), "{cmd:?}");
 
-    let src = vfio.dma_alloc(4096, DmaOptions { locked: true, ..Default::default() }).unwrap();
-    let dst = vfio.dma_alloc(4096, DmaOptions { direction: DmaDirection::FromDevice, ..Default::default() }).unwrap();
+    let mut src = vfio.dma_alloc(4096, DmaOptions { locked: true, ..Default::default() }).unwrap();
+    let mut dst =
+        vfio.dma_alloc(4096, DmaOptions { direction: DmaDirection::FromDevice, ..Default::default() }).unwrap();
     let pattern: Vec<u8> = (0..XFER as u32).map(|i| (i * 7 + 3) as u8).collect();
-    vfio.dma(&src).unwrap().write(0, &pattern).unwrap();
-    vfio.dma(&dst).unwrap().fill(0, 4096, 0).unwrap();
-    let (src_iova, dst_iova) = (vfio.dma(&src).unwrap().iova(), vfio.dma(&dst).unwrap().iova());
+    vfio.dma(&mut src).unwrap().write(0, &pattern).unwrap();
+    vfio.dma(&mut dst).unwrap().fill(0, 4096, 0).unwrap();
+    let (src_iova, dst_iova) = (vfio.dma(&mut src).unwrap().iova(), vfio.dma(&mut dst).unwrap().iova());
     assert!(dst_iova < 1 << 28, "edu's DMA mask is 28 bits; the allocator starts low");
     {
         let regs = vfio.device(&edu).unwrap().region(pci_region::BAR0).unwrap().block::<Edu>(0).unwrap();
@@ -84,7 +85,7 @@ fn edu_dma_round_trip_through_the_iommu() {
         edu_dma(regs, EDU_BUFFER, dst_iova, XFER as u64, true);
     }
     let mut back = vec![0u8; XFER];
-    vfio.dma(&dst).unwrap().read(0, &mut back).unwrap();
+    vfio.dma(&mut dst).unwrap().read(0, &mut back).unwrap();
     assert_eq!(back, pattern, "RAM -> edu -> RAM through the IOMMU");
 
     // Caller memory mapped raw, then unmapped: the same DMA no longer reaches it.
@@ -94,8 +95,8 @@ fn edu_dma_round_trip_through_the_iommu() {
     let vaddr = std::ptr::NonNull::new(page.0.as_mut_ptr()).unwrap();
     // SAFETY: `page` outlives the mapping (freed below before it drops) and
     // is not touched through Rust references while mapped.
-    let raw = unsafe { vfio.dma_map_raw(vaddr, 4096, None, DmaDirection::FromDevice) }.unwrap();
-    let raw_iova = vfio.dma(&raw).unwrap().iova();
+    let mut raw = unsafe { vfio.dma_map_raw(vaddr, 4096, None, DmaDirection::FromDevice) }.unwrap();
+    let raw_iova = vfio.dma(&mut raw).unwrap().iova();
     {
         let regs = vfio.device(&edu).unwrap().region(pci_region::BAR0).unwrap().block::<Edu>(0).unwrap();
         edu_dma(regs, EDU_BUFFER, raw_iova, XFER as u64, true);

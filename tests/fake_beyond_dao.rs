@@ -130,15 +130,15 @@ fn dma_buffers_are_mapped_inside_the_iova_ranges() {
     );
     assert_eq!(info.dma_avail, Some(65535));
 
-    let a = ctx.dma_alloc(4096, DmaOptions { locked: true, ..Default::default() }).unwrap();
-    let b = ctx.dma_alloc(5000, DmaOptions::default()).unwrap();
-    let (ia, ib) = (ctx.dma(&a).unwrap().iova(), ctx.dma(&b).unwrap().iova());
+    let mut a = ctx.dma_alloc(4096, DmaOptions { locked: true, ..Default::default() }).unwrap();
+    let mut b = ctx.dma_alloc(5000, DmaOptions::default()).unwrap();
+    let (ia, ib) = (ctx.dma(&mut a).unwrap().iova(), ctx.dma(&mut b).unwrap().iova());
     assert_eq!(ia, 0x10_0000, "the allocator starts above the first MiB");
-    assert_eq!((ib, ctx.dma(&b).unwrap().len()), (0x10_1000, 8192), "rounded to pages, no overlap");
+    assert_eq!((ib, ctx.dma(&mut b).unwrap().len()), (0x10_1000, 8192), "rounded to pages, no overlap");
     assert_eq!(k.dma_mappings(), vec![(ia, 4096), (ib, 8192)]);
 
     // The device writes through the IOMMU; the CPU sees it.
-    let buf = ctx.dma(&a).unwrap();
+    let buf = ctx.dma(&mut a).unwrap();
     buf.write(0, b"hello").unwrap();
     let mut seen = [0u8; 5];
     assert!(k.dma_read(ia, &mut seen));
@@ -150,8 +150,8 @@ fn dma_buffers_are_mapped_inside_the_iova_ranges() {
 
     // A chosen IOVA: inside the ranges and free, or refused.
     let fixed = DmaOptions { iova: Some(0xfef0_0000), direction: DmaDirection::ToDevice, ..Default::default() };
-    let c = ctx.dma_alloc(4096, fixed).unwrap();
-    assert_eq!(ctx.dma(&c).unwrap().iova(), 0xfef0_0000);
+    let mut c = ctx.dma_alloc(4096, fixed).unwrap();
+    assert_eq!(ctx.dma(&mut c).unwrap().iova(), 0xfef0_0000);
     let in_hole = DmaOptions { iova: Some(0xfee0_0000), ..Default::default() };
     assert_eq!(ctx.dma_alloc(4096, in_hole).unwrap_err().kind(), ErrorKind::NoIova { len: 4096 });
     let taken = DmaOptions { iova: Some(ia), ..Default::default() };
@@ -162,8 +162,8 @@ fn dma_buffers_are_mapped_inside_the_iova_ranges() {
     let huge = DmaOptions { huge_pages: true, ..Default::default() };
     assert_eq!(ctx.dma_alloc(4096, huge).unwrap_err().errno(), Some(Errno::NOMEM), "no huge pages reserved");
     k.set_huge_pages(true);
-    let h = ctx.dma_alloc(4096, huge).unwrap();
-    assert_eq!(ctx.dma(&h).unwrap().len(), 2 << 20);
+    let mut h = ctx.dma_alloc(4096, huge).unwrap();
+    assert_eq!(ctx.dma(&mut h).unwrap().len(), 2 << 20);
 
     // Unmapped before released: after free the device cannot reach it.
     ctx.dma_free(a).unwrap();
@@ -175,9 +175,9 @@ fn dma_buffers_are_mapped_inside_the_iova_ranges() {
     ctx.free(edu).unwrap();
     assert!(k.dma_mappings().is_empty());
     assert_eq!(k.live_mappings(), mappings - 1 - 3, "BAR0 and the three buffers released");
-    assert_eq!(ctx.dma(&b).unwrap_err().kind(), ErrorKind::ForeignHandle);
+    assert_eq!(ctx.dma(&mut b).unwrap_err().kind(), ErrorKind::ForeignHandle);
     drop(ctx);
-    assert_eq!((k.open_fds(), k.live_mappings(), k.bad_closes()), (0, 0, 0));
+    assert_eq!((k.open_fds(), k.live_mappings(), k.bad_closes(), k.freed_while_mapped()), (0, 0, 0, 0));
 }
 
 #[test]
@@ -192,9 +192,9 @@ fn raw_dma_mapping_of_caller_memory() {
     let vaddr = std::ptr::NonNull::new(page.0.as_mut_ptr()).unwrap();
     // SAFETY: `page` lives until after dma_free below and is not touched
     // through Rust references while mapped.
-    let h = unsafe { ctx.dma_map_raw(vaddr, 4096, Some(0x4000_0000), DmaDirection::FromDevice) }.unwrap();
+    let mut h = unsafe { ctx.dma_map_raw(vaddr, 4096, Some(0x4000_0000), DmaDirection::FromDevice) }.unwrap();
     assert!(k.dma_write(0x4000_0000, &[7, 7, 7]));
-    assert_eq!(ctx.dma(&h).unwrap().read32(0), Ok(0x0007_0707));
+    assert_eq!(ctx.dma(&mut h).unwrap().read32(0), Ok(0x0007_0707));
     ctx.dma_free(h).unwrap();
     assert_eq!(&page.0[..3], &[7, 7, 7], "caller memory is the caller's again");
     // SAFETY: misaligned length: refused before anything is mapped.
@@ -243,8 +243,8 @@ fn every_dma_failure_point_leaves_nothing_behind() {
                     let k2 = board();
                     let mut ctx2: Ctx = Context::with_kernel(&k2).unwrap();
                     let edu2 = ctx2.setup(EDU).unwrap();
-                    let h2 = ctx2.dma_alloc(8192, DmaOptions::default()).unwrap();
-                    let iova = ctx2.dma(&h2).unwrap().iova();
+                    let mut h2 = ctx2.dma_alloc(8192, DmaOptions::default()).unwrap();
+                    let iova = ctx2.dma(&mut h2).unwrap().iova();
                     k2.fail_call(m, Errno::IO);
                     let freed = ctx2.dma_free(h2);
                     if k2.failure_pending() {
@@ -252,13 +252,16 @@ fn every_dma_failure_point_leaves_nothing_behind() {
                         break;
                     }
                     let failed_call = k2.trace()[k2.trace().len() - 1];
-                    assert!(freed.is_err());
+                    let (mut back, err) = freed.unwrap_err();
+                    assert_eq!(err.errno(), Some(Errno::IO));
                     if failed_call == "ioctl" {
                         assert!(k2.dma_write(iova, b"x"), "still mapped, so its memory was kept");
+                        assert_eq!(ctx2.dma(&mut back).unwrap().iova(), iova, "the handle came back");
+                        ctx2.dma_free(back).unwrap();
                     }
                     drop(ctx2);
                     let _ = edu2;
-                    assert_eq!((k2.open_fds(), k2.dma_mappings().len()), (0, 0));
+                    assert_eq!((k2.open_fds(), k2.dma_mappings().len(), k2.freed_while_mapped()), (0, 0, 0));
                     m += 1;
                     points += 1;
                 }
@@ -376,4 +379,53 @@ fn every_sparse_setup_failure_point_leaves_nothing_behind() {
         n += 1;
     }
     println!("sparse setup failure walk: {} failure points", n - 1);
+}
+
+#[test]
+fn single_call_operations_report_their_failure() {
+    let k = board();
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    let rtc = ctx.setup(RTC).unwrap();
+    ctx.irq_enable(&rtc, 0, 1).unwrap();
+    ctx.irq_enable(&edu, pci_irq::MSI, 1).unwrap();
+    let buf = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
+    let fds = k.open_fds();
+    let check = |what: &str, result: Result<(), dao_vfio::Error>, step: dao_vfio::Step| {
+        let err = result.unwrap_err();
+        assert_eq!((err.kind(), err.errno()), (ErrorKind::Syscall(step), Some(Errno::IO)), "{what}: {err}");
+    };
+    {
+        let dev = ctx.device(&edu).unwrap();
+        let irq = ctx.device(&rtc).unwrap().interrupt(0, 0).unwrap();
+        k.fail_call(1, Errno::IO);
+        check("config read", dev.config_read16(0).map(drop), dao_vfio::Step::Pread(7));
+        k.fail_call(1, Errno::IO);
+        check("config write", dev.config_write8(0x0c, 0), dao_vfio::Step::Pwrite(7));
+        k.fail_call(1, Errno::IO);
+        check("wait", irq.wait().map(drop), dao_vfio::Step::ReadEventfd);
+        // Nothing pending: the read answers EAGAIN, then the poll fails.
+        k.fail_call(2, Errno::IO);
+        check("wait with timeout", irq.wait_timeout(Duration::from_millis(1)).map(drop), dao_vfio::Step::Poll);
+        k.fail_call(2, Errno::IO);
+        check("wait, polling", irq.wait().map(drop), dao_vfio::Step::Poll);
+        // The fake never blocks: a wait nobody will answer fails instead.
+        assert_eq!(irq.wait().unwrap_err().errno(), Some(Errno::DEADLK));
+        assert_eq!(irq.take().unwrap(), None);
+        k.fail_call(1, Errno::IO);
+        check("unmask", irq.unmask(), dao_vfio::Step::SetIrqs(0));
+        k.fail_call(1, Errno::IO);
+        check("capabilities", dev.pci_capabilities().map(drop), dao_vfio::Step::Pread(7));
+        k.fail_call(1, Errno::IO);
+        check("iommu info", ctx.iommu_info().map(drop), dao_vfio::Step::IommuInfo);
+    }
+    // A refused disable still closes the eventfd: nothing leaks.
+    k.fail_call(1, Errno::IO);
+    check("irq disable", ctx.irq_disable(&edu, pci_irq::MSI), dao_vfio::Step::SetIrqs(pci_irq::MSI));
+    assert_eq!(k.open_fds(), fds - 1);
+    assert!(ctx.device(&edu).unwrap().interrupt(pci_irq::MSI, 0).is_err());
+    ctx.irq_enable(&edu, pci_irq::MSI, 1).unwrap();
+    ctx.dma_free(buf).unwrap();
+    drop(ctx);
+    assert_eq!((k.open_fds(), k.live_mappings(), k.bad_closes()), (0, 0, 0));
 }

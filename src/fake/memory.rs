@@ -41,6 +41,9 @@ impl Backing {
     /// Copies `out.len()` bytes from `offset` (clamped to the allocation).
     pub(super) fn read(&self, offset: usize, out: &mut [u8]) -> usize {
         let n = self.len().saturating_sub(offset).min(out.len());
+        if n == 0 {
+            return 0;
+        }
         // SAFETY: `offset + n <= len`; `out` is a distinct buffer.
         unsafe { core::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), n) };
         n
@@ -49,6 +52,9 @@ impl Backing {
     /// Copies `data` to `offset` (clamped to the allocation).
     pub(super) fn write(&self, offset: usize, data: &[u8]) -> usize {
         let n = self.len().saturating_sub(offset).min(data.len());
+        if n == 0 {
+            return 0;
+        }
         // SAFETY: `offset + n <= len`; `data` is a distinct buffer.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), n) };
         n

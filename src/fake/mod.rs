@@ -50,8 +50,9 @@ use crate::sys::{IrqFlags, RegionFlags};
 /// The fake kernel. Share it by reference (`Context<&FakeKernel>`) to inspect
 /// it while a context uses it.
 ///
-/// It never blocks: reading an eventfd whose counter is zero fails with
-/// `EAGAIN` instead, and a poll with a timeout answers at once.
+/// It never blocks: a poll with a timeout answers at once, and a poll without
+/// one on an eventfd with nothing pending fails with `EDEADLK` (it would wait
+/// forever), so a test that waits for an interrupt nobody raised fails.
 pub struct FakeKernel {
     state: Mutex<State>,
 }
@@ -175,6 +176,12 @@ impl FakeKernel {
         self.state().bad_closes
     }
 
+    /// Memory released (munmap) while a DMA mapping still covered it: a bug
+    /// if non-zero (the device could write freed memory).
+    pub fn freed_while_mapped(&self) -> u32 {
+        self.state().freed_while_mapped
+    }
+
     /// The IOMMU type set on each open container, in fd order.
     pub fn container_types(&self) -> Vec<Option<u32>> {
         self.state()
@@ -201,6 +208,8 @@ impl FakeKernel {
 
     /// The device writes `data` at device address `iova`, through the IOMMU:
     /// false (nothing written) if no mapping covers it, as an IOMMU fault.
+    /// Plain copies: do not call it while another thread uses a view of the
+    /// same buffer.
     pub fn dma_write(&self, iova: u64, data: &[u8]) -> bool {
         let s = self.state();
         let Some(vaddr) = s.translate(iova, data.len() as u64) else { return false };
@@ -343,7 +352,7 @@ unsafe impl Kernel for FakeKernel {
         let region = &s.devices[device].regions[index as usize];
         let room = (region.size as usize).next_multiple_of(PAGE);
         let in_area = region.sparse.is_empty() && within == 0
-            || region.sparse.iter().any(|&(o, n)| within == o && len as u64 <= n);
+            || within.is_multiple_of(PAGE as u64) && region.sparse.iter().any(|&(o, n)| within == o && len as u64 <= n);
         let allowed = region.flags.contains(RegionFlags::MMAP)
             && (!prot.read || region.flags.contains(RegionFlags::READ))
             && (!prot.write || region.flags.contains(RegionFlags::WRITE));
@@ -361,6 +370,10 @@ unsafe impl Kernel for FakeKernel {
     unsafe fn munmap(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
         let mut s = self.enter("munmap")?;
         let key = addr.as_ptr() as usize;
+        if s.dma_covers(key, len) {
+            // Linux would let the device keep writing freed memory: record it.
+            s.freed_while_mapped += 1;
+        }
         let views = s.mappings.get_mut(&key).ok_or(Errno::INVAL)?;
         let view = views.iter().position(|&(mapped, _, _)| mapped == len).ok_or(Errno::INVAL)?;
         views.remove(view);
@@ -433,12 +446,13 @@ unsafe impl Kernel for FakeKernel {
         }
     }
 
-    fn poll_readable(&self, _: &Token, fd: Fd, _timeout: Option<Duration>) -> Result<bool, Errno> {
+    fn poll_readable(&self, _: &Token, fd: Fd, timeout: Option<Duration>) -> Result<bool, Errno> {
         let s = self.enter("poll")?;
-        match s.fds.get(&fd.raw()) {
-            Some(Object::EventFd { count }) => Ok(*count > 0),
-            Some(_) => Ok(true),
-            None => Err(Errno::BADF),
+        match (s.fds.get(&fd.raw()), timeout) {
+            (Some(Object::EventFd { count: 0 }), None) => Err(Errno::DEADLK),
+            (Some(Object::EventFd { count }), _) => Ok(*count > 0),
+            (Some(_), _) => Ok(true),
+            (None, _) => Err(Errno::BADF),
         }
     }
 

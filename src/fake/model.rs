@@ -56,6 +56,7 @@ pub(super) struct State {
     pub(super) calls: u64,
     pub(super) fail_at: Option<(u64, Errno)>,
     pub(super) bad_closes: u32,
+    pub(super) freed_while_mapped: u32,
     pub(super) trace: Vec<&'static str>,
 }
 
@@ -83,6 +84,7 @@ impl State {
             calls: 0,
             fail_at: None,
             bad_closes: 0,
+            freed_while_mapped: 0,
             trace: Vec::new(),
         }
     }
@@ -186,6 +188,15 @@ impl State {
             Some(Object::Container { dma, .. }) => dma,
             _ => unreachable!("checked by type1_container"),
         }
+    }
+
+    /// Whether a DMA mapping of any container covers part of `addr..addr + len`.
+    pub(super) fn dma_covers(&self, addr: usize, len: usize) -> bool {
+        let (start, end) = (addr as u64, (addr + len) as u64);
+        self.fds.values().any(|o| match o {
+            Object::Container { dma, .. } => dma.iter().any(|m| m.vaddr < end && start < m.vaddr + m.size),
+            _ => false,
+        })
     }
 
     /// Translates a device address range to process memory, as the IOMMU would.
@@ -407,6 +418,15 @@ impl State {
                 if head.argsz < 20 + 4 * head.count {
                     return Err(Errno::INVAL);
                 }
+                // vfio-pci: INTx, MSI and MSI-X exclude each other.
+                let pci = self.devices[device].flags.contains(sys::DeviceFlags::PCI);
+                let other_mode = self
+                    .irq_bindings
+                    .keys()
+                    .any(|&(d, i, _)| d == device && i != head.index && i <= sys::pci_irq::MSIX);
+                if pci && head.index <= sys::pci_irq::MSIX && other_mode {
+                    return Err(Errno::INVAL);
+                }
                 for (i, &efd) in set.fds[..head.count as usize].iter().enumerate() {
                     let vector = (device, head.index, head.start + i as u32);
                     if efd < 0 {
@@ -486,7 +506,7 @@ impl State {
         let page = PAGE as u64;
         let rw = sys::DMA_MAP_FLAG_READ | sys::DMA_MAP_FLAG_WRITE;
         let aligned = map.iova.is_multiple_of(page) && map.size.is_multiple_of(page) && map.vaddr.is_multiple_of(page);
-        if map.size == 0 || !aligned || map.flags & !rw != 0 {
+        if map.size == 0 || !aligned || map.flags & !rw != 0 || map.flags == 0 {
             return Err(Errno::INVAL);
         }
         let end = map.iova.checked_add(map.size - 1).ok_or(Errno::INVAL)?;

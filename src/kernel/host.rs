@@ -141,7 +141,7 @@ unsafe impl Kernel for Host {
     }
 
     fn eventfd(&self, _: &Token) -> Result<Fd, Errno> {
-        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC)?;
+        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         Ok(Fd::from_raw(fd.into_raw_fd()))
     }
 
@@ -159,21 +159,21 @@ unsafe impl Kernel for Host {
             tv_nsec: i64::from(t.subsec_nanos()),
         });
         let mut fds = [PollFd::from_borrowed_fd(borrow(fd), PollFlags::IN)];
-        loop {
-            match rustix::event::poll(&mut fds, timeout.as_ref()) {
-                Ok(n) => return Ok(n > 0),
-                // A signal cut the wait short; the timeout restarts, which
-                // only ever waits longer, never reports an interrupt early.
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e),
-            }
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(n) => Ok(n > 0),
+            // A signal ended the wait early: report "not yet" (restarting
+            // with the full timeout could wait forever under steady signals).
+            Err(Errno::INTR) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
     fn map_anonymous(&self, _: &Token, len: usize, huge_pages: bool) -> Result<NonNull<u8>, Errno> {
         let mut flags = MapFlags::PRIVATE | MapFlags::POPULATE;
         if huge_pages {
-            flags |= MapFlags::HUGETLB;
+            // 2 MiB explicitly: the default huge page size differs with the
+            // kernel's base page size (512 MiB on 64 KiB-page arm64).
+            flags |= MapFlags::HUGETLB | MapFlags::HUGE_2MB;
         }
         // SAFETY: a new anonymous mapping at an address the kernel picks
         // aliases nothing Rust knows about.

@@ -128,8 +128,9 @@ pub unsafe trait Kernel {
     ///
     /// # Safety
     ///
-    /// `addr` and `len` describe a mapping returned by [`Kernel::mmap`] of this
-    /// kernel, and nothing uses that memory afterwards.
+    /// `addr` and `len` describe a mapping returned by [`Kernel::mmap`] or
+    /// [`Kernel::map_anonymous`] of this kernel, and nothing uses that memory
+    /// afterwards.
     unsafe fn munmap(&self, token: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno>;
 
     /// `pread(fd, buf, offset)`; returns the number of bytes read.
@@ -142,19 +143,19 @@ pub unsafe trait Kernel {
     /// completely (the caller treats a full buffer as possibly truncated).
     fn readlink<'b>(&self, token: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno>;
 
-    /// `eventfd(0, EFD_CLOEXEC)`: a blocking eventfd.
+    /// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)`.
     fn eventfd(&self, token: &Token) -> Result<Fd, Errno>;
 
-    /// `read(fd, &counter, 8)` on an eventfd: blocks until it is non-zero,
-    /// returns and clears it.
+    /// `read(fd, &counter, 8)` on a non-blocking eventfd: returns and clears
+    /// the counter, or `EAGAIN` when it is zero.
     fn read_counter(&self, token: &Token, fd: Fd) -> Result<u64, Errno>;
 
     /// `poll(fd, POLLIN, timeout)`: whether `fd` became readable in time
-    /// (`None`: wait forever).
+    /// (`None`: wait forever). A signal may end the wait early (`false`).
     fn poll_readable(&self, token: &Token, fd: Fd, timeout: Option<Duration>) -> Result<bool, Errno>;
 
     /// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS |
-    /// MAP_POPULATE [| MAP_HUGETLB], -1, 0)`: memory for DMA buffers.
+    /// MAP_POPULATE [| MAP_HUGETLB | MAP_HUGE_2MB], -1, 0)`: memory for DMA buffers.
     fn map_anonymous(&self, token: &Token, len: usize, huge_pages: bool) -> Result<NonNull<u8>, Errno>;
 
     /// `mlock(addr, len)`.

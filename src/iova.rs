@@ -171,21 +171,7 @@ mod tests {
 
     const ITERATIONS: usize = if cfg!(miri) { 50 } else { 2000 };
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        /// Uniform-enough in `0..n` (`n > 0`).
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::test_rng::XorShift;
 
     /// Whether `a` satisfies every constraint, checked straight from the definition.
     fn fits(ranges: &[IovaRange], taken: &[(u64, u64)], len: u64, align: u64, floor: u64, a: u64) -> bool {
@@ -203,16 +189,16 @@ mod tests {
         const SPACE: u64 = 4096;
         let mut rng = XorShift(0x8bad_f00d_cafe_babe);
         for _ in 0..ITERATIONS {
-            let ranges: Vec<IovaRange> = (0..rng.below(4))
+            let ranges: Vec<IovaRange> = (0..rng.below64(4))
                 .map(|_| {
-                    let start = rng.below(SPACE);
-                    r(start, (start + rng.below(2048)).min(SPACE - 1))
+                    let start = rng.below64(SPACE);
+                    r(start, (start + rng.below64(2048)).min(SPACE - 1))
                 })
                 .collect();
-            let taken: Vec<(u64, u64)> = (0..rng.below(8)).map(|_| (rng.below(SPACE), rng.below(600))).collect();
-            let align = 16 << rng.below(6);
-            let len = 1 + rng.below(1024);
-            let floor = if rng.below(2) == 0 { 0 } else { rng.below(SPACE) };
+            let taken: Vec<(u64, u64)> = (0..rng.below64(8)).map(|_| (rng.below64(SPACE), rng.below64(600))).collect();
+            let align = 16 << rng.below64(6);
+            let len = 1 + rng.below64(1024);
+            let floor = if rng.below64(2) == 0 { 0 } else { rng.below64(SPACE) };
             // Every range lies below SPACE, so nothing at or above it can fit.
             let want = (0..SPACE).step_by(align as usize).find(|&a| fits(&ranges, &taken, len, align, floor, a));
             let got = choose_iova(&ranges, &taken, len, align, floor);
@@ -227,23 +213,23 @@ mod tests {
     fn random_wide_inputs_give_valid_answers() {
         let mut rng = XorShift(0x0f0f_1e1e_2d2d_3c3c);
         // Values spread over the whole u64 space, biased towards its edges.
-        let value = |rng: &mut XorShift| match rng.below(4) {
+        let value = |rng: &mut XorShift| match rng.below64(4) {
             0 => rng.next(),
-            1 => u64::MAX - rng.below(1 << 20),
-            2 => rng.below(1 << 20),
-            _ => rng.next() >> rng.below(64),
+            1 => u64::MAX - rng.below64(1 << 20),
+            2 => rng.below64(1 << 20),
+            _ => rng.next() >> rng.below64(64),
         };
         for _ in 0..ITERATIONS {
-            let ranges: Vec<IovaRange> = (0..1 + rng.below(4))
+            let ranges: Vec<IovaRange> = (0..1 + rng.below64(4))
                 .map(|_| {
                     let (a, b) = (value(&mut rng), value(&mut rng));
                     r(a.min(b), a.max(b))
                 })
                 .collect();
-            let taken: Vec<(u64, u64)> = (0..rng.below(8)).map(|_| (value(&mut rng), value(&mut rng))).collect();
-            let align = 1 << rng.below(64);
+            let taken: Vec<(u64, u64)> = (0..rng.below64(8)).map(|_| (value(&mut rng), value(&mut rng))).collect();
+            let align = 1 << rng.below64(64);
             let len = value(&mut rng);
-            let floor = if rng.below(2) == 0 { 0 } else { value(&mut rng) };
+            let floor = if rng.below64(2) == 0 { 0 } else { value(&mut rng) };
             let got = choose_iova(&ranges, &taken, len, align, floor);
             if let Some(a) = got {
                 assert!(fits(&ranges, &taken, len, align, floor, a));

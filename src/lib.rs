@@ -75,6 +75,8 @@ pub mod regblock;
 pub mod region;
 pub mod sys;
 mod sysfs;
+#[cfg(test)]
+mod test_rng;
 
 pub use capchain::ChainError;
 pub use container::IommuKind;

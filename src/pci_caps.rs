@@ -466,47 +466,7 @@ mod tests {
     /// Building a model takes hundreds of PRNG steps, about 100 µs each under Miri.
     const MODEL_ITERATIONS: usize = if cfg!(miri) { 20 } else { 2000 };
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        /// Uniform-enough in `0..n` (`n > 0`).
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        /// `len` random bytes. Under Miri, where each step costs about
-        /// 100 µs, a random fill byte with a few random bytes sprinkled in.
-        fn bytes(&mut self, len: usize) -> Vec<u8> {
-            let mut out = vec![self.next() as u8; len];
-            if cfg!(miri) {
-                for _ in 0..len.min(8) {
-                    let i = self.below(len);
-                    out[i] = self.next() as u8;
-                }
-            } else {
-                for (i, b) in out.iter_mut().enumerate() {
-                    *b = (self.0 >> (8 * (i % 8))) as u8;
-                    if i % 8 == 7 {
-                        self.next();
-                    }
-                }
-            }
-            out
-        }
-
-        fn shuffle<T>(&mut self, items: &mut [T]) {
-            for i in (1..items.len()).rev() {
-                items.swap(i, self.below(i + 1));
-            }
-        }
-    }
+    use crate::test_rng::XorShift;
 
     /// Checks every invariant of a parse result.
     fn check(config: &[u8], result: &Result<Capabilities, CapListError>) {

@@ -5,32 +5,10 @@ use std::time::{Duration, Instant};
 
 use dao_vfio::pci_caps::{self, cap_id};
 use dao_vfio::sys::{pci_irq, pci_region};
-use dao_vfio::{register_block, Context, DmaDirection, DmaOptions, ErrorKind, PciCommand, Reserved, RO, RW, WO};
+use dao_vfio::{Context, DmaDirection, DmaOptions, ErrorKind, PciCommand};
 
-fn dev(var: &str) -> String {
-    std::env::var(var)
-        .unwrap_or_else(|_| panic!("{var} is not set: this test runs on the virtual board (tests/board/test)"))
-}
-
-register_block! {
-    /// QEMU's edu device, BAR 0, with its DMA engine.
-    pub struct Edu {
-        0x00 => pub id: RO<u32>,
-        0x04 => pub liveness: RW<u32>,
-        0x08 => pub factorial: RW<u32>,
-        0x0c => _reserved0: Reserved<0x14>,
-        0x20 => pub status: RW<u32>,
-        0x24 => pub irq_status: RO<u32>,
-        0x28 => _reserved1: Reserved<0x38>,
-        0x60 => pub irq_raise: WO<u32>,
-        0x64 => pub irq_ack: WO<u32>,
-        0x68 => _reserved2: Reserved<0x18>,
-        0x80 => pub dma_src: RW<u64>,
-        0x88 => pub dma_dst: RW<u64>,
-        0x90 => pub dma_count: RW<u64>,
-        0x98 => pub dma_cmd: RW<u64>,
-    }
-}
+mod common;
+use common::{dev, Edu};
 
 /// edu's own buffer, at this device address.
 const EDU_BUFFER: u64 = 0x40000;
@@ -174,21 +152,8 @@ fn edu_reset_is_refused_and_capabilities_match_the_kernel() {
 
 #[cfg(target_arch = "aarch64")]
 mod platform {
+    use super::common::Pl031;
     use super::*;
-
-    register_block! {
-        /// ARM PL031 real-time clock.
-        pub struct Pl031 {
-            0x00 => pub data: RO<u32>,
-            0x04 => pub match_value: RW<u32>,
-            0x08 => pub load: RW<u32>,
-            0x0c => pub control: RW<u32>,
-            0x10 => pub irq_mask: RW<u32>,
-            0x14 => pub raw_status: RO<u32>,
-            0x18 => pub masked_status: RO<u32>,
-            0x1c => pub irq_clear: WO<u32>,
-        }
-    }
 
     #[test]
     #[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]

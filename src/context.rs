@@ -492,6 +492,12 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         self.dma.unmap(&self.kernel, container, handle.serial).map_err(|e| (handle, e))
     }
 
+    /// The fd of open group `number` (for the C interface's `group_fd`).
+    #[cfg(feature = "capi")]
+    pub(crate) fn group_fd(&self, number: u32) -> Option<Fd> {
+        self.groups.iter().find(|g| g.number() == number).map(Group::fd)
+    }
+
     /// The IOMMU type in force in the type1 container (`VFIO_TYPE1v2_IOMMU`,
     /// `VFIO_TYPE1_IOMMU`), while it has groups.
     pub fn iommu_type(&self) -> Option<u32> {

@@ -67,6 +67,13 @@ pub enum Step {
     LockMemory,
     /// `munmap` of a DMA buffer.
     UnmapMemory,
+    /// `read` of a sysfs attribute (`driver_override`).
+    ReadSysfsFile,
+    /// `write` of a sysfs attribute (`driver_override`, `bind`, `unbind`,
+    /// `drivers_probe`).
+    WriteSysfs,
+    /// Listing a sysfs directory (`getdents64`).
+    ListSysfs,
 }
 
 impl fmt::Display for Step {
@@ -100,6 +107,9 @@ impl fmt::Display for Step {
             Step::MapMemory => f.write_str("mmap of DMA memory"),
             Step::LockMemory => f.write_str("mlock of DMA memory (raise RLIMIT_MEMLOCK, or run as root)"),
             Step::UnmapMemory => f.write_str("munmap of DMA memory"),
+            Step::ReadSysfsFile => f.write_str("reading a sysfs attribute"),
+            Step::WriteSysfs => f.write_str("writing a sysfs attribute (run as root)"),
+            Step::ListSysfs => f.write_str("listing a sysfs directory"),
         }
     }
 }
@@ -296,6 +306,32 @@ pub enum ErrorKind {
     },
     /// A system call failed; [`Error::errno`] says how.
     Syscall(Step),
+    /// A driver name given to [`bind`](crate::bind::bind) was refused before
+    /// any system call (the same rules as device names, at most 31 bytes).
+    InvalidDriverName(NameError),
+    /// The driver asked for is not loaded: `/sys/bus/BUS/drivers/DRIVER` does
+    /// not exist.
+    DriverMissing {
+        /// The device's bus.
+        bus: Bus,
+        /// The driver asked for.
+        driver: DriverName,
+    },
+    /// The device's driver refused to let it go (`EBUSY`): it is in use.
+    DeviceBusy {
+        /// The device's bus.
+        bus: Bus,
+        /// The driver it is bound to.
+        driver: DriverName,
+    },
+    /// The driver did not take the device (its `driver` link named another
+    /// driver, or none, afterwards); what was changed was put back.
+    BindFailed {
+        /// The device's bus.
+        bus: Bus,
+        /// The driver asked for.
+        driver: DriverName,
+    },
 }
 
 /// An error of this crate: what went wrong, the errno if a system call said
@@ -529,6 +565,29 @@ impl fmt::Display for Error {
                 write!(f, "region {region}: moved {done} of {wanted} bytes")?
             }
             ErrorKind::Syscall(step) => write!(f, "{step} failed")?,
+            ErrorKind::InvalidDriverName(e) => write!(f, "bad driver name: {e} (driver names are at most 31 bytes)")?,
+            ErrorKind::DriverMissing { bus, driver } => {
+                let d = driver.as_str();
+                write!(f, "driver {d} is not loaded (/sys/bus/{bus}/drivers/{d} does not exist): modprobe {d}")?;
+                if d == "vfio-platform" {
+                    f.write_str(" (reset_required=0 for devices without a reset driver)")?;
+                }
+            }
+            ErrorKind::DeviceBusy { bus, driver } => write!(
+                f,
+                "the device is in use: {} refused to release it (/sys/bus/{bus}/devices/{dev}/driver/unbind); stop what uses it (close its VFIO fds, unmount, bring the interface down), then retry",
+                driver.as_str()
+            )?,
+            ErrorKind::BindFailed { bus, driver } => {
+                let d = driver.as_str();
+                write!(
+                    f,
+                    "{d} did not take the device; its previous driver and driver_override were restored. Does {d} support this {bus} device? See dmesg"
+                )?;
+                if d == "vfio-pci" {
+                    f.write_str(" (vfio-pci needs an IOMMU, or vfio enable_unsafe_noiommu_mode=1)")?;
+                }
+            }
         }
         if let Some(errno) = self.errno {
             write!(f, " [{}]", ErrnoDisplay(errno))?;

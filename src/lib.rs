@@ -55,7 +55,10 @@ compile_error!("dao-vfio reads VFIO structures as little-endian; big-endian targ
 
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 pub mod barrier;
+pub mod bind;
 mod capchain;
+#[cfg(feature = "capi")]
+pub mod capi;
 mod container;
 pub mod context;
 mod device;

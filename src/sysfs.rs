@@ -48,7 +48,7 @@ fn read_link<'b, K: Kernel>(kernel: &K, path: &core::ffi::CStr, buf: &'b mut [u8
     }
 }
 
-fn too_long() -> Error {
+pub(crate) fn too_long() -> Error {
     Error::syscall(Step::ReadSysfs, Errno::NAMETOOLONG)
 }
 
@@ -93,6 +93,29 @@ pub(crate) fn iommu_group<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) ->
     match read_link(kernel, path.as_c_str(), &mut buf)? {
         None => Err(Error::new(ErrorKind::NoIommuGroup { bus })),
         Some(link) => parse_group_number(link).ok_or(Error::syscall(Step::ReadSysfs, Errno::INVAL)),
+    }
+}
+
+/// The driver behind a `driver` link at `path`; `None` when the link does
+/// not exist (the device is bound to no driver).
+pub(crate) fn driver_at<K: Kernel>(kernel: &K, path: &core::ffi::CStr) -> Result<Option<DriverName>, Error> {
+    let mut buf = [0u8; LINK_CAPACITY];
+    Ok(read_link(kernel, path, &mut buf)?.map(|link| DriverName::new(last_component(link))))
+}
+
+/// The driver the device is bound to, `None` when it is bound to none.
+pub(crate) fn driver_of<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<DriverName>, Error> {
+    let path = sys_path!("/sys/bus/{}/devices/{}/driver", bus.sysfs_name(), name).ok_or_else(too_long)?;
+    driver_at(kernel, path.as_c_str())
+}
+
+/// The device's IOMMU group number, `None` when it has no group.
+pub(crate) fn group_of<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<u32>, Error> {
+    let path = sys_path!("/sys/bus/{}/devices/{}/iommu_group", bus.sysfs_name(), name).ok_or_else(too_long)?;
+    let mut buf = [0u8; LINK_CAPACITY];
+    match read_link(kernel, path.as_c_str(), &mut buf)? {
+        None => Ok(None),
+        Some(link) => parse_group_number(link).map(Some).ok_or(Error::syscall(Step::ReadSysfs, Errno::INVAL)),
     }
 }
 

@@ -179,6 +179,33 @@ fn errors_from_the_real_kernel() {
     assert_eq!(fd_numbers(), fds_before);
 }
 
+#[test]
+#[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
+fn bind_tool_unbinds_and_binds_back_on_the_real_kernel() {
+    use dao_vfio::bind;
+    let edu = dev("DAO_VFIO_EDU");
+    let mut statuses = Vec::new();
+    bind::status(&dao_vfio::Host, &mut |s| statuses.push(*s)).unwrap();
+    let listed = statuses.iter().find(|s| s.name.as_str() == edu).expect("status lists edu");
+    assert!(listed.ready && listed.blockers == 0, "{listed:?}");
+    assert_eq!(listed.driver.map(|d| d.as_str().to_string()).as_deref(), Some("vfio-pci"));
+
+    let unbound = bind::unbind(&dao_vfio::Host, &edu, None).unwrap();
+    assert_eq!(unbound.previous.map(|d| d.as_str().to_string()).as_deref(), Some("vfio-pci"));
+    assert!(unbound.now.is_none(), "no driver in the guest claims edu: {unbound:?}");
+    let mut vfio = Context::open().unwrap();
+    let err = vfio.setup(&edu).map(drop).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotBound { bus: Bus::Pci }, "{err}");
+
+    let bound = bind::bind(&dao_vfio::Host, &edu, None, None).unwrap();
+    assert!(bound.changed());
+    assert_eq!(bound.driver.as_str(), "vfio-pci");
+    assert!(!bind::bind(&dao_vfio::Host, &edu, None, None).unwrap().changed(), "binding again changes nothing");
+    let handle = vfio.setup(&edu).unwrap();
+    assert_eq!(vfio.device(&handle).unwrap().region(0).unwrap().read32(0), Ok(0x010000ed));
+    vfio.free(handle).unwrap();
+}
+
 #[cfg(target_arch = "aarch64")]
 mod platform {
     use super::common::{id_bytes, Pl031, PrimeCellId};

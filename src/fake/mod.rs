@@ -3,6 +3,12 @@
 //! IOMMU type per container, noiommu groups apart, EINVAL for absent regions),
 //! and failure injection: any chosen system call can fail with a chosen errno.
 //!
+//! Binding is modelled too ([`crate::bind`]): each device's `driver_override`,
+//! `driver/unbind`, the buses' `drivers_probe` and `drivers/DRIVER/bind`,
+//! loaded driver modules ([`FakeKernel::set_driver_loaded`]), a device's
+//! default driver, devices in use (unbind fails with `EBUSY`), and the sysfs
+//! directories `bind::status` lists.
+//!
 //! Available with the `fake` feature, so drivers built on this crate can be
 //! unit-tested on a machine with no VFIO at all.
 //!
@@ -29,12 +35,13 @@
 mod device;
 mod memory;
 mod model;
+mod sysfs;
 
 use core::ffi::CStr;
 use core::ptr::NonNull;
 use core::time::Duration;
 use std::format;
-use std::string::ToString;
+use std::string::{String, ToString};
 use std::sync::{Mutex, MutexGuard};
 use std::vec::Vec;
 
@@ -45,6 +52,7 @@ use memory::{Backing, PAGE};
 use model::{Object, State};
 
 use crate::kernel::{Fd, Kernel, Protection, Request, Token};
+use crate::name::Bus;
 use crate::sys::{IrqFlags, RegionFlags};
 
 /// The fake kernel. Share it by reference (`Context<&FakeKernel>`) to inspect
@@ -88,16 +96,78 @@ impl FakeKernel {
         s.backing.push(device.regions.iter().map(|r| Backing::new(r.size, &r.contents)).collect());
         s.devices.push(device);
         s.resets.push(0);
-        s.devices.len() - 1
+        let index = s.devices.len() - 1;
+        s.add_sysfs(index);
+        index
     }
 
     fn device_index(s: &State, name: &str) -> usize {
         s.devices.iter().position(|d| d.name == name).unwrap_or_else(|| panic!("no fake device {name}"))
     }
 
-    /// Binds device `index` to `driver` (`None`: unbinds it).
+    /// Binds device `index` to `driver` (`None`: unbinds it) directly, as if
+    /// by hand, leaving its `driver_override` as it is.
     pub fn bind(&self, index: usize, driver: Option<&str>) {
         self.state().devices[index].driver = driver.map(str::to_string);
+    }
+
+    /// The driver device `device` is bound to, if any.
+    pub fn driver(&self, device: &str) -> Option<String> {
+        let s = self.state();
+        s.devices[Self::device_index(&s, device)].driver.clone()
+    }
+
+    /// The device's `driver_override`, if set. A device added bound to a
+    /// VFIO driver has it set to that driver (as binding it would have).
+    pub fn driver_override(&self, device: &str) -> Option<String> {
+        let s = self.state();
+        s.sysfs[Self::device_index(&s, device)].driver_override.clone()
+    }
+
+    /// Sets the driver that takes the device when it is probed with no
+    /// `driver_override` (`None`: no driver has it). A device added bound to
+    /// a driver that is not VFIO's has that one.
+    pub fn set_default_driver(&self, device: &str, driver: Option<&str>) {
+        let mut s = self.state();
+        let index = Self::device_index(&s, device);
+        s.sysfs[index].default_driver = driver.map(str::to_string);
+    }
+
+    /// Marks the device in use: unbinding it fails with `EBUSY` (it does as
+    /// well while a VFIO device fd of it is open).
+    pub fn set_in_use(&self, device: &str, in_use: bool) {
+        let mut s = self.state();
+        let index = Self::device_index(&s, device);
+        s.sysfs[index].in_use = in_use;
+    }
+
+    /// Makes `driver`'s probe of the device fail (`None`: no probe fails):
+    /// `drivers_probe` leaves it unbound, the driver's `bind` fails with `ENODEV`.
+    pub fn set_probe_refused(&self, device: &str, driver: Option<&str>) {
+        let mut s = self.state();
+        let index = Self::device_index(&s, device);
+        s.sysfs[index].refused = driver.map(str::to_string);
+    }
+
+    /// Loads or unloads a driver module: `/sys/bus/BUS/drivers/DRIVER`
+    /// appears or disappears; unloading unbinds the devices bound to it.
+    /// `vfio-pci` and `vfio-platform` are loaded at first, as is any driver
+    /// an added device is bound to.
+    pub fn set_driver_loaded(&self, bus: Bus, driver: &str, loaded: bool) {
+        let mut s = self.state();
+        s.drivers.retain(|(b, d)| !(*b == bus && d == driver));
+        if loaded {
+            s.drivers.push((bus, driver.to_string()));
+        } else {
+            for d in s.devices.iter_mut().filter(|d| d.bus == bus && d.driver.as_deref() == Some(driver)) {
+                d.driver = None;
+            }
+        }
+    }
+
+    /// Whether a driver module is loaded.
+    pub fn driver_loaded(&self, bus: Bus, driver: &str) -> bool {
+        self.state().driver_loaded(bus, driver)
     }
 
     /// Unloads (or loads) VFIO: `/dev/vfio/vfio` disappears (or comes back).
@@ -426,6 +496,7 @@ unsafe impl Kernel for FakeKernel {
                     _ => None,
                 }
             })
+            .or_else(|| s.group_link(path))
             .ok_or(Errno::NOENT)?;
         let n = target.len().min(buf.len());
         buf[..n].copy_from_slice(&target.as_bytes()[..n]);
@@ -469,6 +540,34 @@ unsafe impl Kernel for FakeKernel {
         s.mappings.entry(base.as_ptr() as usize).or_default().push((len, usize::MAX, 0));
         s.anonymous.insert(base.as_ptr() as usize, memory);
         Ok(base)
+    }
+
+    fn write_file(&self, _: &Token, path: &CStr, data: &[u8]) -> Result<usize, Errno> {
+        let mut s = self.enter("write")?;
+        let path = path.to_str().map_err(|_| Errno::NOENT)?;
+        s.write_sysfs(path, data)
+    }
+
+    fn read_file<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        let s = self.enter("read")?;
+        let path = path.to_str().map_err(|_| Errno::NOENT)?;
+        let text = s.read_sysfs(path)?;
+        let n = text.len().min(buf.len());
+        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        Ok(&buf[..n])
+    }
+
+    fn list_dir(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
+        let names = {
+            let s = self.enter("getdents")?;
+            let path = path.to_str().map_err(|_| Errno::NOENT)?;
+            s.list_sysfs(path)?
+        };
+        // The lock is released: the visitor may make system calls of its own.
+        for name in names {
+            visit(name.as_bytes());
+        }
+        Ok(())
     }
 
     fn lock(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {

@@ -30,6 +30,19 @@ pub(super) enum Object {
     EventFd { count: u64 },
 }
 
+/// A device's sysfs attributes beyond its `driver` link.
+#[derive(Clone, Debug, Default)]
+pub(super) struct DeviceSysfs {
+    /// `driver_override` (`None`: unset).
+    pub(super) driver_override: Option<std::string::String>,
+    /// The driver that takes the device when it is probed without an override.
+    pub(super) default_driver: Option<std::string::String>,
+    /// Unbinding it fails with `EBUSY`.
+    pub(super) in_use: bool,
+    /// A driver whose probe of this device fails.
+    pub(super) refused: Option<std::string::String>,
+}
+
 /// (device, index, vector)
 pub(super) type Vector = (usize, u32, u32);
 
@@ -58,6 +71,10 @@ pub(super) struct State {
     pub(super) bad_closes: u32,
     pub(super) freed_while_mapped: u32,
     pub(super) trace: Vec<&'static str>,
+    /// Loaded drivers: (bus, name).
+    pub(super) drivers: Vec<(crate::name::Bus, std::string::String)>,
+    /// Per device, in device order.
+    pub(super) sysfs: Vec<DeviceSysfs>,
 }
 
 impl State {
@@ -86,6 +103,11 @@ impl State {
             bad_closes: 0,
             freed_while_mapped: 0,
             trace: Vec::new(),
+            drivers: vec![
+                (crate::name::Bus::Pci, std::string::String::from("vfio-pci")),
+                (crate::name::Bus::Platform, std::string::String::from("vfio-platform")),
+            ],
+            sysfs: Vec::new(),
         }
     }
 
@@ -108,7 +130,7 @@ impl State {
         self.fds.values().any(|o| matches!(o, Object::Group { number: n, .. } if *n == number))
     }
 
-    fn device_open(&self, index: usize) -> bool {
+    pub(super) fn device_open(&self, index: usize) -> bool {
         self.fds.values().any(|o| matches!(o, Object::Device { device } if *device == index))
     }
 

@@ -1,13 +1,14 @@
 //! The real kernel, through `rustix` raw syscalls (no libc).
 
 use core::ffi::{c_void, CStr};
+use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 use core::time::Duration;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
 use rustix::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{Mode, OFlags, RawDir};
 use rustix::io::Errno;
 use rustix::ioctl::{Ioctl, IoctlOutput, Opcode};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -186,6 +187,38 @@ unsafe impl Kernel for Host {
         // SAFETY: mlock only changes whether pages may be swapped out; it
         // reads and writes no memory.
         unsafe { rustix::mm::mlock(addr.as_ptr().cast(), len) }
+    }
+
+    fn write_file(&self, _: &Token, path: &CStr, data: &[u8]) -> Result<usize, Errno> {
+        // The OwnedFd closes itself when this returns, on success or error.
+        let fd = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+        rustix::io::retry_on_intr(|| rustix::io::write(&fd, data))
+    }
+
+    fn read_file<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        let mut len = 0;
+        while len < buf.len() {
+            match rustix::io::retry_on_intr(|| rustix::io::read(&fd, &mut buf[len..]))? {
+                0 => break,
+                n => len += n,
+            }
+        }
+        Ok(&buf[..len])
+    }
+
+    fn list_dir(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
+        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let mut space = [MaybeUninit::<u8>::uninit(); 2048];
+        let mut dir = RawDir::new(&fd, &mut space);
+        while let Some(entry) = dir.next() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                visit(name);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -100,7 +100,8 @@ pub(crate) const TOKEN: Token = Token(());
 /// `fake` feature, by `dao_vfio::fake::FakeKernel`.
 ///
 /// Every path is absolute and NUL-terminated; every fd is opened `O_RDWR |
-/// O_CLOEXEC`. The methods can only be called by this crate (see [`Token`]).
+/// O_CLOEXEC` (the sysfs methods open their own fd with `O_CLOEXEC` and close
+/// it before returning). The methods can only be called by this crate (see [`Token`]).
 ///
 /// # Safety
 ///
@@ -160,6 +161,21 @@ pub unsafe trait Kernel {
 
     /// `mlock(addr, len)`.
     fn lock(&self, token: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno>;
+
+    /// `open(path, O_WRONLY | O_CLOEXEC)`, one `write(data)`, `close`: sets a
+    /// sysfs attribute (`driver_override`, `bind`, `drivers_probe`...). Returns
+    /// the bytes written. The fd never leaves the method.
+    fn write_file(&self, token: &Token, path: &CStr, data: &[u8]) -> Result<usize, Errno>;
+
+    /// `open(path, O_RDONLY | O_CLOEXEC)`, `read` until end of file or until
+    /// `buf` is full, `close`: reads a small sysfs attribute. Returns what was
+    /// read (a full buffer may be truncated).
+    fn read_file<'b>(&self, token: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno>;
+
+    /// `open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)`, `getdents64` over a
+    /// stack buffer, `close`: calls `visit` with each entry's name, `.` and
+    /// `..` excepted, in the directory's order. Nothing is allocated.
+    fn list_dir(&self, token: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno>;
 }
 
 // SAFETY: forwards to `K`, whose contract it inherits; `K` outlives the
@@ -204,5 +220,14 @@ unsafe impl<K: Kernel> Kernel for &K {
     }
     fn lock(&self, t: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
         (**self).lock(t, addr, len)
+    }
+    fn write_file(&self, t: &Token, path: &CStr, data: &[u8]) -> Result<usize, Errno> {
+        (**self).write_file(t, path, data)
+    }
+    fn read_file<'b>(&self, t: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        (**self).read_file(t, path, buf)
+    }
+    fn list_dir(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
+        (**self).list_dir(t, path, visit)
     }
 }

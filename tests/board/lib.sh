@@ -13,6 +13,8 @@ CACHE="${DAO_VFIO_CACHE:-/var/cache/dao-vfio}"
 # Kept in sync by hand with init; both are part of the input hash below.
 MARK_START='@@dao-vfio-start@@'
 MARK_EXIT_RE='@@dao-vfio-exit=([0-9]+)@@'
+# Prefix of the boot-time `vfio-bind status` lines; run shows them on stderr.
+MARK_STATUS='@@dao-vfio-status@@ '
 
 # The kernel command lines. `panic=-1` + QEMU's -no-reboot: a guest panic ends QEMU at once.
 X86_APPEND='console=ttyS0 intel_iommu=on quiet panic=-1'
@@ -28,6 +30,20 @@ board_qemu_machine() {
         aarch64) echo "qemu-system-aarch64 -accel tcg -machine virt,iommu=smmuv3,gic-version=3 -cpu cortex-a57 -m 512 -smp 1 -nodefaults -device edu" ;;
         *) return 1 ;;
     esac
+}
+
+# The guest binds its devices with examples/vfio-bind.rs, built for the board's target;
+# `run` packs it into the initramfs as /bin/vfio-bind and takes its path from this variable.
+BIND_TOOL_VAR=DAO_VFIO_BIND_TOOL
+
+# Builds vfio-bind for ARCH (cargo profile PROFILE: dev or release) and exports its path in
+# $DAO_VFIO_BIND_TOOL for `run`.
+board_build_bind_tool() { # ARCH [PROFILE]
+    local arch="$1" profile="${2:-dev}" dir
+    [ "$profile" = dev ] && dir=debug || dir="$profile"
+    (cd "$REPO_DIR" && cargo build --quiet --profile "$profile" --target "$arch-unknown-linux-musl" --example vfio-bind) \
+        || { echo "board $arch: building the vfio-bind example failed" >&2; exit 1; }
+    export DAO_VFIO_BIND_TOOL="$REPO_DIR/target/$arch-unknown-linux-musl/$dir/examples/vfio-bind"
 }
 
 board_check_arch() {

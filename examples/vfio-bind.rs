@@ -1,0 +1,86 @@
+//! Binds devices to VFIO drivers and back, and shows what is ready for VFIO.
+//!
+//! ```text
+//! vfio-bind status                 every PCI and platform device: driver, IOMMU group, ready
+//! vfio-bind bind DEV [DRIVER]      bind DEV to DRIVER (default: vfio-pci or vfio-platform, by bus)
+//! vfio-bind unbind DEV             unbind DEV; its default driver, if any, takes it back
+//! ```
+//!
+//! Exit status: 0 done, 1 the operation failed (the message says what to do), 2 bad usage.
+//! Run as root. The virtual boards' init binds its devices with this tool.
+
+use std::process::ExitCode;
+
+use dao_vfio::bind::{self, DeviceStatus};
+use dao_vfio::{Error, Host};
+
+const USAGE: &str = "usage: vfio-bind status | bind DEV [DRIVER] | unbind DEV";
+
+fn driver_str(driver: Option<dao_vfio::DriverName>) -> String {
+    driver.map_or_else(|| "-".to_string(), |d| d.as_str().to_string())
+}
+
+fn print_status() -> Result<(), Error> {
+    println!("{:<9} {:<24} {:<20} {:>6}  state", "bus", "device", "driver", "group");
+    let mut warnings = Vec::new();
+    bind::status(&Host, &mut |d: &DeviceStatus| {
+        let group = d.group.map_or_else(|| "-".to_string(), |g| g.to_string());
+        let state = match (d.ready, d.blockers) {
+            (true, 0) => "ready",
+            (true, _) => "ready, group not viable",
+            (false, _) => "-",
+        };
+        println!("{:<9} {:<24} {:<20} {:>6}  {state}", d.bus.to_string(), d.name.as_str(), driver_str(d.driver), group);
+        if d.ready && d.blockers > 0 {
+            warnings.push(format!(
+                "warning: {}: {} other device(s) of IOMMU group {} are bound to non-VFIO drivers; \
+                 bind or unbind them (see /sys/kernel/iommu_groups/{}/devices) before using it",
+                d.name,
+                d.blockers,
+                d.group.unwrap_or(0),
+                d.group.unwrap_or(0)
+            ));
+        }
+    })?;
+    for w in warnings {
+        println!("{w}");
+    }
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<Option<()>, Error> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["status"] => print_status()?,
+        ["bind", dev] | ["bind", dev, _] => {
+            let driver = args.get(2).copied();
+            let bound = bind::bind(&Host, dev, None, driver)?;
+            if bound.changed() {
+                println!("{dev}: bound to {} (was: {})", bound.driver.as_str(), driver_str(bound.previous));
+            } else {
+                println!("{dev}: already bound to {}", bound.driver.as_str());
+            }
+        }
+        ["unbind", dev] => {
+            let unbound = bind::unbind(&Host, dev, None)?;
+            println!("{dev}: unbound from {}; now bound to {}", driver_str(unbound.previous), driver_str(unbound.now));
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(()))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(Some(())) => ExitCode::SUCCESS,
+        Ok(None) => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("vfio-bind: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * dao-vfio's C interface: a drop-in replacement for Marvell DAO's VFIO
+ * library header (same names, constants and structure layout), backed by the
+ * dao-vfio Rust crate (build: cargo rustc --release --lib --features capi
+ * --crate-type staticlib). Differences from DAO, all in the caller's favour:
+ * errors return a negative errno and leave *pdev untouched; regions that are
+ * absent or cannot be mapped have addr == NULL and their len; free clears
+ * *pdev, so a second free does nothing; fini with devices open keeps them
+ * open; every call is thread-safe; `mem` points into the library's own fixed
+ * storage (no malloc). Errors are also described on stderr.
+ */
+
+#ifndef __DAO_VFIO_H__
+#define __DAO_VFIO_H__
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Size of dao_vfio_device.name, terminating NUL included. */
+#define VFIO_DEV_NAME_MAX_LEN 64
+
+/** Region indexes of the PCI BARs DAO drivers use. */
+#define DAO_VFIO_DEV_BAR0 (0)
+#define DAO_VFIO_DEV_BAR2 (2)
+#define DAO_VFIO_DEV_BAR4 (4)
+
+/** The bus of a device, chosen by the caller before setup. */
+enum dao_vfio_dev_type {
+	DAO_VFIO_DEV_PLATFORM = 0, /**< Bound to vfio-platform. */
+	DAO_VFIO_DEV_PCIE = 1      /**< Bound to vfio-pci. */
+};
+
+/** One region of a device (DAO's spelling is kept for source compatibility). */
+struct dao_vfio_mem_resouce {
+	uint8_t *addr; /**< Mapped address; NULL if absent or not mappable. */
+	uint64_t len;  /**< Size of the region in bytes. */
+};
+
+/** The same structure, correctly spelled. */
+#define dao_vfio_mem_resource dao_vfio_mem_resouce
+
+/** A device set up by dao_vfio_device_setup(). */
+struct dao_vfio_device {
+	char name[VFIO_DEV_NAME_MAX_LEN]; /**< Device name (set by setup). */
+	int device_fd;                    /**< VFIO device fd (set by setup). */
+	int group_fd;                     /**< VFIO group fd (set by setup). */
+	unsigned int num_resource;        /**< Entries in mem (set by setup). */
+	struct dao_vfio_mem_resouce *mem; /**< Regions, by index (set by setup). */
+	enum dao_vfio_dev_type type;      /**< The bus: set by the caller. */
+	uint8_t prime;                    /**< Caller's field; left untouched. */
+	uint8_t mbar;                     /**< Caller's field; left untouched. */
+};
+
+/* End of structure dao_vfio_device. */
+
+/** Opens the library (the VFIO container). Returns 0, or a negative errno.
+ *  Calling it again while open returns 0 and changes nothing. */
+int dao_vfio_init(void);
+
+/** Sets up device dev_name on the bus pdev->type names: maps its regions
+ *  and fills *pdev. Returns 0, or a negative errno with *pdev untouched. */
+int dao_vfio_device_setup(const char *dev_name, struct dao_vfio_device *pdev);
+
+/** Unmaps and closes the device and clears *pdev. Harmless on a cleared or
+ *  never set-up *pdev. */
+void dao_vfio_device_free(struct dao_vfio_device *pdev);
+
+/** Closes the library. Refused (devices stay open) while devices are open. */
+void dao_vfio_fini(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* __DAO_VFIO_H__ */

@@ -1,0 +1,342 @@
+//! Binding against the fake kernel: `status`, `bind`, `unbind`, every bad
+//! input's error, and the failure walk (each system call of bind and unbind
+//! failing in turn leaves the device as it was).
+
+use dao_vfio::bind::{self, DeviceStatus};
+use dao_vfio::fake::{FakeDevice, FakeKernel};
+use dao_vfio::{Bus, Context, Errno, Error, ErrorKind, NameError, Step};
+
+const EDU: &str = "0000:00:02.0";
+const NIC: &str = "0000:00:03.0";
+const BRIDGE: &str = "0000:00:04.0";
+const RTC: &str = "9010000.pl031";
+const GPIO: &str = "9030000.pl061";
+const PCIE: &str = "4010000000.pcie";
+
+/// edu unbound (as on the x86_64 board before init binds it), a NIC bound
+/// to e1000e in group 4 with a bridge bound to pcieport, pl031 unbound,
+/// pl061 bound to vfio-platform, and the PCIe host bridge without a group.
+fn system() -> FakeKernel {
+    let k = FakeKernel::new();
+    k.add_device(FakeDevice::edu(EDU, 3).with_driver(None));
+    k.add_device(FakeDevice::edu(NIC, 4).with_driver(Some("e1000e")));
+    k.add_device(FakeDevice::edu(BRIDGE, 4).with_driver(Some("pcieport")));
+    k.add_device(FakeDevice::platform(RTC, 0).with_driver(None));
+    k.add_device(FakeDevice::platform(GPIO, 1));
+    k.add_device(FakeDevice::platform(PCIE, 0).with_group(None).with_driver(Some("pci-host-generic")));
+    k
+}
+
+/// What a failed call must leave as it was.
+#[derive(Debug, PartialEq)]
+struct State {
+    driver: Option<String>,
+    driver_override: Option<String>,
+    fds: usize,
+}
+
+fn state(k: &FakeKernel, dev: &str) -> State {
+    State { driver: k.driver(dev), driver_override: k.driver_override(dev), fds: k.open_fds() }
+}
+
+fn writes(k: &FakeKernel) -> usize {
+    k.trace().iter().filter(|c| **c == "write").count()
+}
+
+fn all_status(k: &FakeKernel) -> Result<Vec<DeviceStatus>, Error> {
+    let mut out = Vec::new();
+    bind::status(&k, &mut |d| out.push(*d))?;
+    Ok(out)
+}
+
+#[test]
+fn binds_an_unbound_pci_device_to_vfio_pci_and_back() {
+    let k = system();
+    let bound = bind::bind(&k, EDU, None, None).unwrap();
+    assert_eq!(bound.bus, Bus::Pci);
+    assert_eq!(bound.driver.as_str(), "vfio-pci");
+    assert_eq!(bound.previous, None);
+    assert!(bound.changed());
+    assert_eq!(k.driver(EDU).as_deref(), Some("vfio-pci"));
+    assert_eq!(k.driver_override(EDU).as_deref(), Some("vfio-pci"));
+    assert_eq!(k.open_fds(), 0);
+    // The group node appeared: the device can be set up.
+    {
+        let mut vfio: Context<&FakeKernel> = Context::with_kernel(&k).unwrap();
+        let edu = vfio.setup(EDU).unwrap();
+        // In use while open: neither unbind nor a rebind can take it.
+        let e = bind::unbind(&k, EDU, None).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::DeviceBusy { bus: Bus::Pci, .. }), "{e}");
+        assert_eq!(e.errno(), Some(Errno::BUSY));
+        assert_eq!(k.driver(EDU).as_deref(), Some("vfio-pci"));
+        vfio.free(edu).unwrap();
+    }
+    let unbound = bind::unbind(&k, EDU, None).unwrap();
+    assert_eq!(unbound.bus, Bus::Pci);
+    assert_eq!(unbound.previous.map(|d| d.as_str().to_string()).as_deref(), Some("vfio-pci"));
+    assert_eq!(unbound.now, None, "edu has no driver of its own");
+    assert_eq!((k.driver(EDU), k.driver_override(EDU)), (None, None));
+    assert_eq!(k.open_fds(), 0);
+}
+
+#[test]
+fn binding_is_idempotent() {
+    let k = system();
+    bind::bind(&k, EDU, Some(Bus::Pci), None).unwrap();
+    let before = writes(&k);
+    let again = bind::bind(&k, EDU, None, Some("vfio-pci")).unwrap();
+    assert!(!again.changed());
+    assert_eq!(again.previous, Some(again.driver));
+    assert_eq!(writes(&k), before, "nothing written when already bound");
+    let pl061 = bind::bind(&k, GPIO, None, None).unwrap();
+    assert!(!pl061.changed());
+}
+
+#[test]
+fn takes_a_device_from_its_driver_and_gives_it_back() {
+    let k = system();
+    let bound = bind::bind(&k, NIC, None, None).unwrap();
+    assert_eq!(bound.previous.map(|d| d.as_str().to_string()).as_deref(), Some("e1000e"));
+    assert_eq!(k.driver(NIC).as_deref(), Some("vfio-pci"));
+    let unbound = bind::unbind(&k, NIC, Some(Bus::Pci)).unwrap();
+    assert_eq!(unbound.now.map(|d| d.as_str().to_string()).as_deref(), Some("e1000e"));
+    assert_eq!(k.driver(NIC).as_deref(), Some("e1000e"));
+    assert_eq!(k.driver_override(NIC), None);
+}
+
+#[test]
+fn binds_platform_devices_through_the_drivers_bind_file() {
+    let k = system();
+    let bound = bind::bind(&k, RTC, None, None).unwrap();
+    assert_eq!(bound.bus, Bus::Platform);
+    assert_eq!(bound.driver.as_str(), "vfio-platform");
+    assert!(k.trace().contains(&"write"));
+    assert_eq!(k.driver(RTC).as_deref(), Some("vfio-platform"));
+    let mut vfio: Context<&FakeKernel> = Context::with_kernel(&k).unwrap();
+    let rtc = vfio.setup(RTC).unwrap();
+    vfio.free(rtc).unwrap();
+    drop(vfio);
+    let unbound = bind::unbind(&k, RTC, Some(Bus::Platform)).unwrap();
+    assert_eq!(unbound.now, None);
+    assert_eq!((k.driver(RTC), k.driver_override(RTC)), (None, None));
+}
+
+#[test]
+fn binds_to_a_named_driver() {
+    let k = system();
+    k.set_driver_loaded(Bus::Pci, "uio_pci_generic", true);
+    let bound = bind::bind(&k, EDU, None, Some("uio_pci_generic")).unwrap();
+    assert_eq!(bound.driver.as_str(), "uio_pci_generic");
+    assert_eq!(k.driver(EDU).as_deref(), Some("uio_pci_generic"));
+    // From one override to another.
+    bind::bind(&k, EDU, None, None).unwrap();
+    assert_eq!(k.driver(EDU).as_deref(), Some("vfio-pci"));
+}
+
+#[test]
+fn refuses_bad_names_before_any_system_call() {
+    let k = system();
+    let cases: [(&str, Option<&str>, ErrorKind); 6] = [
+        ("", None, ErrorKind::InvalidName(NameError::Empty)),
+        ("../x", None, ErrorKind::InvalidName(NameError::Slash)),
+        (&"a".repeat(64), None, ErrorKind::InvalidName(NameError::TooLong(64))),
+        (EDU, Some(""), ErrorKind::InvalidDriverName(NameError::Empty)),
+        (EDU, Some("../vfio-pci"), ErrorKind::InvalidDriverName(NameError::Slash)),
+        (EDU, Some(&"d".repeat(32)), ErrorKind::InvalidDriverName(NameError::TooLong(32))),
+    ];
+    for (name, driver, kind) in cases {
+        assert_eq!(bind::bind(&k, name, None, driver).unwrap_err().kind(), kind, "{name:?} {driver:?}");
+    }
+    assert_eq!(bind::unbind(&k, "..", None).unwrap_err().kind(), ErrorKind::InvalidName(NameError::Dot));
+    assert_eq!(k.calls(), 0);
+    let e = bind::bind(&k, EDU, None, Some("a b")).unwrap_err();
+    assert!(e.to_string().contains("driver name"), "{e}");
+}
+
+#[test]
+fn missing_device() {
+    let k = system();
+    let e = bind::bind(&k, "0000:00:09.0", None, None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSuchDevice { bus: None });
+    assert_eq!(e.device(), Some("0000:00:09.0"));
+    let e = bind::bind(&k, RTC, Some(Bus::Pci), None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSuchDevice { bus: Some(Bus::Pci) });
+    assert!(e.to_string().contains("/sys/bus/pci/devices/9010000.pl031 does not exist"), "{e}");
+    let e = bind::unbind(&k, "nothing", None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSuchDevice { bus: None });
+    assert_eq!(writes(&k), 0);
+}
+
+#[test]
+fn missing_module() {
+    let k = system();
+    k.set_driver_loaded(Bus::Pci, "vfio-pci", false);
+    let e = bind::bind(&k, NIC, None, None).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::DriverMissing { bus: Bus::Pci, driver } if driver.as_str() == "vfio-pci"));
+    let text = e.to_string();
+    assert!(text.contains("modprobe vfio-pci"), "{text}");
+    assert!(text.contains("/sys/bus/pci/drivers/vfio-pci does not exist"), "{text}");
+    assert_eq!(k.driver(NIC).as_deref(), Some("e1000e"), "nothing was touched");
+    assert_eq!(writes(&k), 0);
+
+    k.set_driver_loaded(Bus::Platform, "vfio-platform", false);
+    assert_eq!(k.driver(GPIO), None, "unloading unbinds");
+    let e = bind::bind(&k, RTC, None, None).unwrap_err();
+    assert!(e.to_string().contains("modprobe vfio-platform"), "{e}");
+    let e = bind::bind(&k, RTC, None, Some("nosuch")).unwrap_err();
+    assert!(e.to_string().contains("modprobe nosuch"), "{e}");
+}
+
+#[test]
+fn device_in_use() {
+    let k = system();
+    k.set_in_use(NIC, true);
+    let before = state(&k, NIC);
+    let e = bind::bind(&k, NIC, None, None).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::DeviceBusy { bus: Bus::Pci, driver } if driver.as_str() == "e1000e"));
+    assert_eq!(e.errno(), Some(Errno::BUSY));
+    assert!(e.to_string().contains("in use"), "{e}");
+    assert_eq!(state(&k, NIC), before);
+    let e = bind::unbind(&k, NIC, None).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::DeviceBusy { .. }));
+    assert_eq!(state(&k, NIC), before);
+    k.set_in_use(NIC, false);
+    bind::bind(&k, NIC, None, None).unwrap();
+}
+
+#[test]
+fn a_driver_that_refuses_the_device_is_reported_and_undone() {
+    let k = system();
+    k.set_probe_refused(NIC, Some("vfio-pci"));
+    let before = state(&k, NIC);
+    let e = bind::bind(&k, NIC, None, None).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::BindFailed { bus: Bus::Pci, driver } if driver.as_str() == "vfio-pci"));
+    assert!(e.to_string().contains("vfio-pci did not take the device"), "{e}");
+    assert_eq!(state(&k, NIC), before, "e1000e has it back");
+
+    k.set_probe_refused(RTC, Some("vfio-platform"));
+    let before = state(&k, RTC);
+    let e = bind::bind(&k, RTC, None, None).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::BindFailed { bus: Bus::Platform, .. }), "{e}");
+    assert_eq!(e.errno(), Some(Errno::NODEV));
+    assert_eq!(state(&k, RTC), before);
+}
+
+#[test]
+fn status_lists_drivers_groups_and_blockers() {
+    let k = system();
+    bind::bind(&k, NIC, None, None).unwrap();
+    let all = all_status(&k).unwrap();
+    let names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, [EDU, NIC, BRIDGE, RTC, GPIO, PCIE], "PCI first, then platform");
+    let get = |n: &str| *all.iter().find(|d| d.name.as_str() == n).unwrap();
+    let driver = |n: &str| get(n).driver.map(|d| d.as_str().to_string());
+
+    let edu = get(EDU);
+    assert_eq!((edu.bus, driver(EDU), edu.group, edu.ready, edu.blockers), (Bus::Pci, None, Some(3), false, 0));
+    // The NIC is bound to vfio-pci, but the bridge in its group blocks it.
+    let nic = get(NIC);
+    assert_eq!((driver(NIC).as_deref(), nic.group, nic.ready, nic.blockers), (Some("vfio-pci"), Some(4), true, 1));
+    {
+        let mut vfio: Context<&FakeKernel> = Context::with_kernel(&k).unwrap();
+        assert_eq!(vfio.setup(NIC).unwrap_err().kind(), ErrorKind::GroupNotViable { group: 4 });
+    }
+    let bridge = get(BRIDGE);
+    assert_eq!((driver(BRIDGE).as_deref(), bridge.ready, bridge.blockers), (Some("pcieport"), false, 0));
+    let gpio = get(GPIO);
+    assert_eq!(
+        (gpio.bus, driver(GPIO).as_deref(), gpio.ready, gpio.blockers),
+        (Bus::Platform, Some("vfio-platform"), true, 0)
+    );
+    let pcie = get(PCIE);
+    assert_eq!((driver(PCIE).as_deref(), pcie.group, pcie.ready), (Some("pci-host-generic"), None, false));
+
+    // Freeing the group: the bridge unbound, the NIC is ready and viable.
+    bind::unbind(&k, BRIDGE, None).unwrap();
+    assert_eq!(k.driver(BRIDGE).as_deref(), Some("pcieport"), "its default driver takes it back");
+    bind::bind(&k, BRIDGE, None, None).unwrap();
+    let all = all_status(&k).unwrap();
+    assert!(all.iter().filter(|d| d.group == Some(4)).all(|d| d.ready && d.blockers == 0));
+    let mut vfio: Context<&FakeKernel> = Context::with_kernel(&k).unwrap();
+    let nic = vfio.setup(NIC).unwrap();
+    vfio.free(nic).unwrap();
+}
+
+#[test]
+fn status_of_an_empty_system_and_its_failures() {
+    let k = FakeKernel::new();
+    assert!(all_status(&k).unwrap().is_empty());
+
+    let k = system();
+    let calls = {
+        let before = k.calls();
+        all_status(&k).unwrap();
+        k.calls() - before
+    };
+    for n in 1..=calls {
+        k.fail_call(n, Errno::IO);
+        let e = all_status(&k).unwrap_err();
+        assert!(!k.failure_pending());
+        assert_eq!(e.errno(), Some(Errno::IO), "call {n}");
+        assert!(matches!(e.kind(), ErrorKind::Syscall(Step::ListSysfs | Step::ReadSysfs)), "call {n}: {e}");
+    }
+}
+
+/// Runs `op` on a fresh system with system call `n` failing, for every `n`
+/// until `op` makes fewer calls than that: each failure must be reported and
+/// leave `dev` as it was. Returns how many calls the successful run made.
+fn failure_walk(dev: &str, prepare: impl Fn(&FakeKernel), op: impl Fn(&FakeKernel) -> Result<(), Error>) -> u64 {
+    for n in 1.. {
+        let k = system();
+        prepare(&k);
+        let before = state(&k, dev);
+        let start = k.calls();
+        k.fail_call(n, Errno::IO);
+        let result = op(&k);
+        if k.failure_pending() {
+            assert!(result.is_ok(), "{dev}: no failure injected, yet {:?}", result.err());
+            return k.calls() - start;
+        }
+        let e = result.expect_err(&format!(
+            "{dev}: call {n} ({}) failed but the operation succeeded",
+            k.trace()[(start + n - 1) as usize]
+        ));
+        assert_eq!(e.device(), Some(dev));
+        assert_eq!(state(&k, dev), before, "{dev}: call {n} failed: {e}; trace {:?}", &k.trace()[start as usize..]);
+        assert_eq!(k.bad_closes(), 0);
+    }
+    unreachable!()
+}
+
+#[test]
+fn failure_walk_of_bind_and_unbind() {
+    let none = |_: &FakeKernel| {};
+    let to_vfio = |k: &FakeKernel| {
+        bind::bind(k, NIC, None, None).unwrap();
+        bind::bind(k, RTC, None, None).unwrap();
+    };
+    // PCI: from e1000e (unbind, override, drivers_probe, check) and from no driver.
+    let calls = failure_walk(NIC, none, |k| bind::bind(k, NIC, None, None).map(drop));
+    assert_eq!(calls, 8, "find bus, driver dir, driver, override read, unbind, override, probe, check");
+    failure_walk(EDU, none, |k| bind::bind(k, EDU, None, None).map(drop));
+    // Platform: through vfio-platform's bind file, the bus found after PCI.
+    failure_walk(RTC, none, |k| bind::bind(k, RTC, None, None).map(drop));
+    failure_walk(RTC, none, |k| bind::bind(k, RTC, Some(Bus::Platform), Some("vfio-platform")).map(drop));
+    // Unbind: back to e1000e, and to no driver.
+    let calls = failure_walk(NIC, to_vfio, |k| bind::unbind(k, NIC, None).map(drop));
+    assert_eq!(calls, 7, "find bus, driver, override read, unbind, override, probe, driver");
+    failure_walk(RTC, to_vfio, |k| bind::unbind(k, RTC, None).map(drop));
+    failure_walk(EDU, none, |k| bind::unbind(k, EDU, None).map(drop));
+}
+
+#[test]
+fn error_messages_say_what_to_do() {
+    let k = system();
+    k.set_in_use(NIC, true);
+    let busy = bind::bind(&k, NIC, None, None).unwrap_err().to_string();
+    assert!(busy.starts_with("0000:00:03.0: the device is in use: e1000e refused to release it"), "{busy}");
+    assert!(busy.contains("[EBUSY"), "{busy}");
+    k.set_driver_loaded(Bus::Platform, "vfio-platform", false);
+    let missing = bind::bind(&k, RTC, None, None).unwrap_err().to_string();
+    assert!(missing.contains("reset_required=0"), "{missing}");
+}

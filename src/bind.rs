@@ -168,7 +168,7 @@ fn device_status<K: Kernel>(kernel: &K, bus: Bus, name: DeviceName) -> Result<De
 }
 
 /// Devices of `group` other than `this` bound to a non-VFIO driver.
-fn group_blockers<K: Kernel>(kernel: &K, group: u32, this: &DeviceName) -> Result<u32, Error> {
+pub(crate) fn group_blockers<K: Kernel>(kernel: &K, group: u32, this: &DeviceName) -> Result<u32, Error> {
     let path = sys_path!("/sys/kernel/iommu_groups/{group}/devices").ok_or_else(too_long)?;
     let mut blockers = 0;
     let mut failed = None;

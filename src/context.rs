@@ -9,14 +9,16 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::backend::{self, Backend, Route, RouteInputs};
 use crate::container::{Container, IommuKind};
 use crate::device::{Device, DeviceState, Placement};
-use crate::dma::{self, DmaBuffer, DmaDirection, DmaOptions, IommuInfo};
+use crate::dma::{self, DmaBuffer, DmaDirection, DmaOptions, Domain, IommuInfo};
 use crate::error::{Error, ErrorKind};
 use crate::group::Group;
+use crate::iommufd::{self, Iommufd, Located};
 use crate::irq;
 use crate::kernel::Fd;
-use crate::kernel::{Host, Kernel, TOKEN};
+use crate::kernel::{Host, Kernel};
 use crate::name::{Bus, DeviceName};
 use crate::sys::IrqFlags;
 use crate::sysfs;
@@ -101,8 +103,13 @@ pub struct Context<
     kernel: K,
     id: u64,
     next_serial: u64,
-    /// The container for groups behind a real IOMMU; opened with the context.
-    iommu: Container,
+    /// The interface asked for.
+    backend: Backend,
+    /// The legacy container for groups behind a real IOMMU: opened with the
+    /// context unless iommufd serves it, else when a group first needs it.
+    legacy: Option<Container>,
+    /// `/dev/iommu` and the context's IO address space (iommufd backend).
+    iommufd: Option<Iommufd>,
     /// The container for noiommu groups; open while it has groups.
     noiommu: Option<Container>,
     groups: heapless::Vec<Group, GROUPS>,
@@ -111,23 +118,47 @@ pub struct Context<
 }
 
 impl Context<Host> {
-    /// Opens a context on the running kernel with the default capacities:
-    /// opens `/dev/vfio/vfio` and checks the API version.
+    /// Opens a context on the running kernel with the default capacities and
+    /// [`Backend::Auto`]: iommufd (`/dev/iommu`, with an IO address space)
+    /// if the kernel has it, else the legacy container (`/dev/vfio/vfio`,
+    /// whose API version is checked).
     #[doc(alias = "dao_vfio_init")]
     pub fn open() -> Result<Self, Error> {
         Self::with_kernel(Host)
     }
+
+    /// Like [`Context::open`], with the interface given.
+    pub fn open_with(backend: Backend) -> Result<Self, Error> {
+        Self::with_backend(Host, backend)
+    }
 }
 
 impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Context<K, DEVICES, GROUPS, DMA> {
-    /// Opens a context on `kernel` (the real [`Host`], or a fake one in tests).
+    /// Opens a context on `kernel` (the real [`Host`], or a fake one in
+    /// tests), with [`Backend::Auto`].
     pub fn with_kernel(kernel: K) -> Result<Self, Error> {
-        let iommu = Container::open(&kernel, IommuKind::Type1)?;
+        Self::with_backend(kernel, Backend::Auto)
+    }
+
+    /// Opens a context on `kernel` with the interface given. With
+    /// [`Backend::Auto`] a kernel without a usable `/dev/iommu` gets the
+    /// legacy container, whose errors then say what is missing.
+    pub fn with_backend(kernel: K, backend: Backend) -> Result<Self, Error> {
+        let (legacy, iommufd) = match backend {
+            Backend::Legacy => (Some(Container::open(&kernel, IommuKind::Type1)?), None),
+            Backend::Iommufd => (None, Some(Iommufd::open(&kernel)?)),
+            Backend::Auto => match Iommufd::open(&kernel) {
+                Ok(iommufd) => (None, Some(iommufd)),
+                Err(_) => (Some(Container::open(&kernel, IommuKind::Type1)?), None),
+            },
+        };
         Ok(Context {
             kernel,
             id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
             next_serial: 0,
-            iommu,
+            backend,
+            legacy,
+            iommufd,
             noiommu: None,
             groups: heapless::Vec::new(),
             devices: heapless::Vec::new(),
@@ -145,9 +176,26 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         self.devices.len()
     }
 
-    /// How many groups are open.
+    /// How many groups are open (devices opened through iommufd hold none).
     pub fn group_count(&self) -> usize {
         self.groups.len()
+    }
+
+    /// The interface asked for when the context was opened.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The interface the context's IOMMU-backed devices use now:
+    /// [`Backend::Iommufd`] or [`Backend::Legacy`]; `None` while none is open.
+    pub fn active_backend(&self) -> Option<Backend> {
+        if self.iommufd.as_ref().is_some_and(|i| i.devices() > 0) {
+            Some(Backend::Iommufd)
+        } else if self.legacy.as_ref().is_some_and(|c| c.groups() > 0) {
+            Some(Backend::Legacy)
+        } else {
+            None
+        }
     }
 
     /// Sets up device `name` on whichever bus has it (PCI is tried first):
@@ -180,38 +228,81 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         let bus = sysfs::find_bus(&self.kernel, &name, bus)?;
         sysfs::check_driver(&self.kernel, bus, &name)?;
         let group = sysfs::iommu_group(&self.kernel, bus, &name)?;
-        let slot = self.acquire_group(group)?;
+        let at = Located { name, bus, group };
         let serial = self.next_serial;
-        let placement = Placement {
-            name,
-            bus,
-            group,
-            group_fd: self.groups[slot].fd(),
-            noiommu: self.groups[slot].kind() == IommuKind::NoIommu,
-            serial,
-        };
-        let state = match DeviceState::open(&self.kernel, placement) {
-            Ok(state) => state,
-            Err(e) => {
-                // Undo the group's share; the setup error is the one to report.
-                let _ = self.release_group(group);
-                return Err(e);
-            }
+        let state = match self.route(&at)? {
+            Route::Cdev(number) => self.open_through_iommufd(&at, number, serial)?,
+            Route::Group { iommu } => self.open_through_group(&at, iommu, serial)?,
         };
         if let Err(state) = self.devices.push(state) {
             // Unreachable: fullness was checked first. Undo all the same.
-            let _ = state.release(&self.kernel);
-            let _ = self.release_group(group);
+            let _ = self.release_device(state);
             return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
         }
         self.next_serial = serial + 1; // u64: cannot wrap in practice
         Ok(DeviceHandle { context: self.id, serial })
     }
 
+    /// How to open the device (see [`Backend`]). The cdev is looked up only
+    /// when iommufd could be used.
+    fn route(&self, at: &Located) -> Result<Route, Error> {
+        let cdev = match (self.backend, &self.iommufd) {
+            (Backend::Legacy, _) | (Backend::Auto, None) => None,
+            _ => iommufd::find_cdev(&self.kernel, at.bus, &at.name)?,
+        };
+        Ok(backend::route(RouteInputs {
+            asked: self.backend,
+            iommufd: self.iommufd.is_some(),
+            iommufd_devices: self.iommufd.as_ref().map_or(0, Iommufd::devices),
+            legacy_groups: self.legacy.as_ref().map_or(0, Container::groups),
+            cdev,
+            bus: at.bus,
+        }))
+    }
+
+    /// Opens the device through cdev `vfio{number}`, bound to the context's
+    /// iommufd and attached to its IO address space.
+    fn open_through_iommufd(&mut self, at: &Located, number: u32, serial: u64) -> Result<DeviceState, Error> {
+        let iommufd = self.iommufd.as_mut().ok_or(Error::new(ErrorKind::NoIommufd))?;
+        let fd = iommufd.open_device(&self.kernel, number, at)?;
+        let placement =
+            Placement { name: at.name, bus: at.bus, group: at.group, noiommu: false, via: Backend::Iommufd, serial };
+        let state = DeviceState::open(&self.kernel, placement, fd)?;
+        iommufd.device_attached();
+        Ok(state)
+    }
+
+    /// Opens the device from its group, which is opened (or shared) and
+    /// attached to the right container first.
+    fn open_through_group(
+        &mut self,
+        at: &Located,
+        iommu: Result<(), ErrorKind>,
+        serial: u64,
+    ) -> Result<DeviceState, Error> {
+        let slot = self.acquire_group(at.group, iommu)?;
+        let group = &self.groups[slot];
+        let noiommu = group.kind() == IommuKind::NoIommu;
+        let opened = group.device_fd(&self.kernel, &at.name).and_then(|fd| {
+            let placement =
+                Placement { name: at.name, bus: at.bus, group: at.group, noiommu, via: Backend::Legacy, serial };
+            DeviceState::open(&self.kernel, placement, fd)
+        });
+        if opened.is_err() {
+            // Undo the group's share; the setup error is the one to report.
+            let _ = self.release_group(at.group);
+        }
+        opened
+    }
+
     /// Finds or opens group `number` and takes a share of it for one device.
-    /// Returns its slot in the group table.
-    fn acquire_group(&mut self, number: u32) -> Result<usize, Error> {
+    /// Returns its slot in the group table. A group behind an IOMMU is
+    /// refused with `iommu`'s error, if it is one.
+    fn acquire_group(&mut self, number: u32, iommu: Result<(), ErrorKind>) -> Result<usize, Error> {
         if let Some(slot) = self.groups.iter().position(|g| g.number() == number) {
+            if self.groups[slot].kind() == IommuKind::Type1 {
+                iommu.map_err(Error::new)?;
+            }
             self.groups[slot].device_opened();
             return Ok(slot);
         }
@@ -220,28 +311,36 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         }
         let mut group = Group::open(&self.kernel, number)?;
         let kernel = &self.kernel;
-        let opened_noiommu = group.kind() == IommuKind::NoIommu && self.noiommu.is_none();
-        let container = match group.kind() {
-            IommuKind::Type1 => &mut self.iommu,
-            IommuKind::NoIommu => match &mut self.noiommu {
-                Some(container) => container,
-                slot @ None => match Container::open(kernel, IommuKind::NoIommu) {
-                    Ok(container) => slot.insert(container),
-                    Err(e) => {
-                        let _ = group.close(kernel, false);
-                        return Err(e);
-                    }
-                },
-            },
+        let kind = group.kind();
+        if let (IommuKind::Type1, Err(refusal)) = (kind, iommu) {
+            let _ = group.close(kernel, false);
+            return Err(Error::new(refusal));
+        }
+        let slot = match kind {
+            IommuKind::Type1 => &mut self.legacy,
+            IommuKind::NoIommu => &mut self.noiommu,
         };
-        let joined = match group.attach(kernel, container.fd()) {
-            Ok(()) => container.group_joined(kernel).map_err(|e| (e, true)),
-            Err(e) => Err((e, false)),
+        let opened_container = slot.is_none();
+        if opened_container {
+            match Container::open(kernel, kind) {
+                Ok(container) => *slot = Some(container),
+                Err(e) => {
+                    let _ = group.close(kernel, false);
+                    return Err(e);
+                }
+            }
+        }
+        let joined = match slot.as_mut() {
+            Some(container) => match group.attach(kernel, container.fd()) {
+                Ok(()) => container.group_joined(kernel).map_err(|e| (e, true)),
+                Err(e) => Err((e, false)),
+            },
+            None => unreachable!("opened just above"),
         };
         if let Err((e, attached)) = joined {
             let _ = group.close(kernel, attached);
-            if opened_noiommu {
-                if let Some(container) = self.noiommu.take() {
+            if opened_container {
+                if let Some(container) = slot.take() {
                     container.close(kernel);
                 }
             }
@@ -256,6 +355,51 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
                 Err(Error::new(ErrorKind::GroupTableFull { capacity: GROUPS }))
             }
         }
+    }
+
+    /// Releases an open device taken out of the table: its regions, fd and
+    /// eventfds, then its share of its group or of the iommufd.
+    fn release_device(&mut self, state: DeviceState) -> Result<(), Error> {
+        if state.via == Backend::Iommufd {
+            return self.release_iommufd_device(state);
+        }
+        let group = state.group;
+        let released = state.release(&self.kernel);
+        let detached = self.release_group(group);
+        released.and(detached)
+    }
+
+    /// Closes a device opened through iommufd. The last one takes the DMA
+    /// mappings with it, as the last legacy group does: they are removed
+    /// from the IO address space while it is still attached, then the
+    /// memory is released. If the kernel keeps some, the address space is
+    /// replaced (closing the old one drops them) before the memory goes; if
+    /// even that fails, the memory is kept rather than released while mapped.
+    fn release_iommufd_device(&mut self, state: DeviceState) -> Result<(), Error> {
+        let Some(iommufd) = self.iommufd.as_mut() else {
+            return state.release(&self.kernel);
+        };
+        let domain = Domain::Ioas { iommufd: iommufd.fd(), ioas: iommufd.ioas() };
+        let takes_dma = iommufd.devices() == 1 && self.dma.len() > 0;
+        let unmapped = takes_dma && self.dma.unmap_all_from_iommu(&self.kernel, domain);
+        // Closing the cdev detaches the device from the IO address space.
+        let result = state.release(&self.kernel);
+        iommufd.device_detached();
+        if takes_dma {
+            let mappings_gone = unmapped || self.renew_iommufd();
+            self.dma.forget_all(&self.kernel, mappings_gone);
+        }
+        result
+    }
+
+    /// Replaces the iommufd with a fresh one; returns whether it did (the
+    /// old one, closed, took its mappings with it).
+    fn renew_iommufd(&mut self) -> bool {
+        let Ok(fresh) = Iommufd::open(&self.kernel) else { return false };
+        if let Some(old) = self.iommufd.replace(fresh) {
+            old.close(&self.kernel);
+        }
+        true
     }
 
     /// Gives back one device's share of group `number`; the last share
@@ -277,8 +421,12 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         let kind = group.kind();
         // The last IOMMU-backed group takes the IOMMU domain, and with it the
         // DMA mappings: remove them first, while the domain still exists.
-        let last_domain_group = kind == IommuKind::Type1 && self.iommu.groups() == 1 && self.dma.len() > 0;
-        let dma_unmapped = last_domain_group && self.dma.unmap_all_from_iommu(&self.kernel, self.iommu.fd());
+        let legacy = self.legacy.as_ref().filter(|_| kind == IommuKind::Type1);
+        let last_domain_group = legacy.is_some_and(|c| c.groups() == 1) && self.dma.len() > 0;
+        let dma_unmapped = match legacy {
+            Some(c) if last_domain_group => self.dma.unmap_all_from_iommu(&self.kernel, Domain::Type1(c.fd())),
+            _ => false,
+        };
         let result = group.close(&self.kernel, true);
         if last_domain_group {
             // Memory goes back only once no device can reach it: every
@@ -287,9 +435,11 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         }
         match kind {
             IommuKind::Type1 => {
-                self.iommu.group_left();
-                if result.is_err() && self.iommu.groups() == 0 {
-                    self.renew_iommu_container();
+                if let Some(container) = &mut self.legacy {
+                    container.group_left();
+                    if result.is_err() && container.groups() == 0 {
+                        self.renew_iommu_container();
+                    }
                 }
             }
             IommuKind::NoIommu => {
@@ -314,8 +464,16 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// one and assume its type is still set.
     fn renew_iommu_container(&mut self) {
         match Container::open(&self.kernel, IommuKind::Type1) {
-            Ok(fresh) => core::mem::replace(&mut self.iommu, fresh).close(&self.kernel),
-            Err(_) => self.iommu.assume_type_kept(),
+            Ok(fresh) => {
+                if let Some(old) = self.legacy.replace(fresh) {
+                    old.close(&self.kernel);
+                }
+            }
+            Err(_) => {
+                if let Some(container) = &mut self.legacy {
+                    container.assume_type_kept();
+                }
+            }
         }
     }
 
@@ -337,17 +495,16 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     }
 
     /// Frees a device: unmaps its regions, closes its fd and gives back its
-    /// share of the group (the last device detaches and closes the group).
+    /// share of the group (the last device detaches and closes the group) or
+    /// of the iommufd.
     /// Everything is released even when a step fails; the first failure is
     /// returned. A handle of another context is refused and changes nothing.
     #[doc(alias = "dao_vfio_device_free")]
     pub fn free(&mut self, handle: DeviceHandle) -> Result<(), Error> {
         let slot = self.slot(&handle)?;
         let state = self.devices.swap_remove(slot);
-        let (name, group) = (state.name, state.group);
-        let released = state.release(&self.kernel);
-        let detached = self.release_group(group);
-        released.and(detached).map_err(|e| e.for_device(name))
+        let name = state.name;
+        self.release_device(state).map_err(|e| e.for_device(name))
     }
 
     /// Closes the context. Refused while devices are open: the context comes
@@ -389,18 +546,24 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         irq::disable(&self.kernel, fd, &mut state.bound, index).map_err(|e| e.for_device(name))
     }
 
-    /// The type1 container, if an IOMMU-backed device is open.
-    fn dma_container(&self) -> Result<Fd, Error> {
-        match (self.iommu.groups(), &self.noiommu) {
-            (0, Some(_)) => Err(Error::new(ErrorKind::NoIommuDma)),
-            (0, None) => Err(Error::new(ErrorKind::NoDmaDomain)),
-            _ => Ok(self.iommu.fd()),
+    /// The IOMMU address space DMA maps into: the iommufd IOAS or the type1
+    /// container, whichever has IOMMU-backed devices (never both).
+    fn dma_domain(&self) -> Result<Domain, Error> {
+        if let Some(iommufd) = self.iommufd.as_ref().filter(|i| i.devices() > 0) {
+            return Ok(Domain::Ioas { iommufd: iommufd.fd(), ioas: iommufd.ioas() });
+        }
+        if let Some(container) = self.legacy.as_ref().filter(|c| c.groups() > 0) {
+            return Ok(Domain::Type1(container.fd()));
+        }
+        match self.noiommu {
+            Some(_) => Err(Error::new(ErrorKind::NoIommuDma)),
+            None => Err(Error::new(ErrorKind::NoDmaDomain)),
         }
     }
 
     /// What the IOMMU allows: page sizes, usable IOVA ranges, mappings left.
     pub fn iommu_info(&self) -> Result<IommuInfo, Error> {
-        dma::iommu_info(&self.kernel, self.dma_container()?)
+        dma::iommu_info(&self.kernel, self.dma_domain()?)
     }
 
     /// Allocates anonymous memory of at least `len` bytes (rounded up to the
@@ -408,11 +571,11 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// ranges. The memory is released after its mapping is removed, by
     /// [`Context::dma_free`] or when the context lets go of it.
     pub fn dma_alloc(&mut self, len: usize, options: DmaOptions) -> Result<DmaHandle, Error> {
-        let container = self.dma_container()?;
+        let domain = self.dma_domain()?;
         if self.dma.len() == DMA {
             return Err(Error::new(ErrorKind::DmaTableFull { capacity: DMA }));
         }
-        let unit = dma::allocation_unit(&dma::iommu_info(&self.kernel, container)?, &options);
+        let unit = dma::allocation_unit(&dma::iommu_info(&self.kernel, domain)?, &options);
         let (base, len) = dma::allocate(&self.kernel, len, unit, &options)?;
         let memory = dma::Memory {
             vaddr: base,
@@ -424,7 +587,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         };
         // SAFETY: the memory is fresh, owned by the table from here on, and
         // released only after its mapping is removed.
-        match unsafe { self.dma.map(&self.kernel, container, memory) } {
+        match unsafe { self.dma.map(&self.kernel, domain, memory) } {
             Ok(serial) => Ok(DmaHandle { context: self.id, serial }),
             Err(e) => {
                 dma::deallocate(&self.kernel, base, len);
@@ -456,10 +619,10 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         iova: Option<u64>,
         direction: DmaDirection,
     ) -> Result<DmaHandle, Error> {
-        let container = self.dma_container()?;
+        let domain = self.dma_domain()?;
         let memory = dma::Memory { vaddr, len: len as u64, iova, direction, owned: false, align: 0 };
         // SAFETY: forwarded from this function's contract.
-        let serial = unsafe { self.dma.map(&self.kernel, container, memory)? };
+        let serial = unsafe { self.dma.map(&self.kernel, domain, memory)? };
         Ok(DmaHandle { context: self.id, serial })
     }
 
@@ -485,11 +648,11 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         if handle.context != self.id {
             return Err((handle, Error::new(ErrorKind::ForeignHandle)));
         }
-        let container = match self.dma_container() {
-            Ok(container) => container,
+        let domain = match self.dma_domain() {
+            Ok(domain) => domain,
             Err(e) => return Err((handle, e)),
         };
-        self.dma.unmap(&self.kernel, container, handle.serial).map_err(|e| (handle, e))
+        self.dma.unmap(&self.kernel, domain, handle.serial).map_err(|e| (handle, e))
     }
 
     /// The fd of open group `number` (for the C interface's `group_fd`).
@@ -501,27 +664,28 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// The IOMMU type in force in the type1 container (`VFIO_TYPE1v2_IOMMU`,
     /// `VFIO_TYPE1_IOMMU`), while it has groups.
     pub fn iommu_type(&self) -> Option<u32> {
-        self.iommu.iommu_type()
+        self.legacy.as_ref().and_then(Container::iommu_type)
     }
 }
 
 impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Drop for Context<K, DEVICES, GROUPS, DMA> {
     /// Frees every device (removing DMA mappings before the last
-    /// IOMMU-backed group goes), then closes the containers. Never panics;
-    /// errors are dropped (use [`Context::free`] to see them).
+    /// IOMMU-backed device goes), then closes the containers and the
+    /// iommufd. Never panics; errors are dropped (use [`Context::free`] to
+    /// see them).
     fn drop(&mut self) {
         while let Some(state) = self.devices.pop() {
-            let group = state.group;
-            let _ = state.release(&self.kernel);
-            let _ = self.release_group(group);
+            let _ = self.release_device(state);
         }
         while let Some(group) = self.groups.pop() {
             let _ = self.detach(group);
         }
-        if let Some(container) = self.noiommu.take() {
+        for container in [self.noiommu.take(), self.legacy.take()].into_iter().flatten() {
             container.close(&self.kernel);
         }
-        self.kernel.close(&TOKEN, self.iommu.fd());
+        if let Some(iommufd) = self.iommufd.take() {
+            iommufd.close(&self.kernel);
+        }
     }
 }
 
@@ -534,7 +698,9 @@ impl<K: Kernel + core::fmt::Debug, const DEVICES: usize, const GROUPS: usize, co
             .field("devices", &self.devices.len())
             .field("groups", &self.groups.len())
             .field("dma_mappings", &self.dma.len())
-            .field("iommu_type", &self.iommu.iommu_type())
+            .field("backend", &self.backend)
+            .field("active_backend", &self.active_backend())
+            .field("iommu_type", &self.iommu_type())
             .finish_non_exhaustive()
     }
 }

@@ -3,12 +3,12 @@
 
 use rustix::io::Errno;
 
+use crate::backend::Backend;
 use crate::capchain;
 use crate::error::{Error, ErrorKind, Step};
 use crate::irq::{self, Interrupt};
 use crate::kernel::{Fd, Kernel, Protection, Request, TOKEN};
 use crate::name::{Bus, DeviceName};
-use crate::path::sys_path;
 use crate::region::{Region, RegionKind};
 use crate::sys::{self, DeviceFlags, IrqFlags, RegionFlags};
 
@@ -55,6 +55,8 @@ pub(crate) struct DeviceState {
     pub(crate) bus: Bus,
     pub(crate) group: u32,
     pub(crate) noiommu: bool,
+    /// The interface it was opened through.
+    pub(crate) via: Backend,
     fd: Fd,
     flags: DeviceFlags,
     num_regions: u32,
@@ -65,31 +67,30 @@ pub(crate) struct DeviceState {
     pub(crate) bound: irq::Bindings,
 }
 
-/// Where a device is: its name, bus and group, and the group's fd.
+/// Where a device is and how it was opened.
 pub(crate) struct Placement {
     pub(crate) name: DeviceName,
     pub(crate) bus: Bus,
     pub(crate) group: u32,
-    pub(crate) group_fd: Fd,
     pub(crate) noiommu: bool,
+    /// [`Backend::Legacy`] (from its group) or [`Backend::Iommufd`] (its cdev).
+    pub(crate) via: Backend,
     pub(crate) serial: u64,
 }
 
 impl DeviceState {
-    /// Gets the device fd from its group, reads its description and maps its
-    /// regions. On error everything it opened or mapped is released.
-    pub(crate) fn open<K: Kernel>(kernel: &K, at: Placement) -> Result<Self, Error> {
-        let cname = sys_path!("{}", at.name).ok_or(Error::syscall(Step::GetDeviceFd, Errno::NAMETOOLONG))?;
-        let raw = kernel
-            .ioctl(&TOKEN, at.group_fd, Request::GroupGetDeviceFd(cname.as_c_str()))
-            .map_err(|e| Error::syscall(Step::GetDeviceFd, e))?;
+    /// Takes the device's fd (from its group or its cdev), reads its
+    /// description and maps its regions. On error everything it opened or
+    /// mapped is released, the fd included.
+    pub(crate) fn open<K: Kernel>(kernel: &K, at: Placement, fd: Fd) -> Result<Self, Error> {
         let mut state = DeviceState {
             serial: at.serial,
             name: at.name,
             bus: at.bus,
             group: at.group,
             noiommu: at.noiommu,
-            fd: Fd::from_raw(raw),
+            via: at.via,
+            fd,
             flags: DeviceFlags::empty(),
             num_regions: 0,
             num_irqs: 0,
@@ -330,6 +331,12 @@ impl<'a, K: Kernel> Device<'a, K> {
     /// Whether its group is a noiommu group (no isolation, no DMA mapping).
     pub fn is_noiommu(&self) -> bool {
         self.state.noiommu
+    }
+
+    /// The interface it was opened through: [`Backend::Iommufd`] (its cdev)
+    /// or [`Backend::Legacy`] (its group; always so for noiommu devices).
+    pub fn backend(&self) -> Backend {
+        self.state.via
     }
 
     /// The device fd, for the caller's own ioctls. The context owns it: do

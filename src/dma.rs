@@ -1,5 +1,6 @@
 //! DMA mapping: memory made visible to devices at an I/O virtual address
-//! (IOVA) through the type1 IOMMU container.
+//! (IOVA) through the IOMMU: the legacy type1 container, or the context's
+//! iommufd IO address space ([`Backend`](crate::Backend)).
 //!
 //! DMA lives in the IOMMU domain of the context's IOMMU-backed devices: it
 //! needs one of them open, and when the last one is freed its mappings go
@@ -29,7 +30,9 @@ pub const MAX_IOVA_RANGES: usize = 16;
 /// where a stray null-based DMA would land) unused.
 const IOVA_FLOOR: u64 = 0x10_0000;
 
-/// What the IOMMU allows, from `VFIO_IOMMU_GET_INFO`.
+/// What the IOMMU allows, from `VFIO_IOMMU_GET_INFO` (legacy) or
+/// `IOMMU_IOAS_IOVA_RANGES` (iommufd, which reports only the smallest page
+/// size and no mapping count).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IommuInfo {
     /// Bitmap of the IOMMU's page sizes (bit n set: 2^n bytes).
@@ -70,6 +73,14 @@ impl DmaDirection {
             DmaDirection::ToDevice => sys::DMA_MAP_FLAG_READ,
             DmaDirection::FromDevice => sys::DMA_MAP_FLAG_WRITE,
             DmaDirection::Bidirectional => sys::DMA_MAP_FLAG_READ | sys::DMA_MAP_FLAG_WRITE,
+        }
+    }
+
+    fn ioas_flags(self) -> u32 {
+        match self {
+            DmaDirection::ToDevice => sys::IOAS_MAP_READABLE,
+            DmaDirection::FromDevice => sys::IOAS_MAP_WRITEABLE,
+            DmaDirection::Bidirectional => sys::IOAS_MAP_READABLE | sys::IOAS_MAP_WRITEABLE,
         }
     }
 }
@@ -242,8 +253,57 @@ unsafe fn byte_at<'a>(base: NonNull<u8>, i: usize) -> &'a AtomicU8 {
     unsafe { AtomicU8::from_ptr(base.as_ptr().add(i)) }
 }
 
-/// Asks the container what the IOMMU allows.
-pub(crate) fn iommu_info<K: Kernel>(kernel: &K, container: Fd) -> Result<IommuInfo, Error> {
+/// Where DMA mappings go: the context's IOMMU address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Domain {
+    /// The legacy type1 container.
+    Type1(Fd),
+    /// An IO address space of an iommufd.
+    Ioas {
+        /// `/dev/iommu`.
+        iommufd: Fd,
+        /// The IOAS id.
+        ioas: u32,
+    },
+}
+
+/// Asks the IOMMU what it allows.
+pub(crate) fn iommu_info<K: Kernel>(kernel: &K, domain: Domain) -> Result<IommuInfo, Error> {
+    match domain {
+        Domain::Type1(container) => type1_info(kernel, container),
+        Domain::Ioas { iommufd, ioas } => ioas_info(kernel, iommufd, ioas),
+    }
+}
+
+/// `IOMMU_IOAS_IOVA_RANGES`: the ranges the attached devices allow, and the
+/// alignment every mapping needs. More ranges than fit ([`MAX_IOVA_RANGES`])
+/// is an error (`EMSGSIZE`): the kernel then writes none.
+fn ioas_info<K: Kernel>(kernel: &K, iommufd: Fd, ioas: u32) -> Result<IommuInfo, Error> {
+    let mut query = sys::IoasIovaRangesQuery::default();
+    query.head.size = sys::argsz::<sys::IoasIovaRanges>();
+    query.head.ioas_id = ioas;
+    query.head.num_iovas = sys::IOAS_MAX_RANGES as u32;
+    kernel
+        .ioctl(&TOKEN, iommufd, Request::IoasIovaRanges(&mut query))
+        .map_err(|e| Error::syscall(Step::IoasIovaRanges, e))?;
+    let align = query.head.out_iova_alignment;
+    let mut info = IommuInfo {
+        page_sizes: if align.is_power_of_two() { align } else { 0 },
+        ranges: heapless::Vec::new(),
+        dma_avail: None,
+    };
+    let n = (query.head.num_iovas as usize).min(sys::IOAS_MAX_RANGES).min(MAX_IOVA_RANGES);
+    for r in &query.ranges[..n] {
+        let _ = info.ranges.push(IovaRange { start: r.start, end: r.last });
+    }
+    if info.ranges.is_empty() {
+        let _ = info.ranges.push(IovaRange { start: 0, end: u64::MAX });
+    }
+    Ok(info)
+}
+
+/// `VFIO_IOMMU_GET_INFO` of the type1 container.
+fn type1_info<K: Kernel>(kernel: &K, container: Fd) -> Result<IommuInfo, Error> {
     let mut buf = sys::InfoBuffer::new();
     kernel.ioctl(&TOKEN, container, Request::IommuGetInfo(&mut buf)).map_err(|e| Error::syscall(Step::IommuInfo, e))?;
     let head = core::mem::size_of::<sys::IommuType1Info>();
@@ -321,12 +381,12 @@ impl<const N: usize> Table<N> {
     /// # Safety
     /// `memory.vaddr..memory.vaddr + memory.len` stays valid until the
     /// mapping is removed.
-    pub(crate) unsafe fn map<K: Kernel>(&mut self, kernel: &K, container: Fd, memory: Memory) -> Result<u64, Error> {
+    pub(crate) unsafe fn map<K: Kernel>(&mut self, kernel: &K, domain: Domain, memory: Memory) -> Result<u64, Error> {
         let Memory { vaddr, len, iova, direction, owned, align } = memory;
         if self.mappings.is_full() {
             return Err(Error::new(ErrorKind::DmaTableFull { capacity: N }));
         }
-        let info = iommu_info(kernel, container)?;
+        let info = iommu_info(kernel, domain)?;
         // At least 4 KiB whatever the kernel answers: the views' alignment
         // claims rest on it.
         let page = info.min_page_size().max(4096);
@@ -350,16 +410,10 @@ impl<const N: usize> Table<N> {
             None => iova::choose_iova(&info.ranges, &taken, len, align, IOVA_FLOOR)
                 .ok_or(Error::new(ErrorKind::NoIova { len }))?,
         };
-        let map = sys::DmaMap {
-            argsz: sys::argsz::<sys::DmaMap>(),
-            flags: direction.map_flags(),
-            // The kernel and the device will reach this memory by address:
-            // expose its provenance, as for any pointer handed to another agent.
-            vaddr: vaddr.as_ptr().expose_provenance() as u64,
-            iova,
-            size: len,
-        };
-        kernel.ioctl(&TOKEN, container, Request::IommuMapDma(&map)).map_err(|e| Error::syscall(Step::MapDma, e))?;
+        // The kernel and the device will reach this memory by address:
+        // expose its provenance, as for any pointer handed to another agent.
+        let user_va = vaddr.as_ptr().expose_provenance() as u64;
+        map_iommu(kernel, domain, user_va, iova, len, direction)?;
         let serial = self.next_serial;
         self.next_serial += 1;
         // Cannot fail: fullness was checked first.
@@ -370,22 +424,22 @@ impl<const N: usize> Table<N> {
     /// Removes a mapping from the IOMMU, then releases its memory if owned.
     /// If the IOMMU refuses, the mapping stays in the table (retried when the
     /// context lets go of it) and the error is returned.
-    pub(crate) fn unmap<K: Kernel>(&mut self, kernel: &K, container: Fd, serial: u64) -> Result<(), Error> {
+    pub(crate) fn unmap<K: Kernel>(&mut self, kernel: &K, domain: Domain, serial: u64) -> Result<(), Error> {
         let Some(slot) = self.mappings.iter().position(|m| m.serial == serial) else {
             return Err(Error::new(ErrorKind::ForeignHandle));
         };
-        unmap_iommu(kernel, container, &self.mappings[slot])?;
+        unmap_iommu(kernel, domain, &self.mappings[slot])?;
         let mapping = self.mappings.swap_remove(slot);
         release_memory(kernel, &mapping)
     }
 
-    /// Before the last IOMMU-backed group leaves: removes every mapping from
+    /// Before the last IOMMU-backed device leaves: removes every mapping from
     /// the IOMMU. Returns false if any removal failed.
-    pub(crate) fn unmap_all_from_iommu<K: Kernel>(&self, kernel: &K, container: Fd) -> bool {
+    pub(crate) fn unmap_all_from_iommu<K: Kernel>(&self, kernel: &K, domain: Domain) -> bool {
         // Every mapping is tried, whatever the ones before it answered.
         let mut all_removed = true;
         for m in &self.mappings {
-            all_removed &= unmap_iommu(kernel, container, m).is_ok();
+            all_removed &= unmap_iommu(kernel, domain, m).is_ok();
         }
         all_removed
     }
@@ -403,11 +457,64 @@ impl<const N: usize> Table<N> {
     }
 }
 
-fn unmap_iommu<K: Kernel>(kernel: &K, container: Fd, m: &Mapping) -> Result<(), Error> {
-    let mut unmap = sys::DmaUnmap { argsz: sys::argsz::<sys::DmaUnmap>(), flags: 0, iova: m.iova, size: m.len };
-    kernel
-        .ioctl(&TOKEN, container, Request::IommuUnmapDma(&mut unmap))
-        .map_err(|e| Error::syscall(Step::UnmapDma, e))?;
+fn map_iommu<K: Kernel>(
+    kernel: &K,
+    domain: Domain,
+    user_va: u64,
+    iova: u64,
+    len: u64,
+    direction: DmaDirection,
+) -> Result<(), Error> {
+    match domain {
+        Domain::Type1(container) => {
+            let map = sys::DmaMap {
+                argsz: sys::argsz::<sys::DmaMap>(),
+                flags: direction.map_flags(),
+                vaddr: user_va,
+                iova,
+                size: len,
+            };
+            kernel.ioctl(&TOKEN, container, Request::IommuMapDma(&map)).map_err(|e| Error::syscall(Step::MapDma, e))?;
+        }
+        Domain::Ioas { iommufd, ioas } => {
+            let map = sys::IoasMap {
+                size: sys::argsz::<sys::IoasMap>(),
+                flags: sys::IOAS_MAP_FIXED_IOVA | direction.ioas_flags(),
+                ioas_id: ioas,
+                reserved: 0,
+                user_va,
+                length: len,
+                iova,
+            };
+            kernel.ioctl(&TOKEN, iommufd, Request::IoasMap(&map)).map_err(|e| Error::syscall(Step::IoasMap, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes one mapping; the kernel's count of bytes removed must be the
+/// whole mapping.
+fn unmap_iommu<K: Kernel>(kernel: &K, domain: Domain, m: &Mapping) -> Result<(), Error> {
+    let unmapped = match domain {
+        Domain::Type1(container) => {
+            let mut unmap = sys::DmaUnmap { argsz: sys::argsz::<sys::DmaUnmap>(), flags: 0, iova: m.iova, size: m.len };
+            kernel
+                .ioctl(&TOKEN, container, Request::IommuUnmapDma(&mut unmap))
+                .map_err(|e| Error::syscall(Step::UnmapDma, e))?;
+            unmap.size
+        }
+        Domain::Ioas { iommufd, ioas } => {
+            let mut unmap =
+                sys::IoasUnmap { size: sys::argsz::<sys::IoasUnmap>(), ioas_id: ioas, iova: m.iova, length: m.len };
+            kernel
+                .ioctl(&TOKEN, iommufd, Request::IoasUnmap(&mut unmap))
+                .map_err(|e| Error::syscall(Step::IoasUnmap, e))?;
+            unmap.length
+        }
+    };
+    if unmapped != m.len {
+        return Err(Error::new(ErrorKind::PartialUnmap { unmapped, len: m.len }));
+    }
     Ok(())
 }
 

@@ -74,6 +74,24 @@ pub enum Step {
     WriteSysfs,
     /// Listing a sysfs directory (`getdents64`).
     ListSysfs,
+    /// `open("/dev/iommu")`.
+    OpenIommufd,
+    /// `IOMMU_IOAS_ALLOC`.
+    IoasAlloc,
+    /// `IOMMU_IOAS_IOVA_RANGES`.
+    IoasIovaRanges,
+    /// `IOMMU_IOAS_MAP`.
+    IoasMap,
+    /// `IOMMU_IOAS_UNMAP`.
+    IoasUnmap,
+    /// Listing the device's `vfio-dev` sysfs directory for its cdev.
+    FindCdev,
+    /// `open("/dev/vfio/devices/vfioN")`.
+    OpenCdev,
+    /// `VFIO_DEVICE_BIND_IOMMUFD`.
+    BindIommufd,
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
+    AttachIoas,
 }
 
 impl fmt::Display for Step {
@@ -110,6 +128,15 @@ impl fmt::Display for Step {
             Step::ReadSysfsFile => f.write_str("reading a sysfs attribute"),
             Step::WriteSysfs => f.write_str("writing a sysfs attribute (run as root)"),
             Step::ListSysfs => f.write_str("listing a sysfs directory"),
+            Step::OpenIommufd => f.write_str("opening /dev/iommu"),
+            Step::IoasAlloc => f.write_str("IOMMU_IOAS_ALLOC"),
+            Step::IoasIovaRanges => f.write_str("IOMMU_IOAS_IOVA_RANGES"),
+            Step::IoasMap => f.write_str("IOMMU_IOAS_MAP"),
+            Step::IoasUnmap => f.write_str("IOMMU_IOAS_UNMAP"),
+            Step::FindCdev => f.write_str("listing the device's vfio-dev directory in sysfs"),
+            Step::OpenCdev => f.write_str("opening the device's VFIO cdev (/dev/vfio/devices/vfioN)"),
+            Step::BindIommufd => f.write_str("VFIO_DEVICE_BIND_IOMMUFD"),
+            Step::AttachIoas => f.write_str("VFIO_DEVICE_ATTACH_IOMMUFD_PT"),
         }
     }
 }
@@ -147,8 +174,27 @@ impl fmt::Debug for DriverName {
 pub enum ErrorKind {
     /// The device name was refused before any system call.
     InvalidName(NameError),
-    /// `/dev/vfio/vfio` does not exist: no VFIO module is loaded.
+    /// `/dev/vfio/vfio` does not exist: no VFIO module is loaded (or the
+    /// kernel was built without the legacy container, and has no iommufd
+    /// either, or the legacy backend was asked for).
     NoVfio,
+    /// [`Backend::Iommufd`](crate::Backend::Iommufd) was asked for, but
+    /// `/dev/iommu` does not exist.
+    NoIommufd,
+    /// [`Backend::Iommufd`](crate::Backend::Iommufd) was asked for, but the
+    /// device has no VFIO cdev (`/sys/bus/BUS/devices/DEV/vfio-dev/vfioN`).
+    NoDeviceCdev {
+        /// Its bus.
+        bus: Bus,
+    },
+    /// The context's IOMMU-backed devices use iommufd, and this one can only
+    /// be opened through the legacy container (it has no cdev): a context has
+    /// one IOMMU address space.
+    MixedBackends,
+    /// The device, or another device of its IOMMU group, is already open
+    /// through VFIO by another process or context
+    /// (`VFIO_DEVICE_BIND_IOMMUFD` answered `EINVAL` or `EBUSY`).
+    DeviceClaimed,
     /// Permission to a `/dev/vfio` node was denied.
     Permission,
     /// The kernel speaks a VFIO API version this crate does not know.
@@ -453,7 +499,20 @@ impl fmt::Display for Error {
         match self.kind {
             ErrorKind::InvalidName(e) => write!(f, "{e}")?,
             ErrorKind::NoVfio => f.write_str(
-                "/dev/vfio/vfio does not exist: load VFIO (modprobe vfio-pci, or modprobe vfio-platform)",
+                "/dev/vfio/vfio does not exist: load VFIO (modprobe vfio-pci, or modprobe vfio-platform); a kernel built without CONFIG_VFIO_CONTAINER has none: use Backend::Auto or Backend::Iommufd (noiommu devices need it)",
+            )?,
+            ErrorKind::NoIommufd => f.write_str(
+                "/dev/iommu does not exist: the iommufd backend needs Linux 6.2+ with CONFIG_IOMMUFD (modprobe iommufd); or open the context with Backend::Auto or Backend::Legacy",
+            )?,
+            ErrorKind::NoDeviceCdev { bus } => write!(
+                f,
+                "/sys/bus/{bus}/devices/{dev}/vfio-dev names no vfioN: the iommufd backend needs VFIO device cdevs (Linux 6.6+, CONFIG_VFIO_DEVICE_CDEV=y); or open the context with Backend::Auto or Backend::Legacy"
+            )?,
+            ErrorKind::MixedBackends => f.write_str(
+                "this context's devices use iommufd, but this device has no VFIO cdev and needs the legacy container; a context has one IOMMU address space: open this device in a context made with Backend::Legacy",
+            )?,
+            ErrorKind::DeviceClaimed => f.write_str(
+                "the device, or another device of its IOMMU group, is already open through VFIO by another process or context (a group has one owner); close it there first",
             )?,
             ErrorKind::Permission => f.write_str(
                 "permission denied on /dev/vfio: run as root, or give your user the group's node (chown USER /dev/vfio/N) and raise RLIMIT_MEMLOCK",

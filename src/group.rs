@@ -6,6 +6,7 @@ use rustix::io::Errno;
 use crate::container::IommuKind;
 use crate::error::{Error, ErrorKind, Step};
 use crate::kernel::{Fd, Kernel, Request, TOKEN};
+use crate::name::DeviceName;
 use crate::path::sys_path;
 use crate::sys::{self, GroupFlags};
 
@@ -90,6 +91,15 @@ impl Group {
             .ioctl(&TOKEN, self.fd, Request::GroupSetContainer(container))
             .map(drop)
             .map_err(|e| Error::syscall(Step::SetContainer, e))
+    }
+
+    /// `VFIO_GROUP_GET_DEVICE_FD`: the fd of device `name` of this group.
+    pub(crate) fn device_fd<K: Kernel>(&self, kernel: &K, name: &DeviceName) -> Result<Fd, Error> {
+        let cname = sys_path!("{}", name).ok_or(Error::syscall(Step::GetDeviceFd, Errno::NAMETOOLONG))?;
+        kernel
+            .ioctl(&TOKEN, self.fd, Request::GroupGetDeviceFd(cname.as_c_str()))
+            .map(Fd::from_raw)
+            .map_err(|e| Error::syscall(Step::GetDeviceFd, e))
     }
 
     /// Detaches from the container (if `attached`) and closes the group. The

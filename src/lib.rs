@@ -11,6 +11,9 @@
 //!   and leaves nothing open or mapped.
 //! - The data path (register access) makes no system call, takes no lock and
 //!   allocates nothing.
+//! - Either kernel interface, chosen at run time ([`Backend`]): iommufd with
+//!   the device's VFIO cdev where the kernel offers it, else the legacy
+//!   container and groups.
 //!
 //! ```no_run
 //! use dao_vfio::{register_block, Context, RO, RW};
@@ -54,6 +57,7 @@ extern crate std;
 compile_error!("dao-vfio reads VFIO structures as little-endian; big-endian targets are not supported");
 
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+mod backend;
 pub mod barrier;
 pub mod bind;
 mod capchain;
@@ -67,6 +71,7 @@ mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 mod group;
+mod iommufd;
 mod iova;
 pub mod irq;
 pub mod kernel;
@@ -81,6 +86,7 @@ mod sysfs;
 #[cfg(test)]
 mod test_rng;
 
+pub use backend::Backend;
 pub use capchain::ChainError;
 pub use container::IommuKind;
 pub use context::{Context, DeviceHandle, DmaHandle};

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use dao_vfio::sys::{self, pci_region, RegionFlags};
-use dao_vfio::{AccessError, Bus, Context, ErrorKind, NameError, RegionKind};
+use dao_vfio::{AccessError, Backend, Bus, Context, ErrorKind, NameError, RegionKind};
 
 mod common;
 use common::{dev, Edu};
@@ -38,7 +38,7 @@ fn mapping_count() -> usize {
 #[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
 fn edu_regions_registers_and_setup_after_free() {
     let edu_name = dev("DAO_VFIO_EDU");
-    let mut vfio = Context::open().unwrap();
+    let mut vfio = common::context();
     for round in 0..2 {
         let edu = vfio.setup(&edu_name).unwrap();
         let dev = vfio.device(&edu).unwrap();
@@ -78,7 +78,9 @@ fn edu_regions_registers_and_setup_after_free() {
         assert_eq!(bar0.read64(0x80), Ok(0x1234_5678_9abc_def0));
         bar0.write32(0x04, 0xf0f0_f0f0).unwrap();
         assert_eq!(bar0.read32(0x04), Ok(0x0f0f_0f0f));
-        assert!(vfio.iommu_type().is_some());
+        assert_eq!(dev.backend(), common::expected_backend());
+        // The legacy container has its IOMMU type set while a group is attached.
+        assert_eq!(vfio.iommu_type().is_some(), common::expected_backend() == Backend::Legacy);
         vfio.free(edu).unwrap();
     }
     vfio.close().map_err(|(_, e)| e).unwrap();
@@ -87,7 +89,7 @@ fn edu_regions_registers_and_setup_after_free() {
 #[test]
 #[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
 fn edu_config_space_through_pread_and_pwrite() {
-    let mut vfio = Context::open().unwrap();
+    let mut vfio = common::context();
     let edu = vfio.setup(&dev("DAO_VFIO_EDU")).unwrap();
     let dev = vfio.device(&edu).unwrap();
     let mut id = [0u8; 4];
@@ -109,10 +111,13 @@ fn edu_config_space_through_pread_and_pwrite() {
 fn fds_are_cloexec_and_nothing_leaks() {
     let fds_before = fd_numbers();
     let maps_before = mapping_count();
-    let mut vfio = Context::open().unwrap();
+    let mut vfio = common::context();
     let edu = vfio.setup(&dev("DAO_VFIO_EDU")).unwrap();
     let opened: Vec<(i32, u32)> = open_fds().into_iter().filter(|(fd, _)| !fds_before.contains(fd)).collect();
-    assert_eq!(opened.len(), 3, "container, group and device: {opened:?}");
+    match common::expected_backend() {
+        Backend::Iommufd => assert_eq!(opened.len(), 2, "/dev/iommu and the device's cdev: {opened:?}"),
+        _ => assert_eq!(opened.len(), 3, "container, group and device: {opened:?}"),
+    }
     for (fd, flags) in &opened {
         assert_ne!(flags & 0o2000000, 0, "fd {fd} lacks O_CLOEXEC (flags {flags:o})");
     }
@@ -128,7 +133,7 @@ fn fds_are_cloexec_and_nothing_leaks() {
 fn errors_from_the_real_kernel() {
     let edu_name = dev("DAO_VFIO_EDU");
     let fds_before = fd_numbers();
-    let mut vfio: Context<dao_vfio::Host, 1, 4> = Context::with_kernel(dao_vfio::Host).unwrap();
+    let mut vfio: Context<dao_vfio::Host, 1, 4> = Context::with_backend(dao_vfio::Host, common::backend()).unwrap();
     let fds_open = fd_numbers();
     let expect = |r: Result<dao_vfio::DeviceHandle, dao_vfio::Error>, kind: ErrorKind| {
         let err = r.map(drop).unwrap_err();
@@ -160,11 +165,21 @@ fn errors_from_the_real_kernel() {
         ErrorKind::DeviceTableFull { capacity: 1 },
     );
     expect(vfio.setup(&edu_name), ErrorKind::AlreadyOpen);
-    // A second context cannot take the same group (the kernel says EBUSY).
-    let mut second = Context::open().unwrap();
-    let busy = second.setup(&edu_name).map(drop).unwrap_err();
-    assert!(matches!(busy.kind(), ErrorKind::GroupBusy { .. }), "{busy}");
-    drop(second);
+    // A second context cannot take the same group (the kernel says EBUSY),
+    // through either interface.
+    for backend in [Backend::Legacy, Backend::Iommufd] {
+        let Ok(mut second) = Context::open_with(backend) else {
+            assert!(cfg!(target_arch = "x86_64") && backend == Backend::Iommufd, "{backend:?}");
+            continue;
+        };
+        let busy = second.setup(&edu_name).map(drop).unwrap_err();
+        let expected = match backend {
+            Backend::Legacy => ErrorKind::GroupBusy { group: vfio.device(&edu).unwrap().group() },
+            _ => ErrorKind::DeviceClaimed,
+        };
+        assert_eq!(busy.kind(), expected, "{backend:?}: {busy}");
+        println!("  refused as expected: {busy}");
+    }
     assert_eq!(fd_numbers(), fds_with_edu);
     // Offsets outside the region.
     let bar0 = vfio.device(&edu).unwrap().region(0).unwrap();
@@ -193,7 +208,7 @@ fn bind_tool_unbinds_and_binds_back_on_the_real_kernel() {
     let unbound = bind::unbind(&dao_vfio::Host, &edu, None).unwrap();
     assert_eq!(unbound.previous.map(|d| d.as_str().to_string()).as_deref(), Some("vfio-pci"));
     assert!(unbound.now.is_none(), "no driver in the guest claims edu: {unbound:?}");
-    let mut vfio = Context::open().unwrap();
+    let mut vfio = common::context();
     let err = vfio.setup(&edu).map(drop).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotBound { bus: Bus::Pci }, "{err}");
 
@@ -206,6 +221,42 @@ fn bind_tool_unbinds_and_binds_back_on_the_real_kernel() {
     vfio.free(handle).unwrap();
 }
 
+#[test]
+#[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
+fn auto_picks_what_this_kernel_offers() {
+    let edu = dev("DAO_VFIO_EDU");
+    let has_iommufd = std::path::Path::new("/dev/iommu").exists();
+    // Since 6.1 sysfs lists `vfio-dev/vfioN`; only with cdevs (6.6+) does it have a node (`dev`).
+    let cdev = std::fs::read_dir(format!("/sys/bus/pci/devices/{edu}/vfio-dev"))
+        .ok()
+        .and_then(|mut d| d.next()?.ok())
+        .filter(|entry| entry.path().join("dev").exists())
+        .map(|entry| entry.file_name());
+    // The aarch64 board's 6.12 has iommufd and device cdevs; x86_64's stock 6.1 has neither.
+    let aarch64 = cfg!(target_arch = "aarch64");
+    assert_eq!((has_iommufd, cdev.is_some()), (aarch64, aarch64), "{cdev:?}");
+    let mut auto = Context::open().unwrap();
+    let handle = auto.setup(&edu).unwrap();
+    let expected = if aarch64 { Backend::Iommufd } else { Backend::Legacy };
+    assert_eq!((auto.device(&handle).unwrap().backend(), auto.active_backend()), (expected, Some(expected)));
+    auto.free(handle).unwrap();
+    drop(auto);
+    if aarch64 {
+        // Either interface may be forced; both reach the same registers.
+        for backend in [Backend::Iommufd, Backend::Legacy] {
+            let mut vfio = Context::open_with(backend).unwrap();
+            let handle = vfio.setup(&edu).unwrap();
+            let dev = vfio.device(&handle).unwrap();
+            assert_eq!((dev.backend(), dev.region(0).unwrap().read32(0)), (backend, Ok(0x010000ed)));
+            vfio.free(handle).unwrap();
+        }
+    } else {
+        let err = Context::open_with(Backend::Iommufd).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoIommufd, "{err}");
+        println!("  refused as expected: {err}");
+    }
+}
+
 #[cfg(target_arch = "aarch64")]
 mod platform {
     use super::common::{id_bytes, Pl031, PrimeCellId};
@@ -214,7 +265,7 @@ mod platform {
     #[test]
     #[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
     fn pl031_registers_and_clock() {
-        let mut vfio = Context::open().unwrap();
+        let mut vfio = common::context();
         let rtc = vfio.setup(&dev("DAO_VFIO_PL031")).unwrap();
         let dev = vfio.device(&rtc).unwrap();
         assert_eq!((dev.bus(), dev.is_noiommu(), dev.num_regions()), (Bus::Platform, true, 1));
@@ -235,11 +286,15 @@ mod platform {
     #[test]
     #[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
     fn two_platform_devices_and_a_pci_device_at_once() {
-        let mut vfio = Context::open().unwrap();
+        let mut vfio = common::context();
         let rtc = vfio.setup(&dev("DAO_VFIO_PL031")).unwrap();
         let gpio = vfio.setup_on(Bus::Platform, &dev("DAO_VFIO_PL061")).unwrap();
         let edu = vfio.setup_on(Bus::Pci, &dev("DAO_VFIO_EDU")).unwrap();
-        assert_eq!(vfio.group_count(), 3);
+        // Two noiommu groups, and edu's group unless it came through its cdev.
+        let edu_group = usize::from(common::expected_backend() == Backend::Legacy);
+        assert_eq!(vfio.group_count(), 2 + edu_group);
+        assert_eq!(vfio.device(&edu).unwrap().backend(), common::expected_backend());
+        assert_eq!(vfio.device(&rtc).unwrap().backend(), Backend::Legacy, "noiommu: always the legacy path");
         let gpio_ids = vfio.device(&gpio).unwrap().region(0).unwrap().block::<PrimeCellId>(0xfe0).unwrap();
         assert_eq!(id_bytes(&gpio_ids.periph_id), [0x61, 0x10, 0x04, 0x00]);
         assert_eq!(id_bytes(&gpio_ids.cell_id), [0x0d, 0xf0, 0x05, 0xb1]);
@@ -258,7 +313,7 @@ mod platform {
     #[test]
     #[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
     fn fw_cfg_is_reached_through_pread_and_pwrite() {
-        let mut vfio = Context::open().unwrap();
+        let mut vfio = common::context();
         let fw = vfio.setup(&dev("DAO_VFIO_FWCFG")).unwrap();
         let dev = vfio.device(&fw).unwrap();
         let region = dev.region(0).unwrap();

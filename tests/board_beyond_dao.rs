@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use dao_vfio::pci_caps::{self, cap_id};
 use dao_vfio::sys::{pci_irq, pci_region};
-use dao_vfio::{Context, DmaDirection, DmaOptions, ErrorKind, PciCommand};
+use dao_vfio::{DmaDirection, DmaOptions, ErrorKind, PciCommand};
 
 mod common;
 use common::{dev, Edu};
@@ -41,7 +41,7 @@ fn edu_dma(regs: &Edu, src: u64, dst: u64, len: u64, to_ram: bool) {
 #[test]
 #[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
 fn edu_dma_round_trip_through_the_iommu() {
-    let mut vfio = Context::open().unwrap();
+    let mut vfio = common::context();
     let edu = vfio.setup(&dev("DAO_VFIO_EDU")).unwrap();
     let info = vfio.iommu_info().unwrap();
     assert!(info.page_sizes & 0x1000 != 0, "4 KiB IOMMU pages: {info:?}");
@@ -96,7 +96,7 @@ fn edu_dma_round_trip_through_the_iommu() {
 #[test]
 #[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
 fn edu_msi_raised_and_factorial_done() {
-    let mut vfio = Context::open().unwrap();
+    let mut vfio = common::context();
     let edu = vfio.setup(&dev("DAO_VFIO_EDU")).unwrap();
     vfio.device(&edu).unwrap().enable_bus_master().unwrap();
     vfio.irq_enable(&edu, pci_irq::MSI, 1).unwrap();
@@ -131,7 +131,7 @@ fn edu_msi_raised_and_factorial_done() {
 #[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
 fn edu_reset_is_refused_and_capabilities_match_the_kernel() {
     let bdf = dev("DAO_VFIO_EDU");
-    let mut vfio = Context::open().unwrap();
+    let mut vfio = common::context();
     let edu = vfio.setup(&bdf).unwrap();
     let dev = vfio.device(&edu).unwrap();
     let err = dev.reset().unwrap_err();
@@ -158,7 +158,7 @@ mod platform {
     #[test]
     #[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
     fn pl031_alarm_is_a_level_interrupt() {
-        let mut vfio = Context::open().unwrap();
+        let mut vfio = common::context();
         let rtc = vfio.setup(&dev("DAO_VFIO_PL031")).unwrap();
         assert_eq!(vfio.dma_alloc(4096, DmaOptions::default()).unwrap_err().kind(), ErrorKind::NoIommuDma);
         vfio.irq_enable(&rtc, 0, 1).unwrap();

@@ -7,7 +7,8 @@ use dao_vfio::fake::{FakeDevice, FakeKernel, FakeRegion};
 use dao_vfio::pci_caps::cap_id;
 use dao_vfio::sys::{pci_irq, IrqFlags};
 use dao_vfio::{
-    AccessError, BarKind, Context, DmaDirection, DmaOptions, Errno, ErrorKind, IovaRange, PciCommand, RegionKind,
+    AccessError, Backend, BarKind, Context, DmaDirection, DmaOptions, Errno, ErrorKind, IovaRange, PciCommand,
+    RegionKind,
 };
 
 const EDU: &str = "0000:00:02.0";
@@ -15,16 +16,31 @@ const RTC: &str = "9010000.pl031";
 
 type Ctx<'k> = Context<&'k FakeKernel>;
 
-fn board() -> FakeKernel {
+/// edu in IOMMU group 3 and pl031 in noiommu group 0, on a kernel with
+/// iommufd and VFIO device cdevs (`Backend::Auto` opens edu through them, as
+/// on the aarch64 board) or without (the legacy container, as on x86_64).
+fn board(iommufd: bool) -> FakeKernel {
     let k = FakeKernel::new();
+    k.set_iommufd(iommufd, iommufd);
     k.add_device(FakeDevice::edu(EDU, 3));
     k.add_device(FakeDevice::platform(RTC, 0));
     k
 }
 
+/// Runs a test against the legacy kernel, then the iommufd one.
+fn on_both_backends(test: fn(bool)) {
+    for iommufd in [false, true] {
+        test(iommufd);
+    }
+}
+
 #[test]
 fn msi_eventfd_receives_interrupts() {
-    let k = board();
+    on_both_backends(msi_eventfd_receives_interrupts_on);
+}
+
+fn msi_eventfd_receives_interrupts_on(iommufd: bool) {
+    let k = board(iommufd);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let edu = ctx.setup(EDU).unwrap();
     assert_eq!(
@@ -49,7 +65,11 @@ fn msi_eventfd_receives_interrupts() {
 
 #[test]
 fn level_interrupt_masks_itself_until_unmasked() {
-    let k = board();
+    on_both_backends(level_interrupt_masks_itself_until_unmasked_on);
+}
+
+fn level_interrupt_masks_itself_until_unmasked_on(iommufd: bool) {
+    let k = board(iommufd);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let rtc = ctx.setup(RTC).unwrap();
     ctx.irq_enable(&rtc, 0, 1).unwrap();
@@ -71,7 +91,11 @@ fn level_interrupt_masks_itself_until_unmasked() {
 
 #[test]
 fn interrupt_requests_are_checked() {
-    let k = board();
+    on_both_backends(interrupt_requests_are_checked_on);
+}
+
+fn interrupt_requests_are_checked_on(iommufd: bool) {
+    let k = board(iommufd);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let edu = ctx.setup(EDU).unwrap();
     let fds = k.open_fds();
@@ -89,9 +113,13 @@ fn interrupt_requests_are_checked() {
 
 #[test]
 fn every_irq_enable_failure_point_leaves_nothing_behind() {
+    on_both_backends(every_irq_enable_failure_point_leaves_nothing_behind_on);
+}
+
+fn every_irq_enable_failure_point_leaves_nothing_behind_on(iommufd: bool) {
     let mut n = 1;
     loop {
-        let k = board();
+        let k = board(iommufd);
         let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
         let edu = ctx.setup(EDU).unwrap();
         let fds = k.open_fds();
@@ -115,7 +143,11 @@ fn every_irq_enable_failure_point_leaves_nothing_behind() {
 
 #[test]
 fn dma_buffers_are_mapped_inside_the_iova_ranges() {
-    let k = board();
+    on_both_backends(dma_buffers_are_mapped_inside_the_iova_ranges_on);
+}
+
+fn dma_buffers_are_mapped_inside_the_iova_ranges_on(iommufd: bool) {
+    let k = board(iommufd);
     k.set_iova_ranges(&[(0, 0xfedf_ffff), (0xfef0_0000, 0xffff_ffff_ffff)]);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     assert_eq!(ctx.dma_alloc(4096, DmaOptions::default()).unwrap_err().kind(), ErrorKind::NoDmaDomain);
@@ -128,7 +160,11 @@ fn dma_buffers_are_mapped_inside_the_iova_ranges() {
         info.ranges.as_slice(),
         &[IovaRange { start: 0, end: 0xfedf_ffff }, IovaRange { start: 0xfef0_0000, end: 0xffff_ffff_ffff }]
     );
-    assert_eq!(info.dma_avail, Some(65535));
+    // iommufd reports no mapping count.
+    assert_eq!(info.dma_avail, if iommufd { None } else { Some(65535) });
+    let expected = if iommufd { Backend::Iommufd } else { Backend::Legacy };
+    assert_eq!((ctx.device(&edu).unwrap().backend(), ctx.active_backend()), (expected, Some(expected)));
+    assert_eq!(ctx.device(&rtc).unwrap().backend(), Backend::Legacy, "noiommu: always the legacy path");
 
     let mut a = ctx.dma_alloc(4096, DmaOptions { locked: true, ..Default::default() }).unwrap();
     let mut b = ctx.dma_alloc(5000, DmaOptions::default()).unwrap();
@@ -182,7 +218,11 @@ fn dma_buffers_are_mapped_inside_the_iova_ranges() {
 
 #[test]
 fn raw_dma_mapping_of_caller_memory() {
-    let k = board();
+    on_both_backends(raw_dma_mapping_of_caller_memory_on);
+}
+
+fn raw_dma_mapping_of_caller_memory_on(iommufd: bool) {
+    let k = board(iommufd);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let edu = ctx.setup(EDU).unwrap();
     // Page-aligned caller memory that outlives its mapping.
@@ -205,7 +245,11 @@ fn raw_dma_mapping_of_caller_memory() {
 
 #[test]
 fn full_dma_table_and_kernel_limit() {
-    let k = board();
+    on_both_backends(full_dma_table_and_kernel_limit_on);
+}
+
+fn full_dma_table_and_kernel_limit_on(iommufd: bool) {
+    let k = board(iommufd);
     let mut ctx: Context<&FakeKernel, 8, 8, 2> = Context::with_kernel(&k).unwrap();
     let edu = ctx.setup(EDU).unwrap();
     let a = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
@@ -214,21 +258,28 @@ fn full_dma_table_and_kernel_limit() {
     assert_eq!(ctx.dma_alloc(4096, DmaOptions::default()).unwrap_err().kind(), ErrorKind::DmaTableFull { capacity: 2 });
     assert_eq!(k.live_mappings(), mappings, "refused before allocating");
     ctx.dma_free(a).unwrap();
-    k.set_dma_limit(1);
-    let err = ctx.dma_alloc(4096, DmaOptions::default()).unwrap_err();
-    assert_eq!(err.errno(), Some(Errno::NOSPC), "{err}");
-    assert_eq!(k.live_mappings(), mappings - 1, "the refused buffer's memory is released");
+    if !iommufd {
+        // type1's own limit on mappings (dma_entry_limit); iommufd has none.
+        k.set_dma_limit(1);
+        let err = ctx.dma_alloc(4096, DmaOptions::default()).unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::NOSPC), "{err}");
+        assert_eq!(k.live_mappings(), mappings - 1, "the refused buffer's memory is released");
+    }
     ctx.dma_free(b).unwrap();
     ctx.free(edu).unwrap();
 }
 
 #[test]
 fn every_dma_failure_point_leaves_nothing_behind() {
+    on_both_backends(every_dma_failure_point_leaves_nothing_behind_on);
+}
+
+fn every_dma_failure_point_leaves_nothing_behind_on(iommufd: bool) {
     let mut points = 0;
     for locked in [false, true] {
         let mut n = 1;
         loop {
-            let k = board();
+            let k = board(iommufd);
             let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
             let edu = ctx.setup(EDU).unwrap();
             let (fds, mappings) = (k.open_fds(), k.live_mappings());
@@ -240,7 +291,7 @@ fn every_dma_failure_point_leaves_nothing_behind() {
                 // Free: unmap from the IOMMU, then release; a failed unmap keeps the memory.
                 let mut m = 1;
                 loop {
-                    let k2 = board();
+                    let k2 = board(iommufd);
                     let mut ctx2: Ctx = Context::with_kernel(&k2).unwrap();
                     let edu2 = ctx2.setup(EDU).unwrap();
                     let mut h2 = ctx2.dma_alloc(8192, DmaOptions::default()).unwrap();
@@ -283,7 +334,11 @@ fn every_dma_failure_point_leaves_nothing_behind() {
 
 #[test]
 fn pci_config_space_command_bars_and_capabilities() {
-    let k = board();
+    on_both_backends(pci_config_space_command_bars_and_capabilities_on);
+}
+
+fn pci_config_space_command_bars_and_capabilities_on(iommufd: bool) {
+    let k = board(iommufd);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let edu = ctx.setup(EDU).unwrap();
     let dev = ctx.device(&edu).unwrap();
@@ -317,7 +372,12 @@ fn pci_config_space_command_bars_and_capabilities() {
 
 #[test]
 fn reset_where_the_device_supports_it() {
+    on_both_backends(reset_where_the_device_supports_it_on);
+}
+
+fn reset_where_the_device_supports_it_on(iommufd: bool) {
     let k = FakeKernel::new();
+    k.set_iommufd(iommufd, iommufd);
     k.add_device(FakeDevice::edu(EDU, 3).with_reset());
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let edu = ctx.setup(EDU).unwrap();
@@ -328,7 +388,12 @@ fn reset_where_the_device_supports_it() {
 
 #[test]
 fn sparse_regions_map_only_their_areas() {
+    on_both_backends(sparse_regions_map_only_their_areas_on);
+}
+
+fn sparse_regions_map_only_their_areas_on(iommufd: bool) {
     let k = FakeKernel::new();
+    k.set_iommufd(iommufd, iommufd);
     // A 16 KiB BAR whose MSI-X table page (0x1000..0x2000) may not be mapped.
     let bar = FakeRegion::mmio(0x4000).with_sparse_areas(&[(0, 0x1000), (0x2000, 0x2000)]);
     let mut edu = FakeDevice::edu(EDU, 3);
@@ -360,9 +425,14 @@ fn sparse_regions_map_only_their_areas() {
 
 #[test]
 fn every_sparse_setup_failure_point_leaves_nothing_behind() {
+    on_both_backends(every_sparse_setup_failure_point_leaves_nothing_behind_on);
+}
+
+fn every_sparse_setup_failure_point_leaves_nothing_behind_on(iommufd: bool) {
     let mut n = 1;
     loop {
         let k = FakeKernel::new();
+        k.set_iommufd(iommufd, iommufd);
         let mut edu = FakeDevice::edu(EDU, 3);
         edu.regions[0] = FakeRegion::mmio(0x4000).with_sparse_areas(&[(0, 0x1000), (0x2000, 0x2000)]);
         k.add_device(edu);
@@ -383,7 +453,11 @@ fn every_sparse_setup_failure_point_leaves_nothing_behind() {
 
 #[test]
 fn single_call_operations_report_their_failure() {
-    let k = board();
+    on_both_backends(single_call_operations_report_their_failure_on);
+}
+
+fn single_call_operations_report_their_failure_on(iommufd: bool) {
+    let k = board(iommufd);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let edu = ctx.setup(EDU).unwrap();
     let rtc = ctx.setup(RTC).unwrap();
@@ -417,7 +491,8 @@ fn single_call_operations_report_their_failure() {
         k.fail_call(1, Errno::IO);
         check("capabilities", dev.pci_capabilities().map(drop), dao_vfio::Step::Pread(7));
         k.fail_call(1, Errno::IO);
-        check("iommu info", ctx.iommu_info().map(drop), dao_vfio::Step::IommuInfo);
+        let step = if iommufd { dao_vfio::Step::IoasIovaRanges } else { dao_vfio::Step::IommuInfo };
+        check("iommu info", ctx.iommu_info().map(drop), step);
     }
     // A refused disable still closes the eventfd: nothing leaks.
     k.fail_call(1, Errno::IO);

@@ -3,7 +3,7 @@
 
 use dao_vfio::fake::{FakeDevice, FakeKernel, FakeRegion};
 use dao_vfio::sys::{self, pci_region, RegionFlags};
-use dao_vfio::{AccessError, Bus, Context, Errno, ErrorKind, NameError, RegionKind, Step};
+use dao_vfio::{AccessError, Backend, Bus, Context, Errno, ErrorKind, NameError, RegionKind, Step};
 
 const EDU: &str = "0000:00:02.0";
 const EDU2: &str = "0000:00:03.0";
@@ -343,11 +343,13 @@ fn opening_twice_is_harmless() {
     assert_eq!(k.open_fds(), 0);
 }
 
-/// Sets up `names` in order on a fresh context, failing the `n`th system
-/// call of the last setup; checks the outcome. Returns false once `n` is past
-/// the last system call (the setup then succeeded).
-fn setup_walk_step(names: &[&str], extra: &[FakeDevice], n: u64) -> bool {
+/// Sets up `names` in order on a fresh context (on a kernel with iommufd
+/// and device cdevs if `iommufd`), failing the `n`th system call of the last
+/// setup; checks the outcome. Returns false once `n` is past the last system
+/// call (the setup then succeeded).
+fn setup_walk_step(names: &[&str], extra: &[FakeDevice], iommufd: bool, n: u64) -> bool {
     let k = board();
+    k.set_iommufd(iommufd, iommufd);
     for d in extra {
         k.add_device(d.clone());
     }
@@ -385,9 +387,9 @@ fn setup_walk_step(names: &[&str], extra: &[FakeDevice], n: u64) -> bool {
     true
 }
 
-fn walk_setup(names: &[&str], extra: &[FakeDevice]) -> u64 {
+fn walk_setup(names: &[&str], extra: &[FakeDevice], iommufd: bool) -> u64 {
     let mut n = 1;
-    while setup_walk_step(names, extra, n) {
+    while setup_walk_step(names, extra, iommufd, n) {
         n += 1;
     }
     n - 1
@@ -395,17 +397,22 @@ fn walk_setup(names: &[&str], extra: &[FakeDevice]) -> u64 {
 
 #[test]
 fn every_setup_failure_point_leaves_nothing_behind() {
-    let scenarios: Vec<(&str, Vec<&str>, Vec<FakeDevice>)> = vec![
-        ("first PCI device (new group, IOMMU type set)", vec![EDU], vec![]),
-        ("platform device (noiommu container opened)", vec![RTC], vec![]),
-        ("second device of a shared group", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 3)]),
-        ("second group in a configured container", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 4)]),
-        ("second noiommu group", vec![RTC, GPIO], vec![]),
-        ("PCI next to a platform device", vec![RTC, EDU], vec![]),
+    let scenarios: Vec<(&str, Vec<&str>, Vec<FakeDevice>, bool)> = vec![
+        ("first PCI device (new group, IOMMU type set)", vec![EDU], vec![], false),
+        ("platform device (noiommu container opened)", vec![RTC], vec![], false),
+        ("second device of a shared group", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 3)], false),
+        ("second group in a configured container", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 4)], false),
+        ("second noiommu group", vec![RTC, GPIO], vec![], false),
+        ("PCI next to a platform device", vec![RTC, EDU], vec![], false),
+        ("first PCI device through iommufd (cdev, bind, attach)", vec![EDU], vec![], true),
+        ("second iommufd device", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 4)], true),
+        ("second iommufd device of the same group", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 3)], true),
+        ("noiommu platform device beside iommufd", vec![EDU, RTC], vec![], true),
+        ("iommufd device next to a platform device", vec![RTC, EDU], vec![], true),
     ];
     let mut total = 0;
-    for (what, names, extra) in scenarios {
-        let points = walk_setup(&names, &extra);
+    for (what, names, extra, iommufd) in scenarios {
+        let points = walk_setup(&names, &extra, iommufd);
         assert!(points >= 5, "{what}: only {points} failure points");
         println!("setup failure walk, {what}: {points} failure points, each refused cleanly");
         total += points;
@@ -416,14 +423,30 @@ fn every_setup_failure_point_leaves_nothing_behind() {
 #[test]
 fn every_open_failure_point_leaves_nothing_behind() {
     let k = board();
+    k.set_iommufd(true, true);
+    let walks = [
+        (Backend::Legacy, [Step::OpenContainer, Step::ApiVersion]),
+        (Backend::Iommufd, [Step::OpenIommufd, Step::IoasAlloc]),
+    ];
+    for (backend, steps) in walks {
+        for (n, step) in (1..).zip(steps) {
+            k.fail_call(n, Errno::IO);
+            let err = Ctx::with_backend(&k, backend).unwrap_err();
+            assert_eq!((err.kind(), err.errno()), (ErrorKind::Syscall(step), Some(Errno::IO)), "{backend:?}");
+            assert_eq!(k.open_fds(), 0, "{backend:?}, call {n}");
+        }
+    }
+    // Auto takes the legacy container when iommufd fails at any point.
     for n in 1..=2 {
         k.fail_call(n, Errno::IO);
-        let err = Ctx::with_kernel(&k).unwrap_err();
-        assert_eq!(err.errno(), Some(Errno::IO));
-        assert_eq!(err.kind(), ErrorKind::Syscall(if n == 1 { Step::OpenContainer } else { Step::ApiVersion }));
-        assert_eq!(k.open_fds(), 0, "call {n}");
+        let mut ctx = Ctx::with_kernel(&k).unwrap();
+        let edu = ctx.setup(EDU).unwrap();
+        assert_eq!(ctx.device(&edu).unwrap().backend(), Backend::Legacy);
+        ctx.free(edu).unwrap();
+        drop(ctx);
+        assert_eq!((k.open_fds(), k.bad_closes()), (0, 0));
     }
-    println!("open failure walk: 2 failure points");
+    println!("open failure walk: 4 failure points, and 2 fallbacks");
 }
 
 #[test]

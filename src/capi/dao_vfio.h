@@ -47,7 +47,8 @@ struct dao_vfio_mem_resouce {
 struct dao_vfio_device {
 	char name[VFIO_DEV_NAME_MAX_LEN]; /**< Device name (set by setup). */
 	int device_fd;                    /**< VFIO device fd (set by setup). */
-	int group_fd;                     /**< VFIO group fd (set by setup). */
+	int group_fd;                     /**< VFIO group fd (set by setup; -1 for a device
+	                                       opened through iommufd, which has none). */
 	unsigned int num_resource;        /**< Entries in mem (set by setup). */
 	struct dao_vfio_mem_resouce *mem; /**< Regions, by index (set by setup). */
 	enum dao_vfio_dev_type type;      /**< The bus: set by the caller. */

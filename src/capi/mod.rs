@@ -17,6 +17,7 @@ use core::mem::{offset_of, size_of};
 use core::ptr;
 use std::sync::{Mutex, MutexGuard};
 
+use crate::backend::Backend;
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
 use crate::kernel::Host;
@@ -142,15 +143,22 @@ fn fail(e: Error) -> c_int {
     errno_of(&e)
 }
 
-/// Opens the library: the VFIO container. Returns 0, or a negative errno.
-/// Calling it again while open returns 0 and changes nothing.
+/// Opens the library: the legacy VFIO container, as DAO does, so every
+/// device gets a `group_fd`; on a kernel built without the container,
+/// iommufd (devices then have `group_fd` -1). Returns 0, or a negative
+/// errno. Calling it again while open returns 0 and changes nothing.
 #[no_mangle]
 pub extern "C" fn dao_vfio_init() -> c_int {
     let mut lib = library();
     if lib.0.context.is_some() {
         return 0;
     }
-    match Context::with_kernel(Host) {
+    let opened = Context::with_backend(Host, Backend::Legacy).or_else(|legacy| match legacy.kind() {
+        // No container: iommufd if the kernel has it, else the container's error.
+        ErrorKind::NoVfio => Context::with_backend(Host, Backend::Iommufd).map_err(|_| legacy),
+        _ => Err(legacy),
+    });
+    match opened {
         Ok(context) => {
             lib.0.context = Some(context);
             0

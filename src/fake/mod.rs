@@ -33,6 +33,7 @@
 //! ```
 
 mod device;
+mod iommufd;
 mod memory;
 mod model;
 mod sysfs;
@@ -264,16 +265,26 @@ impl FakeKernel {
             .collect()
     }
 
-    /// Every DMA mapping `(iova, size)` of every container.
+    /// Every DMA mapping `(iova, size)` of every container and iommufd IO
+    /// address space.
     pub fn dma_mappings(&self) -> Vec<(u64, u64)> {
-        self.state()
-            .fds
-            .values()
-            .flat_map(|o| match o {
-                Object::Container { dma, .. } => dma.iter().map(|m| (m.iova, m.size)).collect(),
-                _ => Vec::new(),
-            })
-            .collect()
+        self.state().all_dma().map(|m| (m.iova, m.size)).collect()
+    }
+
+    /// Gives the system iommufd (`/dev/iommu`) or takes it away, and VFIO
+    /// device cdevs (`/dev/vfio/devices/vfioN` with their sysfs
+    /// `vfio-dev/vfioN`, N being the device's index) for devices bound to
+    /// VFIO. Both are off at first (like Linux before 6.2, or the x86_64
+    /// board's 6.1); Linux 6.6+ built with them has both.
+    pub fn set_iommufd(&self, iommufd: bool, cdevs: bool) {
+        let mut s = self.state();
+        s.iommufd = iommufd;
+        s.cdevs = cdevs;
+    }
+
+    /// How many devices are attached to an iommufd IO address space.
+    pub fn iommufd_attached(&self) -> usize {
+        self.state().fds.values().filter(|o| matches!(o, Object::Cdev { ioas: Some(_), .. })).count()
     }
 
     /// The device writes `data` at device address `iova`, through the IOMMU:
@@ -394,8 +405,13 @@ unsafe impl Kernel for FakeKernel {
             }
             return Ok(s.new_fd(Object::Container { iommu: None, groups: Vec::new(), dma: Vec::new() }));
         }
+        if let Some(fd) = s.open_iommufd_node(path) {
+            return fd;
+        }
         let number = s.group_node(path).ok_or(Errno::NOENT)?;
-        if s.group_open(number) {
+        // A group is opened once, and not while a device of it is bound
+        // through its cdev (Linux: the group's cdev_device_open_cnt).
+        if s.group_open(number) || s.group_has_bound_cdev(number) {
             return Err(Errno::BUSY);
         }
         Ok(s.new_fd(Object::Group { number, container: None }))
@@ -406,7 +422,7 @@ unsafe impl Kernel for FakeKernel {
         match s.fds.remove(&fd.raw()) {
             None => s.bad_closes += 1,
             Some(Object::Group { number, container: Some(cfd) }) => s.detach(cfd, number),
-            Some(Object::Device { device }) => s.device_closed(device),
+            Some(Object::Device { device }) | Some(Object::Cdev { device, .. }) => s.device_closed(device),
             Some(_) => {}
         }
     }

@@ -24,10 +24,33 @@ pub(super) struct DmaEntry {
 
 #[derive(Debug)]
 pub(super) enum Object {
-    Container { iommu: Option<u32>, groups: Vec<u32>, dma: Vec<DmaEntry> },
-    Group { number: u32, container: Option<i32> },
-    Device { device: usize },
-    EventFd { count: u64 },
+    Container {
+        iommu: Option<u32>,
+        groups: Vec<u32>,
+        dma: Vec<DmaEntry>,
+    },
+    Group {
+        number: u32,
+        container: Option<i32>,
+    },
+    Device {
+        device: usize,
+    },
+    EventFd {
+        count: u64,
+    },
+    /// `/dev/iommu`: its IO address spaces by id, with their mappings.
+    Iommufd {
+        next_id: u32,
+        ioas: BTreeMap<u32, Vec<DmaEntry>>,
+    },
+    /// A device opened through its cdev: usable once bound to an iommufd
+    /// (`bound`: that fd), reaching memory once attached to an IOAS.
+    Cdev {
+        device: usize,
+        bound: Option<i32>,
+        ioas: Option<u32>,
+    },
 }
 
 /// A device's sysfs attributes beyond its `driver` link.
@@ -52,6 +75,10 @@ pub(super) struct State {
     pub(super) type1: bool,
     pub(super) type1v2: bool,
     pub(super) noiommu_mode: bool,
+    /// `/dev/iommu` exists.
+    pub(super) iommufd: bool,
+    /// Devices bound to VFIO have cdevs (`/dev/vfio/devices/vfioN`).
+    pub(super) cdevs: bool,
     pub(super) huge_pages: bool,
     pub(super) iova_ranges: Vec<(u64, u64)>,
     pub(super) dma_limit: u32,
@@ -85,6 +112,8 @@ impl State {
             type1: true,
             type1v2: true,
             noiommu_mode: true,
+            iommufd: false,
+            cdevs: false,
             huge_pages: false,
             // Like x86 with an IOMMU: everything but the MSI window.
             iova_ranges: vec![(0, 0xfedf_ffff), (0xfef0_0000, 0x000f_ffff_ffff_ffff)],
@@ -122,7 +151,7 @@ impl State {
         self.devices.iter().filter(move |d| d.group == Some(number))
     }
 
-    fn group_viable(&self, number: u32) -> bool {
+    pub(super) fn group_viable(&self, number: u32) -> bool {
         self.group_members(number).all(|d| d.driver.is_none() || d.bound_to_vfio())
     }
 
@@ -131,7 +160,10 @@ impl State {
     }
 
     pub(super) fn device_open(&self, index: usize) -> bool {
-        self.fds.values().any(|o| matches!(o, Object::Device { device } if *device == index))
+        self.fds.values().any(|o| match o {
+            Object::Device { device } | Object::Cdev { device, .. } => *device == index,
+            _ => false,
+        })
     }
 
     fn group_has_open_device(&self, number: u32) -> bool {
@@ -177,7 +209,9 @@ impl State {
 
     pub(super) fn device_of(&self, fd: Fd) -> Result<usize, Errno> {
         match self.fds.get(&fd.raw()) {
-            Some(Object::Device { device }) => Ok(*device),
+            Some(Object::Device { device }) | Some(Object::Cdev { device, bound: Some(_), .. }) => Ok(*device),
+            // No access before the cdev is bound to an iommufd.
+            Some(Object::Cdev { .. }) => Err(Errno::INVAL),
             Some(_) => Err(Errno::NOTTY),
             None => Err(Errno::BADF),
         }
@@ -212,24 +246,28 @@ impl State {
         }
     }
 
-    /// Whether a DMA mapping of any container covers part of `addr..addr + len`.
+    /// Every DMA mapping of every container and IO address space.
+    pub(super) fn all_dma(&self) -> impl Iterator<Item = &DmaEntry> {
+        self.fds.values().flat_map(|o| {
+            let (dma, ioas): (&[DmaEntry], _) = match o {
+                Object::Container { dma, .. } => (dma, None),
+                Object::Iommufd { ioas, .. } => (&[], Some(ioas)),
+                _ => (&[], None),
+            };
+            dma.iter().chain(ioas.into_iter().flat_map(|spaces| spaces.values().flatten()))
+        })
+    }
+
+    /// Whether a DMA mapping covers part of `addr..addr + len`.
     pub(super) fn dma_covers(&self, addr: usize, len: usize) -> bool {
         let (start, end) = (addr as u64, (addr + len) as u64);
-        self.fds.values().any(|o| match o {
-            Object::Container { dma, .. } => dma.iter().any(|m| m.vaddr < end && start < m.vaddr + m.size),
-            _ => false,
-        })
+        self.all_dma().any(|m| m.vaddr < end && start < m.vaddr + m.size)
     }
 
     /// Translates a device address range to process memory, as the IOMMU would.
     pub(super) fn translate(&self, iova: u64, len: u64) -> Option<u64> {
-        self.fds.values().find_map(|o| match o {
-            Object::Container { dma, .. } => dma.iter().find_map(|m| {
-                let end = iova.checked_add(len)?;
-                (iova >= m.iova && end <= m.iova + m.size).then(|| m.vaddr + (iova - m.iova))
-            }),
-            _ => None,
-        })
+        let end = iova.checked_add(len)?;
+        self.all_dma().find(|m| iova >= m.iova && end <= m.iova + m.size).map(|m| m.vaddr + (iova - m.iova))
     }
 
     pub(super) fn ioctl(&mut self, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
@@ -239,9 +277,24 @@ impl State {
             Request::IommuUnmapDma(unmap) => return self.unmap_dma(fd, unmap),
             Request::DeviceSetIrqs(set) => return self.set_irqs(fd, set),
             Request::DeviceGetRegionInfoCaps(buf) => return self.region_info_caps(fd, buf),
+            Request::IoasAlloc(alloc) => return self.ioas_alloc(fd, alloc),
+            Request::IoasIovaRanges(query) => return self.ioas_iova_ranges(fd, query),
+            Request::IoasMap(map) => return self.ioas_map(fd, map),
+            Request::IoasUnmap(unmap) => return self.ioas_unmap(fd, unmap),
+            Request::DeviceBindIommufd(bind) => return self.bind_iommufd(fd, bind),
+            Request::DeviceAttachIommufdPt(attach) => return self.attach_ioas(fd, attach),
             _ => {}
         }
-        let object = self.fds.get(&fd.raw()).ok_or(Errno::BADF)?;
+        let cdev_view;
+        let object = match self.fds.get(&fd.raw()).ok_or(Errno::BADF)? {
+            // A bound cdev answers as the device fd it is.
+            Object::Cdev { device, bound: Some(_), .. } => {
+                cdev_view = Object::Device { device: *device };
+                &cdev_view
+            }
+            Object::Cdev { .. } => return Err(Errno::INVAL),
+            object => object,
+        };
         match (object, request) {
             (Object::Container { .. }, Request::GetApiVersion) => Ok(self.api_version),
             (Object::Container { .. }, Request::CheckExtension(ext)) => Ok(i32::from(match ext {

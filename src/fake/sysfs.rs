@@ -220,6 +220,10 @@ impl State {
                 let index = self.device_on(bus, name).ok_or(Errno::NOENT)?;
                 Ok(format!("{}\n", self.sysfs[index].driver_override.as_deref().unwrap_or("(null)")))
             }
+            Node::Device(bus, name, rest) if rest.starts_with("vfio-dev/") => {
+                let index = self.device_on(bus, name).ok_or(Errno::NOENT)?;
+                self.cdev_node_numbers(index, &rest["vfio-dev/".len()..])
+            }
             _ => Err(Errno::NOENT),
         }
     }
@@ -256,6 +260,7 @@ impl State {
                 }
                 Ok(members)
             }
+            Node::Device(bus, name, "vfio-dev") => self.list_vfio_dev(self.device_on(bus, name).ok_or(Errno::NOENT)?),
             Node::Device(bus, name, "") => {
                 self.device_on(bus, name).ok_or(Errno::NOENT)?;
                 Ok(["driver_override", "uevent"].iter().map(|e| e.to_string()).collect())

@@ -105,6 +105,18 @@ unsafe impl Kernel for Host {
             Request::IommuGetInfo(buf) => (sys::IOMMU_GET_INFO, info_ptr(buf)),
             Request::IommuMapDma(map) => (sys::IOMMU_MAP_DMA, in_ptr(map)),
             Request::IommuUnmapDma(unmap) => (sys::IOMMU_UNMAP_DMA, out_ptr(unmap)),
+            Request::IoasAlloc(alloc) => (sys::IOMMU_IOAS_ALLOC, out_ptr(alloc)),
+            Request::IoasIovaRanges(query) => {
+                // The kernel writes at most `num_iovas` ranges at `allowed_iovas`:
+                // point it at this query's own array, whatever the caller set.
+                query.head.num_iovas = sys::IOAS_MAX_RANGES as u32;
+                query.head.allowed_iovas = query.ranges.as_mut_ptr() as u64;
+                (sys::IOMMU_IOAS_IOVA_RANGES, out_ptr(&mut query.head))
+            }
+            Request::IoasMap(map) => (sys::IOMMU_IOAS_MAP, in_ptr(map)),
+            Request::IoasUnmap(unmap) => (sys::IOMMU_IOAS_UNMAP, out_ptr(unmap)),
+            Request::DeviceBindIommufd(bind) => (sys::DEVICE_BIND_IOMMUFD, out_ptr(bind)),
+            Request::DeviceAttachIommufdPt(attach) => (sys::DEVICE_ATTACH_IOMMUFD_PT, out_ptr(attach)),
         };
         self.call(fd, opcode, arg)
     }
@@ -224,9 +236,11 @@ unsafe impl Kernel for Host {
 
 impl Host {
     fn call(&self, fd: Fd, opcode: Opcode, arg: *mut c_void) -> Result<i32, Errno> {
-        // SAFETY: `Host::ioctl` pairs each VFIO opcode with the argument its
-        // uapi definition takes (an integer, NULL, or a pointer to the matching
-        // `#[repr(C)]` struct or NUL-terminated name that lives across the call).
+        // SAFETY: `Host::ioctl` pairs each VFIO and iommufd opcode with the
+        // argument its uapi definition takes (an integer, NULL, or a pointer to
+        // the matching `#[repr(C)]` struct or NUL-terminated name that lives
+        // across the call). Structs that carry a pointer of their own (the IOVA
+        // ranges query) point into the same borrowed value, with its room.
         unsafe { rustix::ioctl::ioctl(borrow(fd), RawIoctl { opcode, arg }) }
     }
 }

@@ -83,6 +83,20 @@ pub enum Request<'a> {
     IommuMapDma(&'a sys::DmaMap),
     /// `ioctl(container, VFIO_IOMMU_UNMAP_DMA, &unmap)`.
     IommuUnmapDma(&'a mut sys::DmaUnmap),
+    /// `ioctl(iommufd, IOMMU_IOAS_ALLOC, &alloc)`.
+    IoasAlloc(&'a mut sys::IoasAlloc),
+    /// `ioctl(iommufd, IOMMU_IOAS_IOVA_RANGES, &query.head)`, with
+    /// `query.head.allowed_iovas` pointing at `query.ranges` (set by the
+    /// kernel seam, with `num_iovas` the room there).
+    IoasIovaRanges(&'a mut sys::IoasIovaRangesQuery),
+    /// `ioctl(iommufd, IOMMU_IOAS_MAP, &map)`.
+    IoasMap(&'a sys::IoasMap),
+    /// `ioctl(iommufd, IOMMU_IOAS_UNMAP, &unmap)`.
+    IoasUnmap(&'a mut sys::IoasUnmap),
+    /// `ioctl(device cdev, VFIO_DEVICE_BIND_IOMMUFD, &bind)`.
+    DeviceBindIommufd(&'a mut sys::BindIommufd),
+    /// `ioctl(device cdev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach)`.
+    DeviceAttachIommufdPt(&'a mut sys::AttachIommufdPt),
 }
 
 /// A token that only this crate creates. Every [`Kernel`] method takes one,

@@ -2,13 +2,41 @@
 //! and register blocks for them.
 #![allow(dead_code)] // each test file uses its own part
 
-use dao_vfio::{register_block, Reserved, RO, RW, WO};
+use dao_vfio::{register_block, Backend, Context, Reserved, RO, RW, WO};
 
 /// A device name the guest's init exported. Panics (fails the test) off the
 /// board: a hardware test never passes by skipping its device.
 pub fn dev(var: &str) -> String {
     std::env::var(var)
         .unwrap_or_else(|_| panic!("{var} is not set: this test runs on the virtual board (tests/board/test)"))
+}
+
+/// The backend this board run asks for: `DAO_VFIO_BACKEND` is `auto` (or
+/// unset), `iommufd` or `legacy`. `tests/board/test aarch64` runs the suites
+/// once with `auto` (which takes iommufd there) and once with `legacy`.
+pub fn backend() -> Backend {
+    match std::env::var("DAO_VFIO_BACKEND").as_deref() {
+        Err(_) | Ok("auto") => Backend::Auto,
+        Ok("iommufd") => Backend::Iommufd,
+        Ok("legacy") => Backend::Legacy,
+        Ok(other) => panic!("DAO_VFIO_BACKEND={other}: expected auto, iommufd or legacy"),
+    }
+}
+
+/// The interface edu ends up on: what was asked for, and for `auto` what the
+/// board's kernel offers: iommufd and device cdevs on the aarch64 board's
+/// 6.12, neither on the x86_64 board's stock 6.1.
+pub fn expected_backend() -> Backend {
+    match backend() {
+        Backend::Auto if cfg!(target_arch = "aarch64") => Backend::Iommufd,
+        Backend::Auto => Backend::Legacy,
+        asked => asked,
+    }
+}
+
+/// A context with [`backend`], as the board run asks.
+pub fn context() -> Context {
+    Context::open_with(backend()).unwrap_or_else(|e| panic!("opening a context with {:?}: {e}", backend()))
 }
 
 register_block! {

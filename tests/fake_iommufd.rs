@@ -1,0 +1,181 @@
+//! The iommufd backend against the fake kernel: which interface a context
+//! picks, the errors of a forced one, one owner per group, and DMA teardown
+//! when the last iommufd device goes. (Regions, interrupts, DMA, config space
+//! and reset through iommufd run in `fake_beyond_dao`, on both backends; the
+//! setup failure walk covers the iommufd path in `fake_kernel`.)
+
+use dao_vfio::fake::{FakeDevice, FakeKernel};
+use dao_vfio::{Backend, Bus, Context, DmaOptions, Errno, ErrorKind};
+
+const EDU: &str = "0000:00:02.0";
+const EDU2: &str = "0000:00:03.0";
+const RTC: &str = "9010000.pl031";
+
+type Ctx<'k> = Context<&'k FakeKernel>;
+
+/// edu in IOMMU group 3, a second edu in group 4, pl031 in noiommu group 0;
+/// `/dev/iommu` and device cdevs as given.
+fn system(iommufd: bool, cdevs: bool) -> FakeKernel {
+    let k = FakeKernel::new();
+    k.set_iommufd(iommufd, cdevs);
+    k.add_device(FakeDevice::edu(EDU, 3));
+    k.add_device(FakeDevice::edu(EDU2, 4));
+    k.add_device(FakeDevice::platform(RTC, 0));
+    k
+}
+
+fn clean(k: &FakeKernel) -> (usize, usize, u32, u32) {
+    (k.open_fds(), k.live_mappings(), k.bad_closes(), k.freed_while_mapped())
+}
+
+#[test]
+fn auto_picks_iommufd_where_the_kernel_and_the_device_offer_it() {
+    let k = system(true, true);
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    assert_eq!((ctx.backend(), ctx.active_backend()), (Backend::Auto, None));
+    assert_eq!(k.open_fds(), 1, "/dev/iommu only: no container is opened");
+    let edu = ctx.setup(EDU).unwrap();
+    let dev = ctx.device(&edu).unwrap();
+    assert_eq!((dev.backend(), dev.group(), dev.is_noiommu()), (Backend::Iommufd, 3, false));
+    assert_eq!(dev.region(0).unwrap().read32(0), Ok(0x010000ed));
+    assert_eq!((ctx.active_backend(), ctx.group_count(), ctx.iommu_type()), (Some(Backend::Iommufd), 0, None));
+    assert_eq!((k.open_fds(), k.iommufd_attached()), (2, 1), "the iommufd and the device's cdev");
+    ctx.free(edu).unwrap();
+    assert_eq!((k.open_fds(), k.iommufd_attached(), ctx.active_backend()), (1, 0, None));
+    ctx.close().map_err(|(_, e)| e).unwrap();
+    assert_eq!(clean(&k), (0, 0, 0, 0));
+}
+
+#[test]
+fn auto_takes_the_legacy_container_otherwise() {
+    // No iommufd (before Linux 6.2, or the x86_64 board's 6.1), and iommufd
+    // without device cdevs (6.2 to 6.5, or CONFIG_VFIO_DEVICE_CDEV=n).
+    for (iommufd, fds) in [(false, 3), (true, 4)] {
+        let k = system(iommufd, false);
+        let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+        let edu = ctx.setup(EDU).unwrap();
+        assert_eq!(ctx.device(&edu).unwrap().backend(), Backend::Legacy);
+        assert_eq!((ctx.active_backend(), ctx.group_count()), (Some(Backend::Legacy), 1));
+        assert_eq!(k.open_fds(), fds, "iommufd {iommufd}: container, group and device");
+        drop(ctx);
+        assert_eq!(clean(&k), (0, 0, 0, 0));
+    }
+}
+
+#[test]
+fn a_forced_backend_that_is_absent_says_so() {
+    let k = system(false, false);
+    let err = Ctx::with_backend(&k, Backend::Iommufd).unwrap_err();
+    assert_eq!((err.kind(), err.errno()), (ErrorKind::NoIommufd, Some(Errno::NOENT)));
+    assert!(err.to_string().contains("CONFIG_IOMMUFD"), "{err}");
+    assert_eq!(k.open_fds(), 0);
+
+    let k = system(true, false);
+    let mut ctx = Ctx::with_backend(&k, Backend::Iommufd).unwrap();
+    let err = ctx.setup(EDU).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoDeviceCdev { bus: Bus::Pci });
+    assert!(err.to_string().contains("CONFIG_VFIO_DEVICE_CDEV"), "{err}");
+    assert!(err.to_string().contains("/sys/bus/pci/devices/0000:00:02.0/vfio-dev"), "{err}");
+    assert_eq!((k.open_fds(), ctx.device_count(), ctx.group_count()), (1, 0, 0), "nothing stays open");
+    // noiommu devices keep the legacy path, whatever was asked.
+    let rtc = ctx.setup(RTC).unwrap();
+    assert_eq!(ctx.device(&rtc).unwrap().backend(), Backend::Legacy);
+    assert!(ctx.device(&rtc).unwrap().is_noiommu());
+    ctx.free(rtc).unwrap();
+
+    // Legacy asked for on a kernel with everything: legacy it is.
+    let k = system(true, true);
+    let mut ctx = Ctx::with_backend(&k, Backend::Legacy).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    assert_eq!((ctx.device(&edu).unwrap().backend(), ctx.backend()), (Backend::Legacy, Backend::Legacy));
+    assert_eq!(k.iommufd_attached(), 0);
+    drop(ctx);
+    assert_eq!(clean(&k), (0, 0, 0, 0));
+}
+
+#[test]
+fn a_context_keeps_one_io_address_space() {
+    let k = system(true, false);
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    assert_eq!(ctx.device(&edu).unwrap().backend(), Backend::Legacy);
+    // Cdevs appear (a module reloaded): the next device follows the legacy
+    // container all the same, so one DMA mapping reaches both.
+    k.set_iommufd(true, true);
+    let edu2 = ctx.setup(EDU2).unwrap();
+    assert_eq!(ctx.device(&edu2).unwrap().backend(), Backend::Legacy);
+    ctx.free(edu).unwrap();
+    ctx.free(edu2).unwrap();
+    // With no IOMMU-backed device left, the next one may take iommufd...
+    let edu2 = ctx.setup(EDU2).unwrap();
+    assert_eq!(ctx.device(&edu2).unwrap().backend(), Backend::Iommufd);
+    // ...and then a device that only the legacy container could open is refused.
+    k.set_iommufd(true, false);
+    let fds = k.open_fds();
+    let err = ctx.setup(EDU).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::MixedBackends, "{err}");
+    assert!(err.to_string().contains("Backend::Legacy"), "{err}");
+    assert_eq!((k.open_fds(), ctx.device_count(), ctx.group_count()), (fds, 1, 0), "nothing stays open");
+    drop(ctx);
+    assert_eq!(clean(&k), (0, 0, 0, 0));
+}
+
+#[test]
+fn a_group_has_one_owner() {
+    let k = system(true, true);
+    k.add_device(FakeDevice::edu("0000:00:04.0", 3)); // edu's group mate
+    let mut a: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = a.setup(EDU).unwrap();
+    let mut b: Ctx = Context::with_kernel(&k).unwrap();
+    let fds = k.open_fds();
+    // The device itself (Linux: EINVAL, a cdev opens a device once), and
+    // its group mate (EBUSY, the group has an owner).
+    for (name, errno) in [(EDU, Errno::INVAL), ("0000:00:04.0", Errno::BUSY)] {
+        let err = b.setup(name).unwrap_err();
+        assert_eq!((err.kind(), err.errno()), (ErrorKind::DeviceClaimed, Some(errno)), "{name}");
+        assert_eq!(k.open_fds(), fds, "{name}: the cdev is closed again");
+    }
+    let mut legacy = Ctx::with_backend(&k, Backend::Legacy).unwrap();
+    assert_eq!(legacy.setup(EDU).unwrap_err().kind(), ErrorKind::GroupBusy { group: 3 });
+    // The group mate shares the owner's address space: same context, fine.
+    let mate = a.setup("0000:00:04.0").unwrap();
+    a.free(mate).unwrap();
+    a.free(edu).unwrap();
+    let edu = b.setup(EDU).unwrap();
+    b.free(edu).unwrap();
+    drop((a, b, legacy));
+    assert_eq!(clean(&k), (0, 0, 0, 0));
+
+    // A driver holds another device of the group: not viable.
+    let k = system(true, true);
+    k.add_device(FakeDevice::edu("0000:00:04.0", 3).with_driver(Some("e1000e")));
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let err = ctx.setup(EDU).unwrap_err();
+    assert_eq!((err.kind(), err.errno()), (ErrorKind::GroupNotViable { group: 3 }, Some(Errno::BUSY)));
+    assert_eq!(k.open_fds(), 1);
+}
+
+#[test]
+fn the_last_iommufd_device_takes_dma_with_it_even_when_an_unmap_fails() {
+    let k = system(true, true);
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    let mut buf = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
+    let iova = ctx.dma(&mut buf).unwrap().iova();
+    assert!(k.dma_write(iova, b"dma"));
+    // The first call of the free is IOMMU_IOAS_UNMAP: the kernel keeps the
+    // mapping, so the address space is replaced before the memory goes.
+    k.fail_call(1, Errno::IO);
+    ctx.free(edu).unwrap();
+    assert!(!k.failure_pending());
+    assert!(k.dma_mappings().is_empty(), "the old address space went with its iommufd");
+    assert_eq!((k.open_fds(), k.freed_while_mapped()), (1, 0), "a fresh iommufd; no memory freed while mapped");
+    assert_eq!(ctx.dma(&mut buf).unwrap_err().kind(), ErrorKind::ForeignHandle);
+    // The fresh address space serves the next device, at the same IOVA.
+    let edu = ctx.setup(EDU).unwrap();
+    let mut again = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
+    assert_eq!(ctx.dma(&mut again).unwrap().iova(), iova);
+    ctx.free(edu).unwrap();
+    drop(ctx);
+    assert_eq!(clean(&k), (0, 0, 0, 0));
+}

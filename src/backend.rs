@@ -35,7 +35,7 @@ pub enum Backend {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
     /// Through cdev `/dev/vfio/devices/vfioN` and the context's iommufd.
-    Cdev(u32),
+    Cdev(crate::iommufd::Cdev),
     /// Through the device's group. If the group turns out to be behind an
     /// IOMMU (not noiommu) and `iommu` is `Err`, that error is the answer.
     Group { iommu: Result<(), crate::ErrorKind> },
@@ -53,7 +53,7 @@ pub(crate) struct RouteInputs {
     pub(crate) legacy_groups: u32,
     /// The device's cdev `/dev/vfio/devices/vfioN`, if it has one (noiommu
     /// devices have none, or one iommufd cannot serve).
-    pub(crate) cdev: Option<u32>,
+    pub(crate) cdev: Option<crate::iommufd::Cdev>,
     pub(crate) bus: crate::Bus,
 }
 
@@ -79,10 +79,16 @@ pub(crate) fn route(at: RouteInputs) -> Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iommufd::Cdev;
     use crate::{Bus, ErrorKind};
 
     fn inputs(asked: Backend, iommufd: bool, cdev: Option<u32>) -> RouteInputs {
+        let cdev = cdev.map(cdev_n);
         RouteInputs { asked, iommufd, iommufd_devices: 0, legacy_groups: 0, cdev, bus: Bus::Pci }
+    }
+
+    fn cdev_n(number: u32) -> Cdev {
+        Cdev { number, node: (253, number) }
     }
 
     const GROUP: Route = Route::Group { iommu: Ok(()) };
@@ -96,7 +102,7 @@ mod tests {
 
     #[test]
     fn iommufd_takes_the_cdev_and_leaves_only_noiommu_groups_to_the_group_path() {
-        assert_eq!(route(inputs(Backend::Iommufd, true, Some(3))), Route::Cdev(3));
+        assert_eq!(route(inputs(Backend::Iommufd, true, Some(3))), Route::Cdev(cdev_n(3)));
         assert_eq!(
             route(inputs(Backend::Iommufd, true, None)),
             Route::Group { iommu: Err(ErrorKind::NoDeviceCdev { bus: Bus::Pci }) }
@@ -105,7 +111,7 @@ mod tests {
 
     #[test]
     fn auto_prefers_iommufd_and_keeps_one_address_space() {
-        assert_eq!(route(inputs(Backend::Auto, true, Some(0))), Route::Cdev(0));
+        assert_eq!(route(inputs(Backend::Auto, true, Some(0))), Route::Cdev(cdev_n(0)));
         assert_eq!(route(inputs(Backend::Auto, false, Some(0))), GROUP);
         assert_eq!(route(inputs(Backend::Auto, true, None)), GROUP);
         let legacy_in_use = RouteInputs { legacy_groups: 1, ..inputs(Backend::Auto, true, Some(0)) };

@@ -30,7 +30,7 @@
 //! wrong barrier is worse than none that is visibly missing.
 
 #[cfg(target_arch = "x86_64")]
-use core::sync::atomic::{compiler_fence, fence, Ordering};
+use core::sync::atomic::{compiler_fence, Ordering};
 
 /// Orders earlier stores before later stores, to normal or device memory:
 /// put it between writing descriptors and ringing a doorbell.
@@ -71,6 +71,12 @@ pub fn io_mb() {
     unsafe {
         core::arch::asm!("dmb osh", options(nostack, preserves_flags))
     };
+    // `mfence`, as Linux's `mb()`: unlike the locked instruction a SeqCst
+    // fence may compile to, it also orders write-combining stores.
     #[cfg(target_arch = "x86_64")]
-    fence(Ordering::SeqCst);
+    // SAFETY: `mfence` needs SSE2, which every x86_64 CPU has; it touches no
+    // memory and no registers.
+    unsafe {
+        core::arch::x86_64::_mm_mfence()
+    };
 }

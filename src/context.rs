@@ -15,8 +15,9 @@ use crate::device::{Device, DeviceState, Placement};
 use crate::dma::{self, DmaBuffer, DmaDirection, DmaOptions, Domain, IommuInfo};
 use crate::error::{Error, ErrorKind};
 use crate::group::Group;
-use crate::iommufd::{self, Iommufd, Located};
+use crate::iommufd::{self, Cdev, Iommufd, Located};
 use crate::irq;
+#[cfg(feature = "capi")]
 use crate::kernel::Fd;
 use crate::kernel::{Host, Kernel};
 use crate::name::{Bus, DeviceName};
@@ -231,7 +232,11 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         let at = Located { name, bus, group };
         let serial = self.next_serial;
         let state = match self.route(&at)? {
-            Route::Cdev(number) => self.open_through_iommufd(&at, number, serial)?,
+            Route::Cdev(cdev) => match self.open_through_iommufd(&at, cdev, serial) {
+                Ok(state) => state,
+                Err(e) if self.may_fall_back(&e) => self.open_through_group(&at, Ok(()), serial)?,
+                Err(e) => return Err(e),
+            },
             Route::Group { iommu } => self.open_through_group(&at, iommu, serial)?,
         };
         if let Err(state) = self.devices.push(state) {
@@ -260,11 +265,23 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         }))
     }
 
-    /// Opens the device through cdev `vfio{number}`, bound to the context's
-    /// iommufd and attached to its IO address space.
-    fn open_through_iommufd(&mut self, at: &Located, number: u32, serial: u64) -> Result<DeviceState, Error> {
+    /// Whether `Backend::Auto` tries the legacy path after iommufd refused a
+    /// device: while no device uses iommufd yet, for a cdev the user may not
+    /// open (access given on the group node only) or a bind the IOMMU
+    /// refuses with `EPERM` (no MSI isolation, which the legacy backend may
+    /// be configured to accept). Other refusals would recur there.
+    fn may_fall_back(&self, e: &Error) -> bool {
+        let no_iommufd_device = self.iommufd.as_ref().is_none_or(|i| i.devices() == 0);
+        self.backend == Backend::Auto
+            && no_iommufd_device
+            && (e.kind() == ErrorKind::Permission || e.errno() == Some(rustix::io::Errno::PERM))
+    }
+
+    /// Opens the device through its cdev, bound to the context's iommufd and
+    /// attached to its IO address space.
+    fn open_through_iommufd(&mut self, at: &Located, cdev: Cdev, serial: u64) -> Result<DeviceState, Error> {
         let iommufd = self.iommufd.as_mut().ok_or(Error::new(ErrorKind::NoIommufd))?;
-        let fd = iommufd.open_device(&self.kernel, number, at)?;
+        let fd = iommufd.open_device(&self.kernel, cdev, at)?;
         let placement =
             Placement { name: at.name, bus: at.bus, group: at.group, noiommu: false, via: Backend::Iommufd, serial };
         let state = DeviceState::open(&self.kernel, placement, fd)?;
@@ -373,21 +390,28 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// mappings with it, as the last legacy group does: they are removed
     /// from the IO address space while it is still attached, then the
     /// memory is released. If the kernel keeps some, the address space is
-    /// replaced (closing the old one drops them) before the memory goes; if
-    /// even that fails, the memory is kept rather than released while mapped.
+    /// replaced (closing the old one drops them) before the memory goes. If
+    /// even that fails, the mappings stay, in the table as in the address
+    /// space (the next device attached finds them; `dma_free` can retry; the
+    /// context's drop releases them after closing the iommufd), and the
+    /// unmap's error is returned.
     fn release_iommufd_device(&mut self, state: DeviceState) -> Result<(), Error> {
         let Some(iommufd) = self.iommufd.as_mut() else {
             return state.release(&self.kernel);
         };
         let domain = Domain::Ioas { iommufd: iommufd.fd(), ioas: iommufd.ioas() };
         let takes_dma = iommufd.devices() == 1 && self.dma.len() > 0;
-        let unmapped = takes_dma && self.dma.unmap_all_from_iommu(&self.kernel, domain);
+        let unmapped = if takes_dma { self.dma.unmap_all_from_iommu(&self.kernel, domain) } else { Ok(()) };
         // Closing the cdev detaches the device from the IO address space.
         let result = state.release(&self.kernel);
         iommufd.device_detached();
-        if takes_dma {
-            let mappings_gone = unmapped || self.renew_iommufd();
-            self.dma.forget_all(&self.kernel, mappings_gone);
+        if !takes_dma {
+            return result;
+        }
+        match unmapped {
+            Ok(()) => self.dma.forget_all(&self.kernel, true),
+            Err(_) if self.renew_iommufd() => self.dma.forget_all(&self.kernel, true),
+            Err(e) => return result.and(Err(e)),
         }
         result
     }
@@ -424,7 +448,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         let legacy = self.legacy.as_ref().filter(|_| kind == IommuKind::Type1);
         let last_domain_group = legacy.is_some_and(|c| c.groups() == 1) && self.dma.len() > 0;
         let dma_unmapped = match legacy {
-            Some(c) if last_domain_group => self.dma.unmap_all_from_iommu(&self.kernel, Domain::Type1(c.fd())),
+            Some(c) if last_domain_group => self.dma.unmap_all_from_iommu(&self.kernel, Domain::Type1(c.fd())).is_ok(),
             _ => false,
         };
         let result = group.close(&self.kernel, true);
@@ -686,6 +710,9 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Dro
         if let Some(iommufd) = self.iommufd.take() {
             iommufd.close(&self.kernel);
         }
+        // Mappings an IO address space kept (see `release_iommufd_device`)
+        // went with the iommufd just closed: their memory can go too.
+        self.dma.forget_all(&self.kernel, true);
     }
 }
 

@@ -16,6 +16,8 @@ use core::marker::PhantomData;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use rustix::io::Errno;
+
 use crate::capchain;
 use crate::error::{Error, ErrorKind, Step};
 use crate::iova::{self, IovaRange};
@@ -35,11 +37,14 @@ const IOVA_FLOOR: u64 = 0x10_0000;
 /// size and no mapping count).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IommuInfo {
-    /// Bitmap of the IOMMU's page sizes (bit n set: 2^n bytes).
+    /// Bitmap of the IOMMU's page sizes (bit n set: 2^n bytes). iommufd
+    /// reports only the smallest (the IOVA alignment it needs), so this has
+    /// one bit there: do not test it for huge-page support.
     pub page_sizes: u64,
-    /// Usable IOVA ranges (the whole 64-bit space if the kernel names none;
-    /// the first [`MAX_IOVA_RANGES`] if it names more, which only narrows
-    /// what the allocator uses).
+    /// Usable IOVA ranges: the first [`MAX_IOVA_RANGES`] if the kernel names
+    /// more, which only narrows what the allocator uses. The type1 backend
+    /// naming none means the whole 64-bit space; iommufd naming none means
+    /// nothing can be mapped.
     pub ranges: heapless::Vec<IovaRange, MAX_IOVA_RANGES>,
     /// How many more mappings the kernel allows, if it says.
     pub dma_avail: Option<u32>,
@@ -276,16 +281,19 @@ pub(crate) fn iommu_info<K: Kernel>(kernel: &K, domain: Domain) -> Result<IommuI
 }
 
 /// `IOMMU_IOAS_IOVA_RANGES`: the ranges the attached devices allow, and the
-/// alignment every mapping needs. More ranges than fit ([`MAX_IOVA_RANGES`])
-/// is an error (`EMSGSIZE`): the kernel then writes none.
+/// alignment every mapping needs. With more ranges than fit
+/// ([`sys::IOAS_MAX_RANGES`]) the kernel fills the room, says `EMSGSIZE`, and
+/// the first ones are used (which only narrows the allocator). No range at
+/// all means nothing can be mapped.
 fn ioas_info<K: Kernel>(kernel: &K, iommufd: Fd, ioas: u32) -> Result<IommuInfo, Error> {
     let mut query = sys::IoasIovaRangesQuery::default();
     query.head.size = sys::argsz::<sys::IoasIovaRanges>();
     query.head.ioas_id = ioas;
     query.head.num_iovas = sys::IOAS_MAX_RANGES as u32;
-    kernel
-        .ioctl(&TOKEN, iommufd, Request::IoasIovaRanges(&mut query))
-        .map_err(|e| Error::syscall(Step::IoasIovaRanges, e))?;
+    match kernel.ioctl(&TOKEN, iommufd, Request::IoasIovaRanges(&mut query)) {
+        Ok(_) | Err(Errno::MSGSIZE) => {}
+        Err(e) => return Err(Error::syscall(Step::IoasIovaRanges, e)),
+    }
     let align = query.head.out_iova_alignment;
     let mut info = IommuInfo {
         page_sizes: if align.is_power_of_two() { align } else { 0 },
@@ -295,9 +303,6 @@ fn ioas_info<K: Kernel>(kernel: &K, iommufd: Fd, ioas: u32) -> Result<IommuInfo,
     let n = (query.head.num_iovas as usize).min(sys::IOAS_MAX_RANGES).min(MAX_IOVA_RANGES);
     for r in &query.ranges[..n] {
         let _ = info.ranges.push(IovaRange { start: r.start, end: r.last });
-    }
-    if info.ranges.is_empty() {
-        let _ = info.ranges.push(IovaRange { start: 0, end: u64::MAX });
     }
     Ok(info)
 }
@@ -434,14 +439,13 @@ impl<const N: usize> Table<N> {
     }
 
     /// Before the last IOMMU-backed device leaves: removes every mapping from
-    /// the IOMMU. Returns false if any removal failed.
-    pub(crate) fn unmap_all_from_iommu<K: Kernel>(&self, kernel: &K, domain: Domain) -> bool {
-        // Every mapping is tried, whatever the ones before it answered.
-        let mut all_removed = true;
+    /// the IOMMU. Every mapping is tried; the first failure is returned.
+    pub(crate) fn unmap_all_from_iommu<K: Kernel>(&self, kernel: &K, domain: Domain) -> Result<(), Error> {
+        let mut result = Ok(());
         for m in &self.mappings {
-            all_removed &= unmap_iommu(kernel, domain, m).is_ok();
+            result = result.and(unmap_iommu(kernel, domain, m));
         }
-        all_removed
+        result
     }
 
     /// After the domain is gone (or every mapping was removed from it):
@@ -477,7 +481,7 @@ fn map_iommu<K: Kernel>(
             kernel.ioctl(&TOKEN, container, Request::IommuMapDma(&map)).map_err(|e| Error::syscall(Step::MapDma, e))?;
         }
         Domain::Ioas { iommufd, ioas } => {
-            let map = sys::IoasMap {
+            let mut map = sys::IoasMap {
                 size: sys::argsz::<sys::IoasMap>(),
                 flags: sys::IOAS_MAP_FIXED_IOVA | direction.ioas_flags(),
                 ioas_id: ioas,
@@ -486,7 +490,7 @@ fn map_iommu<K: Kernel>(
                 length: len,
                 iova,
             };
-            kernel.ioctl(&TOKEN, iommufd, Request::IoasMap(&map)).map_err(|e| Error::syscall(Step::IoasMap, e))?;
+            kernel.ioctl(&TOKEN, iommufd, Request::IoasMap(&mut map)).map_err(|e| Error::syscall(Step::IoasMap, e))?;
         }
     }
     Ok(())

@@ -191,9 +191,10 @@ pub enum ErrorKind {
     /// be opened through the legacy container (it has no cdev): a context has
     /// one IOMMU address space.
     MixedBackends,
-    /// The device, or another device of its IOMMU group, is already open
-    /// through VFIO by another process or context
-    /// (`VFIO_DEVICE_BIND_IOMMUFD` answered `EINVAL` or `EBUSY`).
+    /// iommufd refused the device (`VFIO_DEVICE_BIND_IOMMUFD`): with
+    /// `EINVAL` it is already open through VFIO elsewhere; with `EPERM`
+    /// another process or context holds a device of its group (or the
+    /// platform cannot isolate MSIs). The message says which.
     DeviceClaimed,
     /// Permission to a `/dev/vfio` node was denied.
     Permission,
@@ -499,7 +500,7 @@ impl fmt::Display for Error {
         match self.kind {
             ErrorKind::InvalidName(e) => write!(f, "{e}")?,
             ErrorKind::NoVfio => f.write_str(
-                "/dev/vfio/vfio does not exist: load VFIO (modprobe vfio-pci, or modprobe vfio-platform); a kernel built without CONFIG_VFIO_CONTAINER has none: use Backend::Auto or Backend::Iommufd (noiommu devices need it)",
+                "/dev/vfio/vfio does not exist: load VFIO (modprobe vfio-pci, or modprobe vfio-platform); a kernel built without CONFIG_VFIO_CONTAINER has none, and then needs iommufd (/dev/iommu, CONFIG_IOMMUFD; noiommu devices cannot do without the container)",
             )?,
             ErrorKind::NoIommufd => f.write_str(
                 "/dev/iommu does not exist: the iommufd backend needs Linux 6.2+ with CONFIG_IOMMUFD (modprobe iommufd); or open the context with Backend::Auto or Backend::Legacy",
@@ -511,11 +512,16 @@ impl fmt::Display for Error {
             ErrorKind::MixedBackends => f.write_str(
                 "this context's devices use iommufd, but this device has no VFIO cdev and needs the legacy container; a context has one IOMMU address space: open this device in a context made with Backend::Legacy",
             )?,
-            ErrorKind::DeviceClaimed => f.write_str(
-                "the device, or another device of its IOMMU group, is already open through VFIO by another process or context (a group has one owner); close it there first",
-            )?,
+            ErrorKind::DeviceClaimed => match self.errno {
+                Some(Errno::PERM) => f.write_str(
+                    "iommufd refused the device: another process or context holds a device of its IOMMU group (close it there first), or the platform cannot isolate MSIs (iommufd.allow_unsafe_interrupts=1 accepts that; Backend::Legacy needs vfio_iommu_type1.allow_unsafe_interrupts=1)",
+                )?,
+                _ => f.write_str(
+                    "the device is already open through VFIO by another process or context (a device can be opened once): close it there first; if nothing else holds it, the IOMMU may lack DMA cache coherency, which iommufd refuses: use Backend::Legacy",
+                )?,
+            },
             ErrorKind::Permission => f.write_str(
-                "permission denied on /dev/vfio: run as root, or give your user the group's node (chown USER /dev/vfio/N) and raise RLIMIT_MEMLOCK",
+                "permission denied on /dev/vfio or /dev/iommu: run as root, or give your user the nodes (chown USER /dev/vfio/N; for iommufd /dev/iommu and /dev/vfio/devices/vfioN) and raise RLIMIT_MEMLOCK",
             )?,
             ErrorKind::ApiVersion { found } => write!(
                 f,

@@ -67,6 +67,8 @@ impl Group {
         self.number
     }
 
+    /// The group's fd (for the C interface's `group_fd`).
+    #[cfg(feature = "capi")]
     pub(crate) fn fd(&self) -> Fd {
         self.fd
     }

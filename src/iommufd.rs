@@ -54,6 +54,7 @@ impl Iommufd {
     }
 
     pub(crate) fn device_detached(&mut self) {
+        debug_assert!(self.devices > 0, "more iommufd devices closed than opened");
         self.devices = self.devices.saturating_sub(1);
     }
 
@@ -62,18 +63,27 @@ impl Iommufd {
         kernel.close(&TOKEN, self.fd);
     }
 
-    /// Opens cdev `/dev/vfio/devices/vfio{number}` of device `dev`, binds it
+    /// Opens cdev `/dev/vfio/devices/vfioN` of device `dev`, checks it is the
+    /// node sysfs named, binds it
     /// to this iommufd and attaches it to the IOAS. On error the cdev is
     /// closed (which undoes the bind). `dev`'s group serves to tell a
     /// non-viable group from a device open elsewhere when the bind is refused.
-    pub(crate) fn open_device<K: Kernel>(&self, kernel: &K, number: u32, dev: &Located) -> Result<Fd, Error> {
+    pub(crate) fn open_device<K: Kernel>(&self, kernel: &K, cdev: Cdev, dev: &Located) -> Result<Fd, Error> {
+        let number = cdev.number;
         let path =
             sys_path!("/dev/vfio/devices/vfio{number}").ok_or(Error::syscall(Step::OpenCdev, Errno::NAMETOOLONG))?;
         let fd = kernel.open(&TOKEN, path.as_c_str()).map_err(|e| match e {
             Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission).with_errno(e),
             _ => Error::syscall(Step::OpenCdev, e),
         })?;
-        match self.bind_and_attach(kernel, fd, dev) {
+        // The node must be the one sysfs named for this device: between the
+        // two, the device could have been unbound and `vfioN` reused.
+        let opened = match kernel.device_number(&TOKEN, fd) {
+            Ok(node) if node == cdev.node => self.bind_and_attach(kernel, fd, dev),
+            Ok(_) => Err(Error::syscall(Step::OpenCdev, Errno::NODEV)),
+            Err(e) => Err(Error::syscall(Step::OpenCdev, e)),
+        };
+        match opened {
             Ok(()) => Ok(fd),
             Err(e) => {
                 kernel.close(&TOKEN, fd);
@@ -87,11 +97,7 @@ impl Iommufd {
             sys::BindIommufd { argsz: sys::argsz::<sys::BindIommufd>(), iommufd: self.fd.raw(), ..Default::default() };
         match kernel.ioctl(&TOKEN, fd, Request::DeviceBindIommufd(&mut bind)) {
             Ok(_) => {}
-            // The device is open through VFIO elsewhere (a cdev opens a
-            // device only once: EINVAL), or the IOMMU refuses a second owner
-            // of its group (EBUSY): another context, or a driver.
-            Err(e @ (Errno::BUSY | Errno::INVAL)) => return Err(busy_cause(kernel, dev).with_errno(e)),
-            Err(e) => return Err(Error::syscall(Step::BindIommufd, e)),
+            Err(e) => return Err(bind_refusal(kernel, dev, e)),
         }
         let mut attach = sys::AttachIommufdPt {
             argsz: sys::argsz::<sys::AttachIommufdPt>(),
@@ -113,22 +119,41 @@ pub(crate) struct Located {
     pub(crate) group: u32,
 }
 
-/// Why binding was refused: a non-viable group if sysfs shows another
-/// member bound to a non-VFIO driver, else the device (or its group) is
-/// open elsewhere.
-fn busy_cause<K: Kernel>(kernel: &K, dev: &Located) -> Error {
-    match crate::bind::group_blockers(kernel, dev.group, &dev.name) {
-        Ok(n) if n > 0 => Error::new(ErrorKind::GroupNotViable { group: dev.group }),
-        _ => Error::new(ErrorKind::DeviceClaimed),
-    }
+/// What a refused `VFIO_DEVICE_BIND_IOMMUFD` means (Linux 6.6 to 6.12):
+/// - `EBUSY`: the group is open through its legacy node (another context or
+///   process holds it that way);
+/// - `EINVAL`: the device is already bound through another cdev fd (a cdev
+///   opens a device once); an IOMMU that cannot keep DMA coherent says it too;
+/// - `EPERM`: the IOMMU refuses a second owner of the group (a driver holds a
+///   group mate: sysfs tells; or another iommufd holds one), or the platform
+///   cannot isolate MSIs.
+fn bind_refusal<K: Kernel>(kernel: &K, dev: &Located, errno: Errno) -> Error {
+    let kind = match errno {
+        Errno::BUSY => ErrorKind::GroupBusy { group: dev.group },
+        Errno::PERM => match crate::bind::group_blockers(kernel, dev.group, &dev.name) {
+            Ok(n) if n > 0 => ErrorKind::GroupNotViable { group: dev.group },
+            _ => ErrorKind::DeviceClaimed,
+        },
+        Errno::INVAL => ErrorKind::DeviceClaimed,
+        _ => return Error::syscall(Step::BindIommufd, errno),
+    };
+    Error::new(kind).with_errno(errno)
 }
 
-/// The device's VFIO cdev number `N` (`/dev/vfio/devices/vfioN`), from
-/// `/sys/bus/BUS/devices/DEV/vfio-dev/vfioN`, if the kernel made one with a
-/// device node (`vfioN/dev`). Linux lists `vfioN` there since 6.1, before
-/// cdevs existed (6.6), and 6.12 lists noiommu devices with no node: those,
-/// and `noiommu-vfioN` entries, count as none.
-pub(crate) fn find_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<u32>, Error> {
+/// A device's VFIO cdev: `/dev/vfio/devices/vfio{number}`, a character
+/// device with numbers `node` (from sysfs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cdev {
+    pub(crate) number: u32,
+    pub(crate) node: (u32, u32),
+}
+
+/// The device's VFIO cdev, from `/sys/bus/BUS/devices/DEV/vfio-dev/vfioN`
+/// and its node numbers (`vfioN/dev`), if the kernel made one with a node.
+/// Linux lists `vfioN` there since 6.1, before cdevs existed (6.6), and 6.12
+/// lists noiommu devices with no node: those, and `noiommu-vfioN` entries,
+/// count as none.
+pub(crate) fn find_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<Cdev>, Error> {
     let failed = |e| Error::syscall(Step::FindCdev, e);
     let dir = sys_path!("/sys/bus/{}/devices/{}/vfio-dev", bus.sysfs_name(), name).ok_or(failed(Errno::NAMETOOLONG))?;
     let mut found = None;
@@ -145,10 +170,40 @@ pub(crate) fn find_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> R
     let Some(number) = found else { return Ok(None) };
     let node = sys_path!("/sys/bus/{}/devices/{}/vfio-dev/vfio{number}/dev", bus.sysfs_name(), name)
         .ok_or(failed(Errno::NAMETOOLONG))?;
-    let mut buf = [0u8; 16];
+    let mut buf = [0u8; 24];
     match kernel.read_file(&TOKEN, node.as_c_str(), &mut buf) {
-        Ok(_) => Ok(Some(number)),
+        Ok(text) => parse_node(text).map(|node| Some(Cdev { number, node })).ok_or(failed(Errno::INVAL)),
         Err(Errno::NOENT) => Ok(None),
         Err(e) => Err(failed(e)),
+    }
+}
+
+/// `MAJOR:MINOR\n`, as sysfs `dev` attributes say it.
+fn parse_node(text: &[u8]) -> Option<(u32, u32)> {
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    let colon = text.iter().position(|&b| b == b':')?;
+    let number = |digits: &[u8]| {
+        if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        digits.iter().try_fold(0u32, |n, &d| n.checked_mul(10)?.checked_add(u32::from(d - b'0')))
+    };
+    Some((number(&text[..colon])?, number(&text[colon + 1..])?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_node;
+
+    #[test]
+    fn node_numbers() {
+        assert_eq!(parse_node(b"253:0\n"), Some((253, 0)));
+        assert_eq!(parse_node(b"511:1048575"), Some((511, 1_048_575)));
+        assert_eq!(parse_node(b"253:"), None);
+        assert_eq!(parse_node(b":0"), None);
+        assert_eq!(parse_node(b"253-0"), None);
+        assert_eq!(parse_node(b"25x:0"), None);
+        assert_eq!(parse_node(b"99999999999:0"), None);
+        assert_eq!(parse_node(b""), None);
     }
 }

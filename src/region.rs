@@ -316,11 +316,7 @@ impl Region {
         match self.checked(offset, width, align, self.readable) {
             // SAFETY: in bounds of a live, readable mapping and aligned for T.
             Some(p) => Ok(unsafe { p.cast::<T>().read_volatile() }),
-            None => match self.in_area(offset, width, align, false) {
-                // SAFETY: inside a live, readable area mapping, aligned for T.
-                Some(p) => Ok(unsafe { p.cast::<T>().read_volatile() }),
-                None => Err(self.refusal(offset, width, align, false)),
-            },
+            None => self.read_slow(offset),
         }
     }
 
@@ -335,14 +331,37 @@ impl Region {
                 unsafe { p.cast::<T>().write_volatile(value) };
                 Ok(())
             }
-            None => match self.in_area(offset, width, align, true) {
-                Some(p) => {
-                    // SAFETY: inside a live, writable area mapping, aligned for T.
-                    unsafe { p.cast::<T>().write_volatile(value) };
-                    Ok(())
-                }
-                None => Err(self.refusal(offset, width, align, true)),
-            },
+            None => self.write_slow(offset, value),
+        }
+    }
+
+    /// An access the fast check refused: through a sparse area's mapping,
+    /// or refused. Out of line and cold, so the inlined fast path stays one
+    /// check and one access.
+    #[cold]
+    #[inline(never)]
+    fn read_slow<T: Copy>(&self, offset: usize) -> Result<T, AccessError> {
+        let (width, align) = (size_of::<T>(), align_of::<T>());
+        match self.in_area(offset, width, align, false) {
+            // SAFETY: inside a live, readable area mapping, aligned for T.
+            Some(p) => Ok(unsafe { p.cast::<T>().read_volatile() }),
+            None => Err(self.refusal(offset, width, align, false)),
+        }
+    }
+
+    /// See [`Region::read_slow`].
+    #[cold]
+    #[inline(never)]
+    fn write_slow<T: Copy>(&self, offset: usize, value: T) -> Result<(), AccessError> {
+        let (width, align) = (size_of::<T>(), align_of::<T>());
+        match self.in_area(offset, width, align, true) {
+            Some(p) => {
+                // SAFETY: inside a live, writable area mapping, aligned for T
+                // (device memory, as in `write`).
+                unsafe { p.cast::<T>().write_volatile(value) };
+                Ok(())
+            }
+            None => Err(self.refusal(offset, width, align, true)),
         }
     }
 

@@ -5,7 +5,7 @@
 //! setup failure walk covers the iommufd path in `fake_kernel`.)
 
 use dao_vfio::fake::{FakeDevice, FakeKernel};
-use dao_vfio::{Backend, Bus, Context, DmaOptions, Errno, ErrorKind};
+use dao_vfio::{Backend, Bus, Context, DmaOptions, Errno, ErrorKind, Step};
 
 const EDU: &str = "0000:00:02.0";
 const EDU2: &str = "0000:00:03.0";
@@ -126,33 +126,90 @@ fn a_group_has_one_owner() {
     k.add_device(FakeDevice::edu("0000:00:04.0", 3)); // edu's group mate
     let mut a: Ctx = Context::with_kernel(&k).unwrap();
     let edu = a.setup(EDU).unwrap();
-    let mut b: Ctx = Context::with_kernel(&k).unwrap();
     let fds = k.open_fds();
-    // The device itself (Linux: EINVAL, a cdev opens a device once), and
-    // its group mate (EBUSY, the group has an owner).
-    for (name, errno) in [(EDU, Errno::INVAL), ("0000:00:04.0", Errno::BUSY)] {
+    // Linux's answers to a second owner, through iommufd: the device itself is
+    // bound already (EINVAL); its group mate's group has another owner (EPERM).
+    let mut b = Ctx::with_backend(&k, Backend::Iommufd).unwrap();
+    for (name, errno) in [(EDU, Errno::INVAL), ("0000:00:04.0", Errno::PERM)] {
         let err = b.setup(name).unwrap_err();
         assert_eq!((err.kind(), err.errno()), (ErrorKind::DeviceClaimed, Some(errno)), "{name}");
-        assert_eq!(k.open_fds(), fds, "{name}: the cdev is closed again");
+        assert!(err.to_string().contains("close it there first"), "{err}");
+        assert_eq!(k.open_fds(), fds + 1, "{name}: the cdev is closed again");
     }
+    // Auto tries the legacy path after an EPERM: the group node is busy there.
+    let mut auto: Ctx = Context::with_kernel(&k).unwrap();
+    let err = auto.setup("0000:00:04.0").unwrap_err();
+    assert_eq!((err.kind(), err.errno()), (ErrorKind::GroupBusy { group: 3 }, Some(Errno::BUSY)));
     let mut legacy = Ctx::with_backend(&k, Backend::Legacy).unwrap();
     assert_eq!(legacy.setup(EDU).unwrap_err().kind(), ErrorKind::GroupBusy { group: 3 });
     // The group mate shares the owner's address space: same context, fine.
     let mate = a.setup("0000:00:04.0").unwrap();
     a.free(mate).unwrap();
     a.free(edu).unwrap();
+    // The other way round: a group held through the legacy node (EBUSY).
+    let held = legacy.setup(EDU).unwrap();
+    let err = b.setup("0000:00:04.0").unwrap_err();
+    assert_eq!((err.kind(), err.errno()), (ErrorKind::GroupBusy { group: 3 }, Some(Errno::BUSY)));
+    legacy.free(held).unwrap();
     let edu = b.setup(EDU).unwrap();
     b.free(edu).unwrap();
-    drop((a, b, legacy));
+    drop((a, b, auto, legacy));
     assert_eq!(clean(&k), (0, 0, 0, 0));
 
-    // A driver holds another device of the group: not viable.
+    // A driver holds another device of the group: not viable (EPERM).
     let k = system(true, true);
     k.add_device(FakeDevice::edu("0000:00:04.0", 3).with_driver(Some("e1000e")));
-    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let mut ctx = Ctx::with_backend(&k, Backend::Iommufd).unwrap();
     let err = ctx.setup(EDU).unwrap_err();
-    assert_eq!((err.kind(), err.errno()), (ErrorKind::GroupNotViable { group: 3 }, Some(Errno::BUSY)));
+    assert_eq!((err.kind(), err.errno()), (ErrorKind::GroupNotViable { group: 3 }, Some(Errno::PERM)));
     assert_eq!(k.open_fds(), 1);
+}
+
+#[test]
+fn auto_falls_back_to_the_group_when_the_cdev_is_refused() {
+    // Access given on /dev/vfio/N only: the cdev's open fails with EACCES.
+    let k = system(true, true);
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let calls = k.calls();
+    // readlink x3 (bus, driver, group), getdents and read (the cdev), then its open.
+    k.fail_call(6, Errno::ACCESS);
+    let edu = ctx.setup(EDU).unwrap();
+    assert_eq!(k.trace()[calls as usize + 5], "open");
+    assert!(!k.failure_pending());
+    assert_eq!((ctx.device(&edu).unwrap().backend(), ctx.active_backend()), (Backend::Legacy, Some(Backend::Legacy)));
+    // One address space: the next device follows the legacy container.
+    let edu2 = ctx.setup(EDU2).unwrap();
+    assert_eq!(ctx.device(&edu2).unwrap().backend(), Backend::Legacy);
+    drop(ctx);
+    assert_eq!(clean(&k), (0, 0, 0, 0));
+    // Forced iommufd does not fall back: the refusal is the answer.
+    let mut ctx = Ctx::with_backend(&k, Backend::Iommufd).unwrap();
+    k.fail_call(6, Errno::ACCESS);
+    assert_eq!(ctx.setup(EDU).unwrap_err().kind(), ErrorKind::Permission);
+    assert_eq!(k.open_fds(), 1);
+}
+
+#[test]
+fn many_iova_ranges_narrow_the_allocator() {
+    // More holes than one IOMMU_IOAS_IOVA_RANGES answer holds (16): the kernel
+    // fills the room and says EMSGSIZE; the first 16 are used.
+    let k = system(true, true);
+    let ranges: Vec<(u64, u64)> = (0..20u64).map(|i| (0x100_0000 * (i + 1), 0x100_0000 * (i + 1) + 0xf_ffff)).collect();
+    k.set_iova_ranges(&ranges);
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    let info = ctx.iommu_info().unwrap();
+    assert_eq!(info.ranges.len(), 16);
+    assert_eq!((info.ranges[0].start, info.ranges[15].end), (0x100_0000, 0x1000_0000 + 0xf_ffff));
+    assert_eq!((info.min_page_size(), info.dma_avail), (4096, None));
+    let mut buf = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
+    assert_eq!(ctx.dma(&mut buf).unwrap().iova(), 0x100_0000);
+    ctx.dma_free(buf).map_err(|(_, e)| e).unwrap();
+    // No range at all: nothing can be mapped.
+    k.set_iova_ranges(&[]);
+    assert_eq!(ctx.dma_alloc(4096, DmaOptions::default()).unwrap_err().kind(), ErrorKind::NoIova { len: 4096 });
+    assert_eq!(k.live_mappings(), 1, "BAR0 only: the refused buffer was released");
+    ctx.free(edu).unwrap();
 }
 
 #[test]
@@ -178,4 +235,37 @@ fn the_last_iommufd_device_takes_dma_with_it_even_when_an_unmap_fails() {
     ctx.free(edu).unwrap();
     drop(ctx);
     assert_eq!(clean(&k), (0, 0, 0, 0));
+}
+
+#[test]
+fn mappings_the_kernel_keeps_stay_in_the_table_until_they_can_go() {
+    for drop_early in [false, true] {
+        let k = system(true, true);
+        let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+        let edu = ctx.setup(EDU).unwrap();
+        let mut buf = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
+        let iova = ctx.dma(&mut buf).unwrap().iova();
+        // The unmap fails, and no fresh iommufd can be opened either.
+        k.fail_call(1, Errno::IO);
+        k.set_iommufd(false, true);
+        let err = ctx.free(edu).unwrap_err();
+        assert_eq!((err.kind(), err.errno()), (dao_vfio::ErrorKind::Syscall(Step::IoasUnmap), Some(Errno::IO)));
+        assert_eq!((ctx.device_count(), k.iommufd_attached()), (0, 0), "the device is closed all the same");
+        assert_eq!(k.dma_mappings(), vec![(iova, 4096)], "kept by the kernel, and so by the table");
+        assert_eq!(ctx.dma(&mut buf).unwrap().iova(), iova);
+        assert_eq!(k.freed_while_mapped(), 0);
+        if drop_early {
+            // Dropping the context closes the iommufd, then releases the memory.
+            drop(ctx);
+        } else {
+            // The next device finds the mapping in place; dma_free then works.
+            k.set_iommufd(true, true);
+            let edu = ctx.setup(EDU).unwrap();
+            assert!(k.dma_write(iova, b"still here"));
+            ctx.dma_free(buf).map_err(|(_, e)| e).unwrap();
+            ctx.free(edu).unwrap();
+            drop(ctx);
+        }
+        assert_eq!(clean(&k), (0, 0, 0, 0), "drop early: {drop_early}");
+    }
 }

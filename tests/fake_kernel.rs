@@ -449,6 +449,20 @@ fn every_open_failure_point_leaves_nothing_behind() {
     println!("open failure walk: 4 failure points, and 2 fallbacks");
 }
 
+/// Runs `op` with the `n`th system call from now failing with `EIO`. `Err`
+/// with `op`'s result when `op` made fewer calls (nothing failed); else the
+/// name of the call that failed, and the result.
+fn with_call_failing<T>(k: &FakeKernel, n: u64, op: impl FnOnce() -> T) -> Result<(&'static str, T), T> {
+    let calls_before = k.calls();
+    k.fail_call(n, Errno::IO);
+    let result = op();
+    if k.failure_pending() {
+        k.clear_failure();
+        return Err(result);
+    }
+    Ok((k.trace()[(calls_before + n - 1) as usize], result))
+}
+
 #[test]
 fn a_failed_detach_of_the_last_group_renews_the_container() {
     let mut n = 1;
@@ -456,15 +470,13 @@ fn a_failed_detach_of_the_last_group_renews_the_container() {
         let k = board();
         let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
         let edu = ctx.setup(EDU).unwrap();
-        let calls_before = k.calls();
-        k.fail_call(n, Errno::IO);
-        let result = ctx.free(edu);
-        if k.failure_pending() {
-            k.clear_failure();
-            result.unwrap();
-            break;
-        }
-        let failed_call = k.trace()[(calls_before + n - 1) as usize];
+        let (failed_call, result) = match with_call_failing(&k, n, || ctx.free(edu)) {
+            Ok(failed) => failed,
+            Err(result) => {
+                result.unwrap();
+                break;
+            }
+        };
         assert_eq!(result.unwrap_err().errno(), Some(Errno::IO));
         assert_eq!((ctx.device_count(), ctx.group_count()), (0, 0));
         assert_eq!(k.open_fds(), 1, "call {n} ({failed_call}): one container");
@@ -488,15 +500,13 @@ fn every_free_failure_point_releases_everything() {
         let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
         let edu = ctx.setup(EDU).unwrap();
         let rtc = ctx.setup(RTC).unwrap();
-        let calls_before = k.calls();
-        k.fail_call(n, Errno::IO);
-        let result = ctx.free(rtc);
-        if k.failure_pending() {
-            k.clear_failure();
-            result.unwrap();
-            break;
-        }
-        let failed_call = k.trace()[(calls_before + n - 1) as usize];
+        let (failed_call, result) = match with_call_failing(&k, n, || ctx.free(rtc)) {
+            Ok(failed) => failed,
+            Err(result) => {
+                result.unwrap();
+                break;
+            }
+        };
         let err = result.unwrap_err();
         assert_eq!((err.errno(), err.device()), (Some(Errno::IO), Some(RTC)), "{err}");
         // The fds, the table slot and the noiommu container are released even
@@ -515,6 +525,49 @@ fn every_free_failure_point_releases_everything() {
     }
     assert!(n > 2, "free makes at least munmap and unset-container calls");
     println!("free failure walk: {} failure points", n - 1);
+}
+
+#[test]
+fn every_iommufd_free_failure_point_releases_everything() {
+    let mut n = 1;
+    loop {
+        let k = board();
+        k.set_iommufd(true, true);
+        let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+        let edu = ctx.setup(EDU).unwrap();
+        let mut buf = ctx.dma_alloc(8192, dao_vfio::DmaOptions::default()).unwrap();
+        let iova = ctx.dma(&mut buf).unwrap().iova();
+        let (failed_call, result) = match with_call_failing(&k, n, || ctx.free(edu)) {
+            Ok(failed) => failed,
+            Err(result) => {
+                result.unwrap();
+                break;
+            }
+        };
+        // A refused unmap is made good by a fresh address space, and a refused
+        // munmap of the buffer (memory the context lets go of) is only a
+        // leak: free reports the failures that leave something for the caller.
+        match (failed_call, result) {
+            ("ioctl" | "munmap", Ok(())) => {}
+            (_, result) => assert_eq!(result.unwrap_err().errno(), Some(Errno::IO), "call {n} ({failed_call})"),
+        }
+        assert_eq!((ctx.device_count(), k.iommufd_attached(), k.open_fds()), (0, 0, 1), "call {n} ({failed_call})");
+        assert!(k.dma_mappings().is_empty(), "call {n} ({failed_call})");
+        assert!(!k.dma_write(iova, b"x"), "no device reaches the buffer");
+        assert_eq!(ctx.dma(&mut buf).unwrap_err().kind(), ErrorKind::ForeignHandle);
+        // Only a mapping whose munmap the kernel refused can remain.
+        let stuck = usize::from(failed_call == "munmap");
+        assert_eq!((k.live_mappings(), k.freed_while_mapped()), (stuck, 0), "call {n} ({failed_call})");
+        // The context is still usable.
+        let again = ctx.setup(EDU).unwrap();
+        assert_eq!(ctx.device(&again).unwrap().backend(), Backend::Iommufd);
+        ctx.free(again).unwrap();
+        drop(ctx);
+        assert_eq!((k.open_fds(), k.bad_closes()), (0, 0));
+        n += 1;
+    }
+    println!("iommufd free failure walk: {} failure points", n - 1);
+    assert!(n > 3, "IOMMU_IOAS_UNMAP, and the munmaps of BAR0 and the buffer");
 }
 
 #[test]

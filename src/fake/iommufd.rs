@@ -53,7 +53,10 @@ impl State {
     /// IOMMU have a node.
     pub(super) fn cdev_node_numbers(&self, index: usize, entry: &str) -> Result<String, Errno> {
         match self.has_cdev(index) {
-            Some(false) if entry == format!("vfio{index}/dev") => Ok(format!("253:{index}\n")),
+            Some(false) if entry == format!("vfio{index}/dev") => {
+                let (major, minor) = super::model::cdev_number(index);
+                Ok(format!("{major}:{minor}\n"))
+            }
             _ => Err(Errno::NOENT),
         }
     }
@@ -111,14 +114,16 @@ impl State {
         self.ioas_of(fd, id)?;
         let ranges = self.ioas_ranges(fd, id);
         let room = (query.head.num_iovas as usize).min(query.ranges.len());
+        // As Linux: the room is filled, the count and alignment are written,
+        // and too many ranges answer EMSGSIZE after all that.
+        for (slot, &(start, last)) in query.ranges.iter_mut().zip(&ranges).take(room) {
+            *slot = sys::IoasIovaRange { start, last };
+        }
         query.head.num_iovas = ranges.len() as u32;
+        query.head.out_iova_alignment = PAGE as u64;
         if ranges.len() > room {
             return Err(Errno::MSGSIZE);
         }
-        for (slot, &(start, last)) in query.ranges.iter_mut().zip(&ranges) {
-            *slot = sys::IoasIovaRange { start, last };
-        }
-        query.head.out_iova_alignment = PAGE as u64;
         Ok(0)
     }
 
@@ -168,24 +173,28 @@ impl State {
         }
         // The IOMMU has one owner per group (EBUSY): not a driver holding
         // another member, not the group's own node, not another iommufd.
-        // A cdev opens a device once (Linux: EINVAL when it is open already).
-        let open_elsewhere = self.fds.iter().any(|(&f, o)| match o {
-            Object::Device { device: d } => *d == device,
-            Object::Cdev { device: d, .. } => f != fd.raw() && *d == device,
-            _ => false,
-        });
-        if open_elsewhere {
+        let group = self.devices[device].group.ok_or(Errno::NODEV)?;
+        // Linux 6.6-6.12: the group open through its legacy node: EBUSY; the
+        // device bound through another cdev fd: EINVAL (only a bind counts);
+        // the IOMMU refusing a second owner of the group (a driver on a
+        // group mate, or another iommufd holding one): EPERM.
+        if self.group_open(group) {
+            return Err(Errno::BUSY);
+        }
+        let bound_elsewhere = self.fds.iter().any(
+            |(&f, o)| matches!(o, Object::Cdev { device: d, bound: Some(_), .. } if f != fd.raw() && *d == device),
+        );
+        if bound_elsewhere {
             return Err(Errno::INVAL);
         }
-        let group = self.devices[device].group.ok_or(Errno::NODEV)?;
         let other_iommufd = self.fds.values().any(|o| match o {
             Object::Cdev { device: d, bound: Some(b), .. } => {
                 *b != bind.iommufd && self.devices[*d].group == Some(group)
             }
             _ => false,
         });
-        if !self.group_viable(group) || self.group_open(group) || other_iommufd {
-            return Err(Errno::BUSY);
+        if !self.group_viable(group) || other_iommufd {
+            return Err(Errno::PERM);
         }
         if let Some(Object::Cdev { bound, .. }) = self.fds.get_mut(&fd.raw()) {
             *bound = Some(bind.iommufd);

@@ -105,18 +105,36 @@ unsafe impl Kernel for Host {
             Request::IommuGetInfo(buf) => (sys::IOMMU_GET_INFO, info_ptr(buf)),
             Request::IommuMapDma(map) => (sys::IOMMU_MAP_DMA, in_ptr(map)),
             Request::IommuUnmapDma(unmap) => (sys::IOMMU_UNMAP_DMA, out_ptr(unmap)),
-            Request::IoasAlloc(alloc) => (sys::IOMMU_IOAS_ALLOC, out_ptr(alloc)),
+            // The kernel reads and writes back as much of each iommufd or cdev
+            // structure as its size field says: make it this structure's.
+            Request::IoasAlloc(alloc) => {
+                alloc.size = sys::argsz::<sys::IoasAlloc>();
+                (sys::IOMMU_IOAS_ALLOC, out_ptr(alloc))
+            }
             Request::IoasIovaRanges(query) => {
                 // The kernel writes at most `num_iovas` ranges at `allowed_iovas`:
                 // point it at this query's own array, whatever the caller set.
+                query.head.size = sys::argsz::<sys::IoasIovaRanges>();
                 query.head.num_iovas = sys::IOAS_MAX_RANGES as u32;
                 query.head.allowed_iovas = query.ranges.as_mut_ptr() as u64;
                 (sys::IOMMU_IOAS_IOVA_RANGES, out_ptr(&mut query.head))
             }
-            Request::IoasMap(map) => (sys::IOMMU_IOAS_MAP, in_ptr(map)),
-            Request::IoasUnmap(unmap) => (sys::IOMMU_IOAS_UNMAP, out_ptr(unmap)),
-            Request::DeviceBindIommufd(bind) => (sys::DEVICE_BIND_IOMMUFD, out_ptr(bind)),
-            Request::DeviceAttachIommufdPt(attach) => (sys::DEVICE_ATTACH_IOMMUFD_PT, out_ptr(attach)),
+            Request::IoasMap(map) => {
+                map.size = sys::argsz::<sys::IoasMap>();
+                (sys::IOMMU_IOAS_MAP, out_ptr(map))
+            }
+            Request::IoasUnmap(unmap) => {
+                unmap.size = sys::argsz::<sys::IoasUnmap>();
+                (sys::IOMMU_IOAS_UNMAP, out_ptr(unmap))
+            }
+            Request::DeviceBindIommufd(bind) => {
+                bind.argsz = sys::argsz::<sys::BindIommufd>();
+                (sys::DEVICE_BIND_IOMMUFD, out_ptr(bind))
+            }
+            Request::DeviceAttachIommufdPt(attach) => {
+                attach.argsz = sys::argsz::<sys::AttachIommufdPt>();
+                (sys::DEVICE_ATTACH_IOMMUFD_PT, out_ptr(attach))
+            }
         };
         self.call(fd, opcode, arg)
     }
@@ -217,6 +235,11 @@ unsafe impl Kernel for Host {
             }
         }
         Ok(&buf[..len])
+    }
+
+    fn device_number(&self, _: &Token, fd: Fd) -> Result<(u32, u32), Errno> {
+        let rdev = rustix::fs::fstat(borrow(fd))?.st_rdev;
+        Ok((rustix::fs::major(rdev), rustix::fs::minor(rdev)))
     }
 
     fn list_dir(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {

@@ -89,8 +89,8 @@ pub enum Request<'a> {
     /// `query.head.allowed_iovas` pointing at `query.ranges` (set by the
     /// kernel seam, with `num_iovas` the room there).
     IoasIovaRanges(&'a mut sys::IoasIovaRangesQuery),
-    /// `ioctl(iommufd, IOMMU_IOAS_MAP, &map)`.
-    IoasMap(&'a sys::IoasMap),
+    /// `ioctl(iommufd, IOMMU_IOAS_MAP, &map)`; the kernel writes the IOVA back.
+    IoasMap(&'a mut sys::IoasMap),
     /// `ioctl(iommufd, IOMMU_IOAS_UNMAP, &unmap)`.
     IoasUnmap(&'a mut sys::IoasUnmap),
     /// `ioctl(device cdev, VFIO_DEVICE_BIND_IOMMUFD, &bind)`.
@@ -125,6 +125,9 @@ pub(crate) const TOKEN: Token = Token(());
 /// aligned to at least 4096 bytes, and stays valid until it is passed to
 /// [`Kernel::munmap`], even if the kernel value is moved; the crate hands out
 /// references into that memory and lets several threads access it at once.
+/// An implementor that wraps another kernel (to count or trace calls) passes
+/// every call on with the same arguments: a [`Request`] is built by the crate
+/// with sizes and pointers that fit it.
 pub unsafe trait Kernel {
     /// `open(path, O_RDWR | O_CLOEXEC)`.
     fn open(&self, token: &Token, path: &CStr) -> Result<Fd, Errno>;
@@ -186,6 +189,10 @@ pub unsafe trait Kernel {
     /// read (a full buffer may be truncated).
     fn read_file<'b>(&self, token: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno>;
 
+    /// `fstat(fd)`: the `(major, minor)` numbers of the character device
+    /// `fd` is open on (`st_rdev`).
+    fn device_number(&self, token: &Token, fd: Fd) -> Result<(u32, u32), Errno>;
+
     /// `open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)`, `getdents64` over a
     /// stack buffer, `close`: calls `visit` with each entry's name, `.` and
     /// `..` excepted, in the directory's order. Nothing is allocated.
@@ -240,6 +247,9 @@ unsafe impl<K: Kernel> Kernel for &K {
     }
     fn read_file<'b>(&self, t: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         (**self).read_file(t, path, buf)
+    }
+    fn device_number(&self, t: &Token, fd: Fd) -> Result<(u32, u32), Errno> {
+        (**self).device_number(t, fd)
     }
     fn list_dir(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
         (**self).list_dir(t, path, visit)

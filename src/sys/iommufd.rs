@@ -65,7 +65,7 @@ pub struct IoasIovaRanges {
     /// The IO address space asked about.
     pub ioas_id: u32,
     /// In: room at `allowed_iovas`; out: how many ranges there are (more than
-    /// the room: `EMSGSIZE`, and nothing is written there).
+    /// the room: the room is filled and the call answers `EMSGSIZE`).
     pub num_iovas: u32,
     /// Must be 0.
     pub reserved: u32,

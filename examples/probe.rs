@@ -1,5 +1,6 @@
 //! Sets up each device named on the command line, prints what VFIO says about
-//! it (bus, IOMMU group, regions, interrupts) and frees it.
+//! it (bus, IOMMU group, the kernel interface it was opened through, regions,
+//! interrupts) and frees it.
 //!
 //! ```text
 //! probe 0000:00:02.0 9010000.pl031
@@ -14,7 +15,14 @@ use dao_vfio::{Bus, Context, Device, Host, RegionKind};
 
 fn print_device(dev: &Device<'_, Host>) {
     let iommu = if dev.is_noiommu() { "noiommu" } else { "iommu" };
-    println!("{}: bus {}, group {} ({iommu}), flags {:?}", dev.name(), dev.bus(), dev.group(), dev.flags());
+    println!(
+        "{}: bus {}, group {} ({iommu}), opened through {:?}, flags {:?}",
+        dev.name(),
+        dev.bus(),
+        dev.group(),
+        dev.backend(),
+        dev.flags()
+    );
     println!("  regions: {}", dev.num_regions());
     for r in dev.regions() {
         match r.kind() {

@@ -116,6 +116,10 @@ pub struct Context<
     groups: heapless::Vec<Group, GROUPS>,
     devices: heapless::Vec<DeviceState, DEVICES>,
     dma: dma::Table<DMA>,
+    /// What the IOMMU allowed when DMA last asked (page sizes and IOVA
+    /// ranges, which depend on the devices attached): forgotten whenever a
+    /// device is set up or freed, so a map makes one system call, not two.
+    iommu_info: Option<IommuInfo>,
 }
 
 impl Context<Host> {
@@ -164,6 +168,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             groups: heapless::Vec::new(),
             devices: heapless::Vec::new(),
             dma: dma::Table::new(),
+            iommu_info: None,
         })
     }
 
@@ -245,6 +250,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
         }
         self.next_serial = serial + 1; // u64: cannot wrap in practice
+        self.iommu_info = None;
         Ok(DeviceHandle { context: self.id, serial })
     }
 
@@ -377,6 +383,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// Releases an open device taken out of the table: its regions, fd and
     /// eventfds, then its share of its group or of the iommufd.
     fn release_device(&mut self, state: DeviceState) -> Result<(), Error> {
+        self.iommu_info = None;
         if state.via == Backend::Iommufd {
             return self.release_iommufd_device(state);
         }
@@ -585,9 +592,21 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         }
     }
 
-    /// What the IOMMU allows: page sizes, usable IOVA ranges, mappings left.
+    /// What the IOMMU allows: page sizes, usable IOVA ranges, mappings left
+    /// (asked afresh).
     pub fn iommu_info(&self) -> Result<IommuInfo, Error> {
         dma::iommu_info(&self.kernel, self.dma_domain()?)
+    }
+
+    /// The DMA domain and what it allows, asked once per set of devices.
+    fn domain_and_info(&mut self) -> Result<(Domain, IommuInfo), Error> {
+        let domain = self.dma_domain()?;
+        if let Some(info) = &self.iommu_info {
+            return Ok((domain, info.clone()));
+        }
+        let info = dma::iommu_info(&self.kernel, domain)?;
+        self.iommu_info = Some(info.clone());
+        Ok((domain, info))
     }
 
     /// Allocates anonymous memory of at least `len` bytes (rounded up to the
@@ -595,11 +614,12 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// ranges. The memory is released after its mapping is removed, by
     /// [`Context::dma_free`] or when the context lets go of it.
     pub fn dma_alloc(&mut self, len: usize, options: DmaOptions) -> Result<DmaHandle, Error> {
-        let domain = self.dma_domain()?;
+        self.dma_domain()?;
         if self.dma.len() == DMA {
             return Err(Error::new(ErrorKind::DmaTableFull { capacity: DMA }));
         }
-        let unit = dma::allocation_unit(&dma::iommu_info(&self.kernel, domain)?, &options);
+        let (domain, info) = self.domain_and_info()?;
+        let unit = dma::allocation_unit(&info, &options);
         let (base, len) = dma::allocate(&self.kernel, len, unit, &options)?;
         let memory = dma::Memory {
             vaddr: base,
@@ -611,7 +631,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         };
         // SAFETY: the memory is fresh, owned by the table from here on, and
         // released only after its mapping is removed.
-        match unsafe { self.dma.map(&self.kernel, domain, memory) } {
+        match unsafe { self.dma.map(&self.kernel, domain, &info, memory) } {
             Ok(serial) => Ok(DmaHandle { context: self.id, serial }),
             Err(e) => {
                 dma::deallocate(&self.kernel, base, len);
@@ -643,10 +663,10 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         iova: Option<u64>,
         direction: DmaDirection,
     ) -> Result<DmaHandle, Error> {
-        let domain = self.dma_domain()?;
+        let (domain, info) = self.domain_and_info()?;
         let memory = dma::Memory { vaddr, len: len as u64, iova, direction, owned: false, align: 0 };
         // SAFETY: forwarded from this function's contract.
-        let serial = unsafe { self.dma.map(&self.kernel, domain, memory)? };
+        let serial = unsafe { self.dma.map(&self.kernel, domain, &info, memory)? };
         Ok(DmaHandle { context: self.id, serial })
     }
 

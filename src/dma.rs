@@ -380,18 +380,24 @@ impl<const N: usize> Table<N> {
         self.mappings.iter().find(|m| m.serial == serial).map(|mapping| DmaBuffer { mapping, _one_thread: PhantomData })
     }
 
-    /// Maps `memory` at the chosen or given IOVA. On error the caller still
-    /// owns the memory and nothing is mapped.
+    /// Maps `memory` at the chosen or given IOVA, inside what `info` (the
+    /// domain's, as recently asked) allows. On error the caller still owns
+    /// the memory and nothing is mapped.
     ///
     /// # Safety
     /// `memory.vaddr..memory.vaddr + memory.len` stays valid until the
     /// mapping is removed.
-    pub(crate) unsafe fn map<K: Kernel>(&mut self, kernel: &K, domain: Domain, memory: Memory) -> Result<u64, Error> {
+    pub(crate) unsafe fn map<K: Kernel>(
+        &mut self,
+        kernel: &K,
+        domain: Domain,
+        info: &IommuInfo,
+        memory: Memory,
+    ) -> Result<u64, Error> {
         let Memory { vaddr, len, iova, direction, owned, align } = memory;
         if self.mappings.is_full() {
             return Err(Error::new(ErrorKind::DmaTableFull { capacity: N }));
         }
-        let info = iommu_info(kernel, domain)?;
         // At least 4 KiB whatever the kernel answers: the views' alignment
         // claims rest on it.
         let page = info.min_page_size().max(4096);

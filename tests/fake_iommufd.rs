@@ -205,8 +205,11 @@ fn many_iova_ranges_narrow_the_allocator() {
     let mut buf = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
     assert_eq!(ctx.dma(&mut buf).unwrap().iova(), 0x100_0000);
     ctx.dma_free(buf).map_err(|(_, e)| e).unwrap();
-    // No range at all: nothing can be mapped.
+    // No range at all: nothing can be mapped. (The ranges are asked again
+    // when the devices change, as they depend on them.)
     k.set_iova_ranges(&[]);
+    ctx.free(edu).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
     assert_eq!(ctx.dma_alloc(4096, DmaOptions::default()).unwrap_err().kind(), ErrorKind::NoIova { len: 4096 });
     assert_eq!(k.live_mappings(), 1, "BAR0 only: the refused buffer was released");
     ctx.free(edu).unwrap();

@@ -1,0 +1,492 @@
+/*
+ * The C baseline of benches/vfio.rs: the same operations with raw VFIO
+ * system calls, in the order Marvell DAO's C VFIO library makes them
+ * (dao_vfio_init: open the container; dao_vfio_device_setup: group from
+ * sysfs, open it, check it is viable, attach it to the container, check and
+ * set the IOMMU type, get the device fd, read the device and region info,
+ * mmap the regions; dao_vfio_device_free: munmap, close the device, close
+ * the group), plus what DAO lacks and the crate has: interrupts through
+ * VFIO_DEVICE_SET_IRQS with an eventfd, and DMA through
+ * VFIO_IOMMU_MAP_DMA / UNMAP_DMA. Written from <linux/vfio.h>'s documented
+ * interface.
+ *
+ * Deliberate differences from DAO, so the comparison is with correct C:
+ * - Only regions with the MMAP flag and a non-zero size are mapped (DAO maps
+ *   every region, and its failing mmaps would only add system calls).
+ * - A group without /dev/vfio/N is opened as /dev/vfio/noiommu-N with the
+ *   noiommu IOMMU type (DAO has no noiommu; pl031 on the board needs it).
+ *
+ *   baseline EDU PL031|-
+ *
+ * opens the container, then reads requests `OP ITERATIONS` from stdin, one a
+ * line, and answers each with one batch and one line on stdout:
+ * `c OP NS_PER_OP SYSCALLS_PER_OP`. The benchmark keeps it running and
+ * alternates its own batches with these. OP is setup_free_edu,
+ * setup_free_pl031, read32, write32, irq, dma_map_4k, dma_map_2m,
+ * dma_alloc_4k or dma_alloc_2m. System calls are counted by the thin
+ * wrappers below, through which every call of the timed work goes
+ * (clock_gettime is the vDSO, outside the timed work).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/vfio.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+/* --- Counted system calls: each wrapper is exactly one system call. ----- */
+
+static unsigned long syscalls;
+
+static int sys_open(const char *path, int flags)
+{
+	syscalls++;
+	return open(path, flags);
+}
+
+static int sys_close(int fd)
+{
+	syscalls++;
+	return close(fd);
+}
+
+static int sys_ioctl(int fd, unsigned long request, void *arg)
+{
+	syscalls++;
+	return ioctl(fd, request, arg);
+}
+
+/* For the ioctls whose argument is an integer, not a pointer. */
+static int sys_ioctl_int(int fd, unsigned long request, unsigned long value)
+{
+	syscalls++;
+	return ioctl(fd, request, value);
+}
+
+static void *sys_mmap(size_t len, int prot, int flags, int fd, off_t offset)
+{
+	syscalls++;
+	return mmap(NULL, len, prot, flags, fd, offset);
+}
+
+static int sys_munmap(void *addr, size_t len)
+{
+	syscalls++;
+	return munmap(addr, len);
+}
+
+static ssize_t sys_readlink(const char *path, char *buf, size_t len)
+{
+	syscalls++;
+	return readlink(path, buf, len);
+}
+
+static ssize_t sys_read(int fd, void *buf, size_t len)
+{
+	syscalls++;
+	return read(fd, buf, len);
+}
+
+static ssize_t sys_pread(int fd, void *buf, size_t len, off_t offset)
+{
+	syscalls++;
+	return pread(fd, buf, len, offset);
+}
+
+static ssize_t sys_pwrite(int fd, const void *buf, size_t len, off_t offset)
+{
+	syscalls++;
+	return pwrite(fd, buf, len, offset);
+}
+
+static int sys_eventfd(void)
+{
+	syscalls++;
+	return eventfd(0, EFD_CLOEXEC);
+}
+
+/* --- Setup and free, as DAO does them. ---------------------------------- */
+
+#define MAX_REGIONS 16
+
+struct region {
+	uint8_t *addr; /* NULL when not mapped */
+	uint64_t len;
+	uint64_t offset; /* within the device fd */
+};
+
+struct device {
+	char name[64];
+	int device_fd;
+	int group_fd;
+	unsigned num_regions;
+	struct region mem[MAX_REGIONS];
+};
+
+static int container = -1;
+
+static void die(const char *what)
+{
+	fprintf(stderr, "baseline: %s: %s\n", what, strerror(errno));
+	exit(1);
+}
+
+/* bus: "pci" or "platform" (DAO's caller states it in pdev->type). */
+static int device_setup(const char *bus, const char *name, struct device *dev)
+{
+	char path[256], link[256], node[288];
+	ssize_t n;
+	const char *group;
+	int noiommu = 0;
+	unsigned long type;
+	struct vfio_group_status status = { .argsz = sizeof(status) };
+	struct vfio_device_info info = { .argsz = sizeof(info) };
+
+	memset(dev, 0, sizeof(*dev));
+	snprintf(dev->name, sizeof(dev->name), "%s", name);
+	snprintf(path, sizeof(path), "/sys/bus/%s/devices/%s/iommu_group", bus, name);
+	n = sys_readlink(path, link, sizeof(link) - 1);
+	if (n < 0)
+		return -1;
+	link[n] = '\0';
+	group = strrchr(link, '/');
+	group = group ? group + 1 : link;
+
+	snprintf(node, sizeof(node), "/dev/vfio/%s", group);
+	dev->group_fd = sys_open(node, O_RDWR);
+	if (dev->group_fd < 0 && errno == ENOENT) {
+		snprintf(node, sizeof(node), "/dev/vfio/noiommu-%s", group);
+		dev->group_fd = sys_open(node, O_RDWR);
+		noiommu = 1;
+	}
+	if (dev->group_fd < 0)
+		return -1;
+	if (sys_ioctl(dev->group_fd, VFIO_GROUP_GET_STATUS, &status) < 0 ||
+	    !(status.flags & VFIO_GROUP_FLAGS_VIABLE))
+		goto close_group;
+	if (sys_ioctl(dev->group_fd, VFIO_GROUP_SET_CONTAINER, &container) < 0)
+		goto close_group;
+	type = noiommu ? VFIO_NOIOMMU_IOMMU : VFIO_TYPE1v2_IOMMU;
+	if (sys_ioctl_int(container, VFIO_CHECK_EXTENSION, type) <= 0)
+		goto close_group;
+	if (sys_ioctl_int(container, VFIO_SET_IOMMU, type) < 0)
+		goto close_group;
+	dev->device_fd = sys_ioctl(dev->group_fd, VFIO_GROUP_GET_DEVICE_FD, dev->name);
+	if (dev->device_fd < 0)
+		goto close_group;
+	if (sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_INFO, &info) < 0)
+		goto close_device;
+	dev->num_regions = info.num_regions < MAX_REGIONS ? info.num_regions : MAX_REGIONS;
+	for (unsigned i = 0; i < dev->num_regions; i++) {
+		struct vfio_region_info reg = { .argsz = sizeof(reg), .index = i };
+		void *addr;
+		int prot = 0;
+
+		if (sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_REGION_INFO, &reg) < 0)
+			continue; /* EINVAL: no such region (VGA) */
+		dev->mem[i].len = reg.size;
+		dev->mem[i].offset = reg.offset;
+		if (reg.size == 0 || !(reg.flags & VFIO_REGION_INFO_FLAG_MMAP))
+			continue;
+		if (reg.flags & VFIO_REGION_INFO_FLAG_READ)
+			prot |= PROT_READ;
+		if (reg.flags & VFIO_REGION_INFO_FLAG_WRITE)
+			prot |= PROT_WRITE;
+		addr = sys_mmap(reg.size, prot, MAP_SHARED, dev->device_fd, (off_t)reg.offset);
+		if (addr == MAP_FAILED)
+			goto unmap;
+		dev->mem[i].addr = addr;
+	}
+	return 0;
+
+unmap:
+	for (unsigned i = 0; i < dev->num_regions; i++)
+		if (dev->mem[i].addr)
+			sys_munmap(dev->mem[i].addr, dev->mem[i].len);
+close_device:
+	sys_close(dev->device_fd);
+close_group:
+	sys_close(dev->group_fd);
+	return -1;
+}
+
+static void device_free(struct device *dev)
+{
+	for (unsigned i = 0; i < dev->num_regions; i++)
+		if (dev->mem[i].addr)
+			sys_munmap(dev->mem[i].addr, dev->mem[i].len);
+	sys_close(dev->device_fd);
+	sys_close(dev->group_fd);
+	memset(dev, 0, sizeof(*dev));
+}
+
+/* --- Measurement. -------------------------------------------------------- */
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+struct batch {
+	uint64_t start;
+	unsigned long calls;
+};
+
+static struct batch begin(void)
+{
+	struct batch b = { now_ns(), syscalls };
+	return b;
+}
+
+static void report(const char *op, struct batch b, unsigned long iters)
+{
+	uint64_t ns = now_ns() - b.start;
+
+	printf("c %s %.1f %.2f\n", op, (double)ns / iters, (double)(syscalls - b.calls) / iters);
+}
+
+static void bench_setup_free(const char *op, const char *bus, const char *name, unsigned long iters)
+{
+	struct device dev;
+	struct batch b = begin();
+
+	for (unsigned long i = 0; i < iters; i++) {
+		if (device_setup(bus, name, &dev) < 0)
+			die(name);
+		device_free(&dev);
+	}
+	report(op, b, iters);
+}
+
+/* edu's BAR 0 registers (QEMU docs/specs/edu.rst). */
+#define EDU_ID 0x00
+#define EDU_LIVENESS 0x04
+#define EDU_IRQ_RAISE 0x60
+#define EDU_IRQ_ACK 0x64
+
+static volatile uint32_t *reg32(uint8_t *bar, size_t offset)
+{
+	return (volatile uint32_t *)(bar + offset);
+}
+
+static void bench_read32(uint8_t *bar0, unsigned long iters)
+{
+	uint32_t sum = 0;
+	struct batch b = begin();
+
+	for (unsigned long i = 0; i < iters; i++)
+		sum += *reg32(bar0, EDU_ID);
+	report("read32", b, iters);
+	if (sum != (uint32_t)(0x010000edu * iters)) {
+		fprintf(stderr, "baseline: edu id read wrong\n");
+		exit(1);
+	}
+}
+
+static void bench_write32(uint8_t *bar0, unsigned long iters)
+{
+	struct batch b = begin();
+
+	for (unsigned long i = 0; i < iters; i++)
+		*reg32(bar0, EDU_LIVENESS) = (uint32_t)i;
+	report("write32", b, iters);
+}
+
+/* Sets BUS_MASTER and MEMORY in the PCI command register (config offset 4):
+ * edu sends MSIs only as a bus master. */
+static void enable_bus_master(struct device *edu)
+{
+	uint64_t at = edu->mem[VFIO_PCI_CONFIG_REGION_INDEX].offset + 4;
+	uint16_t command;
+
+	if (sys_pread(edu->device_fd, &command, 2, (off_t)at) != 2)
+		die("pread PCI command");
+	command |= 0x6;
+	if (sys_pwrite(edu->device_fd, &command, 2, (off_t)at) != 2)
+		die("pwrite PCI command");
+}
+
+/* VFIO_DEVICE_SET_IRQS on edu's MSI with one eventfd (or none: fd < 0). */
+static void set_msi(struct device *edu, int fd)
+{
+	union {
+		struct vfio_irq_set set;
+		uint8_t bytes[sizeof(struct vfio_irq_set) + sizeof(int32_t)];
+	} u;
+	int32_t data = fd;
+
+	memset(&u, 0, sizeof(u));
+	u.set.argsz = fd < 0 ? sizeof(u.set) : sizeof(u.bytes);
+	u.set.flags = VFIO_IRQ_SET_ACTION_TRIGGER | (fd < 0 ? VFIO_IRQ_SET_DATA_NONE : VFIO_IRQ_SET_DATA_EVENTFD);
+	u.set.index = VFIO_PCI_MSI_IRQ_INDEX;
+	u.set.start = 0;
+	u.set.count = fd < 0 ? 0 : 1;
+	memcpy(u.set.data, &data, sizeof(data));
+	if (sys_ioctl(edu->device_fd, VFIO_DEVICE_SET_IRQS, &u) < 0)
+		die("VFIO_DEVICE_SET_IRQS");
+}
+
+/* Raise, wait for the eventfd (a blocking read), acknowledge. */
+static void bench_irq(struct device *edu, unsigned long iters)
+{
+	uint8_t *bar0 = edu->mem[VFIO_PCI_BAR0_REGION_INDEX].addr;
+	int efd;
+	struct batch b;
+
+	enable_bus_master(edu);
+	efd = sys_eventfd();
+	if (efd < 0)
+		die("eventfd");
+	set_msi(edu, efd);
+	b = begin();
+	for (unsigned long i = 0; i < iters; i++) {
+		uint64_t count;
+
+		*reg32(bar0, EDU_IRQ_RAISE) = 1;
+		if (sys_read(efd, &count, sizeof(count)) != sizeof(count))
+			die("read eventfd");
+		*reg32(bar0, EDU_IRQ_ACK) = 1;
+	}
+	report("irq", b, iters);
+	set_msi(edu, -1);
+	sys_close(efd);
+}
+
+/* The IOVA the C side maps at (the crate's allocator starts at 1 MiB too). */
+#define IOVA 0x100000u
+
+static void dma_map(void *vaddr, uint64_t len)
+{
+	struct vfio_iommu_type1_dma_map map = {
+		.argsz = sizeof(map),
+		.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+		.vaddr = (uint64_t)(uintptr_t)vaddr,
+		.iova = IOVA,
+		.size = len,
+	};
+
+	if (sys_ioctl(container, VFIO_IOMMU_MAP_DMA, &map) < 0)
+		die("VFIO_IOMMU_MAP_DMA");
+}
+
+static void dma_unmap(uint64_t len)
+{
+	struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap), .iova = IOVA, .size = len };
+
+	if (sys_ioctl(container, VFIO_IOMMU_UNMAP_DMA, &unmap) < 0 || unmap.size != len)
+		die("VFIO_IOMMU_UNMAP_DMA");
+}
+
+static void *anonymous(size_t len)
+{
+	void *p = sys_mmap(len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+
+	if (p == MAP_FAILED)
+		die("mmap anonymous");
+	return p;
+}
+
+/* Map and unmap of memory allocated beforehand: the IOMMU work alone. */
+static void bench_dma_map(const char *op, size_t len, unsigned long iters)
+{
+	void *memory = anonymous(len);
+	struct batch b = begin();
+
+	for (unsigned long i = 0; i < iters; i++) {
+		dma_map(memory, len);
+		dma_unmap(len);
+	}
+	report(op, b, iters);
+	sys_munmap(memory, len);
+}
+
+/* Allocate, map, unmap, release: what the crate's dma_alloc/dma_free do. */
+static void bench_dma_alloc(const char *op, size_t len, unsigned long iters)
+{
+	struct batch b = begin();
+
+	for (unsigned long i = 0; i < iters; i++) {
+		void *p = anonymous(len);
+
+		dma_map(p, len);
+		dma_unmap(len);
+		if (sys_munmap(p, len) < 0)
+			die("munmap");
+	}
+	report(op, b, iters);
+}
+
+/* One batch of OP: edu is set up before and freed after (untimed), so that
+ * between batches the benchmark's Rust side can open it. */
+static void batch(const char *op, unsigned long iters, const char *edu_name, const char *pl031_name)
+{
+	struct device edu;
+
+	if (strcmp(op, "setup_free_edu") == 0) {
+		bench_setup_free(op, "pci", edu_name, iters);
+		return;
+	}
+	if (strcmp(op, "setup_free_pl031") == 0) {
+		bench_setup_free(op, "platform", pl031_name, iters);
+		return;
+	}
+	if (device_setup("pci", edu_name, &edu) < 0)
+		die(edu_name);
+	if (strcmp(op, "read32") == 0)
+		bench_read32(edu.mem[VFIO_PCI_BAR0_REGION_INDEX].addr, iters);
+	else if (strcmp(op, "write32") == 0)
+		bench_write32(edu.mem[VFIO_PCI_BAR0_REGION_INDEX].addr, iters);
+	else if (strcmp(op, "irq") == 0)
+		bench_irq(&edu, iters);
+	else if (strcmp(op, "dma_map_4k") == 0)
+		bench_dma_map(op, 4096, iters);
+	else if (strcmp(op, "dma_map_2m") == 0)
+		bench_dma_map(op, 2 << 20, iters);
+	else if (strcmp(op, "dma_alloc_4k") == 0)
+		bench_dma_alloc(op, 4096, iters);
+	else if (strcmp(op, "dma_alloc_2m") == 0)
+		bench_dma_alloc(op, 2 << 20, iters);
+	else {
+		fprintf(stderr, "baseline: unknown operation '%s'\n", op);
+		exit(2);
+	}
+	device_free(&edu);
+}
+
+int main(int argc, char **argv)
+{
+	char op[64];
+	unsigned long iters;
+
+	if (argc != 3) {
+		fprintf(stderr, "usage: baseline EDU PL031|-   (then `OP ITERATIONS` lines on stdin)\n");
+		return 2;
+	}
+	/* dao_vfio_init */
+	container = sys_open("/dev/vfio/vfio", O_RDWR);
+	if (container < 0)
+		die("/dev/vfio/vfio");
+	if (sys_ioctl_int(container, VFIO_GET_API_VERSION, 0) != VFIO_API_VERSION)
+		die("VFIO_GET_API_VERSION");
+
+	while (scanf("%63s %lu", op, &iters) == 2) {
+		if (iters == 0 || (strcmp(op, "setup_free_pl031") == 0 && strcmp(argv[2], "-") == 0)) {
+			fprintf(stderr, "baseline: bad request '%s %lu'\n", op, iters);
+			return 2;
+		}
+		batch(op, iters, argv[1], argv[2]);
+		fflush(stdout);
+	}
+	sys_close(container); /* dao_vfio_fini */
+	return 0;
+}

@@ -1,0 +1,594 @@
+//! Benchmarks of dao-vfio on the virtual board, each beside a C baseline that
+//! makes the same raw VFIO system calls (`benches/baseline.c`), in one boot.
+//!
+//! ```text
+//! benches/run aarch64 [--quick]      builds both, boots the board, prints the table
+//! ```
+//!
+//! On the board this binary starts the C program as a child that serves one
+//! batch per request, and alternates: for each operation a batch through the
+//! crate, then a batch of the C program (the order swapped every other
+//! round), so both sides of a comparison run seconds apart. Each side sets
+//! the device up before its batch and frees it after (untimed): the two never
+//! hold it at once. After one warm-up round (TCG translates code the first
+//! time it runs), every round times one batch per operation and side. The
+//! table gives each side's median over the rounds of the batch means, and
+//! crate/C as the median of the rounds' paired ratios, with their range.
+//!
+//! System calls are counted, without seccomp or ptrace, by a [`Kernel`] that
+//! forwards to [`Host`] (`counting.rs`); the C program counts in its own
+//! wrappers. The counting wrapper is first checked against the fake kernel,
+//! which counts every call it receives on its own (`self_check`).
+//!
+//! Off the board (no `DAO_VFIO_EDU`) only that check runs.
+
+mod counting;
+
+use std::error::Error;
+use std::hint::black_box;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::ptr::NonNull;
+use std::time::Instant;
+
+use dao_vfio::fake::{FakeDevice, FakeKernel};
+use dao_vfio::sys::{pci_irq, pci_region};
+use dao_vfio::{register_block, Backend, Bus, Context, DeviceHandle, DmaDirection, DmaOptions, Host, Kernel, Reserved};
+use dao_vfio::{RO, RW, WO};
+
+use counting::{Counting, Counts};
+
+type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
+
+register_block! {
+    /// The edu registers the benchmarks touch (QEMU docs/specs/edu.rst).
+    struct Edu {
+        0x00 => id: RO<u32>,
+        0x04 => liveness: RW<u32>,
+        0x08 => _gap: Reserved<0x58>,
+        0x60 => irq_raise: WO<u32>,
+        0x64 => irq_ack: WO<u32>,
+    }
+}
+
+const EDU_ID: u32 = 0x010000ed;
+const KIB4: usize = 4096;
+const MIB2: usize = 2 << 20;
+
+/// What one batch measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// `setup_on` + `free` of edu.
+    SetupFreeEdu,
+    /// `setup_on` + `free` of pl031.
+    SetupFreePl031,
+    /// `regs.id.read()`.
+    Read32Typed,
+    /// `bar0.read32(0)`.
+    Read32Offset,
+    /// `regs.liveness.write(v)`.
+    Write32Typed,
+    /// `bar0.write32(4, v)`.
+    Write32Offset,
+    /// Raise edu's interrupt, [`dao_vfio::Interrupt::wait`], acknowledge.
+    Irq,
+    /// `dma_map_raw` + `dma_free` of this many bytes allocated beforehand.
+    DmaMap(usize),
+    /// `dma_alloc` + `dma_free` of this many bytes.
+    DmaAlloc(usize),
+}
+
+/// A table row: an operation through the crate with one backend, and the C
+/// batch it is compared with.
+struct Row {
+    op: Op,
+    backend: Backend,
+    c: &'static str,
+    label: &'static str,
+}
+
+const fn row(op: Op, backend: Backend, c: &'static str, label: &'static str) -> Row {
+    Row { op, backend, c, label }
+}
+
+use Backend::{Iommufd, Legacy};
+
+const ROWS: &[Row] = &[
+    row(Op::SetupFreeEdu, Legacy, "setup_free_edu", "setup + free, edu (PCI, type1 IOMMU)"),
+    row(Op::SetupFreePl031, Legacy, "setup_free_pl031", "setup + free, pl031 (platform, noiommu)"),
+    row(Op::Read32Typed, Legacy, "read32", "register read, typed field (`regs.id.read()`)"),
+    row(Op::Read32Offset, Legacy, "read32", "register read, offset (`bar0.read32(0)`)"),
+    row(Op::Write32Typed, Legacy, "write32", "register write, typed field (`regs.liveness.write(v)`)"),
+    row(Op::Write32Offset, Legacy, "write32", "register write, offset (`bar0.write32(4, v)`)"),
+    row(Op::Irq, Legacy, "irq", "interrupt round trip (raise, `Interrupt::wait`, ack)"),
+    row(Op::DmaMap(KIB4), Legacy, "dma_map_4k", "DMA map + unmap 4 KiB (`dma_map_raw` + `dma_free`)"),
+    row(Op::DmaMap(MIB2), Legacy, "dma_map_2m", "DMA map + unmap 2 MiB (`dma_map_raw` + `dma_free`)"),
+    row(Op::DmaAlloc(KIB4), Legacy, "dma_alloc_4k", "DMA alloc + free 4 KiB (`dma_alloc` + `dma_free`)"),
+    row(Op::DmaAlloc(MIB2), Legacy, "dma_alloc_2m", "DMA alloc + free 2 MiB (`dma_alloc` + `dma_free`)"),
+    row(Op::SetupFreeEdu, Iommufd, "setup_free_edu", "setup + free, edu, crate through iommufd"),
+    row(Op::DmaMap(KIB4), Iommufd, "dma_map_4k", "DMA map + unmap 4 KiB, crate through iommufd"),
+    row(Op::DmaMap(MIB2), Iommufd, "dma_map_2m", "DMA map + unmap 2 MiB, crate through iommufd"),
+    row(Op::DmaAlloc(KIB4), Iommufd, "dma_alloc_4k", "DMA alloc + free 4 KiB, crate through iommufd"),
+    row(Op::DmaAlloc(MIB2), Iommufd, "dma_alloc_2m", "DMA alloc + free 2 MiB, crate through iommufd"),
+];
+
+/// Iterations per batch, and rounds.
+#[derive(Clone, Copy)]
+struct Plan {
+    rounds: usize,
+    setup: u64,
+    registers: u64,
+    irq: u64,
+    dma: u64,
+}
+
+impl Plan {
+    fn iters(&self, op: Op) -> u64 {
+        match op {
+            Op::SetupFreeEdu | Op::SetupFreePl031 => self.setup,
+            Op::Read32Typed | Op::Read32Offset | Op::Write32Typed | Op::Write32Offset => self.registers,
+            Op::Irq => self.irq,
+            Op::DmaMap(_) | Op::DmaAlloc(_) => self.dma,
+        }
+    }
+}
+
+const FULL: Plan = Plan { rounds: 21, setup: 200, registers: 2_000_000, irq: 2_000, dma: 100 };
+const QUICK: Plan = Plan { rounds: 3, setup: 10, registers: 10_000, irq: 50, dma: 5 };
+
+/// One batch: mean time per operation and the system calls it made.
+#[derive(Clone, Copy)]
+struct Sample {
+    ns: f64,
+    calls: f64,
+}
+
+/// A crate batch, with its system calls by method.
+struct Measured {
+    sample: Sample,
+    counts: Counts,
+    iters: u64,
+}
+
+/// Starts a batch: the time and the counts so far.
+struct Timer {
+    start: Instant,
+    before: Counts,
+}
+
+impl Timer {
+    fn start<K: Kernel>(vfio: &Context<Counting<K>>) -> Self {
+        let before = vfio.kernel().counts();
+        Timer { start: Instant::now(), before }
+    }
+
+    fn stop<K: Kernel>(self, vfio: &Context<Counting<K>>, iters: u64) -> Measured {
+        let ns = self.start.elapsed().as_nanos() as f64 / iters as f64;
+        let counts = vfio.kernel().counts().since(&self.before);
+        Measured { sample: Sample { ns, calls: counts.total() as f64 / iters as f64 }, counts, iters }
+    }
+}
+
+/// The devices a batch uses, and how to raise edu's interrupt (a register
+/// write on the board, a call into the fake kernel in the self-check).
+struct Target<'a> {
+    edu: &'a str,
+    pl031: Option<&'a str>,
+    raise: &'a dyn Fn(&Edu),
+}
+
+/// One batch of `n` operations in an open context. Everything but the loop
+/// is untimed: edu is set up before and freed after.
+fn batch<K: Kernel>(vfio: &mut Context<Counting<K>>, target: &Target, op: Op, n: u64) -> Result<Measured> {
+    match op {
+        Op::SetupFreeEdu => return setup_free(vfio, Bus::Pci, target.edu, n),
+        Op::SetupFreePl031 => return setup_free(vfio, Bus::Platform, target.pl031.ok_or("no pl031")?, n),
+        _ => {}
+    }
+    let edu = vfio.setup_on(Bus::Pci, target.edu)?;
+    let measured = edu_batch(vfio, &edu, target, op, n);
+    vfio.free(edu)?;
+    measured
+}
+
+fn edu_batch<K: Kernel>(
+    vfio: &mut Context<Counting<K>>,
+    edu: &DeviceHandle,
+    target: &Target,
+    op: Op,
+    n: u64,
+) -> Result<Measured> {
+    match op {
+        Op::Irq => {
+            vfio.device(edu)?.enable_bus_master()?;
+            vfio.irq_enable(edu, pci_irq::MSI, 1)?;
+            let measured = irq_round_trips(vfio, edu, n, target.raise);
+            vfio.irq_disable(edu, pci_irq::MSI)?;
+            measured
+        }
+        Op::DmaMap(len) => {
+            let memory = anonymous(len)?;
+            // SAFETY: `memory` is `len` bytes, never touched by this program,
+            // and released below only once no mapping of it is left; on an
+            // error it is never released (the context removes the mapping
+            // when it drops).
+            let measured = unsafe { dma_map_unmap(vfio, memory, len, n) }?;
+            // SAFETY: every mapping of `memory` was removed (dma_free succeeded).
+            unsafe { rustix::mm::munmap(memory.as_ptr().cast(), len) }?;
+            Ok(measured)
+        }
+        Op::DmaAlloc(len) => dma_alloc_free(vfio, len, n),
+        _ => registers(vfio, edu, op, n),
+    }
+}
+
+/// `setup_on` + `free` of one device, `n` times.
+fn setup_free<K: Kernel>(vfio: &mut Context<Counting<K>>, bus: Bus, name: &str, n: u64) -> Result<Measured> {
+    let t = Timer::start(vfio);
+    for _ in 0..n {
+        let dev = vfio.setup_on(bus, name)?;
+        vfio.free(dev)?;
+    }
+    Ok(t.stop(vfio, n))
+}
+
+/// A register read or write loop on edu's BAR 0, typed or by offset.
+fn registers<K: Kernel>(vfio: &Context<Counting<K>>, edu: &DeviceHandle, op: Op, n: u64) -> Result<Measured> {
+    let bar0 = vfio.device(edu)?.region(pci_region::BAR0)?;
+    let regs = bar0.block::<Edu>(0)?;
+    let mut sum = 0u32;
+    let t = Timer::start(vfio);
+    match op {
+        Op::Read32Typed => {
+            for _ in 0..n {
+                sum = sum.wrapping_add(regs.id.read());
+            }
+        }
+        Op::Read32Offset => {
+            for _ in 0..n {
+                sum = sum.wrapping_add(bar0.read32(0x00)?);
+            }
+        }
+        Op::Write32Typed => {
+            for i in 0..n {
+                // SAFETY: edu's liveness register only stores the value.
+                unsafe { regs.liveness.write(i as u32) };
+            }
+        }
+        Op::Write32Offset => {
+            for i in 0..n {
+                bar0.write32(0x04, i as u32)?;
+            }
+        }
+        _ => unreachable!("not a register operation: {op:?}"),
+    }
+    let measured = t.stop(vfio, n);
+    let reads = matches!(op, Op::Read32Typed | Op::Read32Offset);
+    check(!reads || black_box(sum) == EDU_ID.wrapping_mul(n as u32), "edu's id register read back wrong")?;
+    Ok(measured)
+}
+
+/// `n` interrupt round trips on edu's MSI (enabled by the caller): `raise`,
+/// [`dao_vfio::Interrupt::wait`], acknowledge.
+fn irq_round_trips<K: Kernel>(
+    vfio: &Context<Counting<K>>,
+    edu: &DeviceHandle,
+    n: u64,
+    raise: &dyn Fn(&Edu),
+) -> Result<Measured> {
+    let dev = vfio.device(edu)?;
+    let regs = dev.region(pci_region::BAR0)?.block::<Edu>(0)?;
+    let irq = dev.interrupt(pci_irq::MSI, 0)?;
+    let t = Timer::start(vfio);
+    for _ in 0..n {
+        raise(regs);
+        irq.wait()?;
+        // SAFETY: edu's interrupt acknowledge only clears its status bits.
+        unsafe { regs.irq_ack.write(1) };
+    }
+    Ok(t.stop(vfio, n))
+}
+
+/// `dma_map_raw` + `dma_free` of `len` bytes of `memory`, `n` times: the
+/// mapping alone, no allocation.
+///
+/// # Safety
+/// `memory` is valid for `len` bytes, is not accessed through references
+/// while mapped, and is not released while a mapping of it is left (after an
+/// error, until the context drops).
+unsafe fn dma_map_unmap<K: Kernel>(
+    vfio: &mut Context<Counting<K>>,
+    memory: NonNull<u8>,
+    len: usize,
+    n: u64,
+) -> Result<Measured> {
+    // The first map after a setup asks the IOMMU what it allows (once per set
+    // of devices): untimed, so the batch is the steady state a driver sees.
+    // SAFETY: forwarded from this function's contract.
+    let handle = unsafe { vfio.dma_map_raw(memory, len, None, DmaDirection::Bidirectional) }?;
+    vfio.dma_free(handle).map_err(|(_, e)| e)?;
+    let t = Timer::start(vfio);
+    for _ in 0..n {
+        // SAFETY: forwarded from this function's contract.
+        let handle = unsafe { vfio.dma_map_raw(memory, len, None, DmaDirection::Bidirectional) }?;
+        vfio.dma_free(handle).map_err(|(_, e)| e)?;
+    }
+    Ok(t.stop(vfio, n))
+}
+
+/// `dma_alloc` + `dma_free` of `len` bytes, `n` times.
+fn dma_alloc_free<K: Kernel>(vfio: &mut Context<Counting<K>>, len: usize, n: u64) -> Result<Measured> {
+    // Untimed first, as in `dma_map_unmap`.
+    let handle = vfio.dma_alloc(len, DmaOptions::default())?;
+    vfio.dma_free(handle).map_err(|(_, e)| e)?;
+    let t = Timer::start(vfio);
+    for _ in 0..n {
+        let handle = vfio.dma_alloc(len, DmaOptions::default())?;
+        vfio.dma_free(handle).map_err(|(_, e)| e)?;
+    }
+    Ok(t.stop(vfio, n))
+}
+
+fn check(ok: bool, what: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what.into())
+    }
+}
+
+/// Anonymous memory, populated, as the C baseline allocates it.
+fn anonymous(len: usize) -> Result<NonNull<u8>> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a new private mapping at an address the kernel picks aliases
+    // nothing.
+    let p = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE | MapFlags::POPULATE,
+        )
+    }?;
+    Ok(NonNull::new(p.cast()).ok_or("mmap returned NULL")?)
+}
+
+/// One crate batch on the real kernel, in a context of its own.
+fn crate_batch(target: &Target, row: &Row, n: u64) -> Result<Measured> {
+    let mut vfio: Context<Counting<Host>> = Context::with_backend(Counting::new(Host), row.backend)?;
+    let measured = batch(&mut vfio, target, row.op, n).map_err(|e| format!("{}: {e}", row.label))?;
+    vfio.close().map_err(|(_, e)| e)?;
+    Ok(measured)
+}
+
+/// The C baseline, running as a child that serves one batch per request.
+struct Baseline {
+    child: Child,
+    requests: ChildStdin,
+    answers: BufReader<ChildStdout>,
+}
+
+impl Baseline {
+    fn start(path: &str, edu: &str, pl031: Option<&str>) -> Result<Self> {
+        let mut child = Command::new(path)
+            .args([edu, pl031.unwrap_or("-")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the C baseline {path}: {e}"))?;
+        let requests = child.stdin.take().ok_or("no stdin")?;
+        let answers = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        Ok(Baseline { child, requests, answers })
+    }
+
+    fn batch(&mut self, op: &str, n: u64) -> Result<Sample> {
+        writeln!(self.requests, "{op} {n}")?;
+        self.requests.flush()?;
+        let mut line = String::new();
+        if self.answers.read_line(&mut line)? == 0 {
+            return Err(format!("the C baseline ended during {op} (its message is above)").into());
+        }
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["c", answered, ns, calls] if *answered == op => Ok(Sample { ns: ns.parse()?, calls: calls.parse()? }),
+            _ => Err(format!("unexpected answer from the C baseline to {op}: {line}").into()),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        drop(self.requests); // end of file: it closes the container and exits
+        let Baseline { mut child, .. } = self;
+        let status = child.wait()?;
+        check(status.success(), "the C baseline failed")
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn time(ns: f64) -> String {
+    match ns {
+        ns if ns >= 1e6 => format!("{:.2} ms", ns / 1e6),
+        ns if ns >= 1e4 => format!("{:.1} µs", ns / 1e3),
+        ns if ns >= 1e3 => format!("{:.2} µs", ns / 1e3),
+        ns => format!("{ns:.0} ns"),
+    }
+}
+
+fn calls(n: f64, inexact: bool) -> String {
+    let at_least = if inexact { "≥ " } else { "" };
+    if n.fract() == 0.0 {
+        format!("{at_least}{n}")
+    } else {
+        format!("{at_least}{n:.2}")
+    }
+}
+
+/// Each row's batches: the crate's and the C baseline's, by round.
+type Results<'r> = Vec<(&'r Row, Vec<(Measured, Sample)>)>;
+
+fn print_table(results: &Results) {
+    println!("| operation | crate | C | crate/C (range) | syscalls crate | syscalls C |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (row, rounds) in results {
+        let ours = median(rounds.iter().map(|(m, _)| m.sample.ns).collect());
+        let theirs = median(rounds.iter().map(|(_, s)| s.ns).collect());
+        let ratios: Vec<f64> = rounds.iter().map(|(m, s)| m.sample.ns / s.ns).collect();
+        let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        let inexact = rounds.iter().any(|(m, _)| m.counts.inexact());
+        println!(
+            "| {} | {} | {} | {:.2} ({lo:.2}–{hi:.2}) | {} | {} |",
+            row.label,
+            time(ours),
+            time(theirs),
+            median(ratios),
+            calls(median(rounds.iter().map(|(m, _)| m.sample.calls).collect()), inexact),
+            calls(median(rounds.iter().map(|(_, s)| s.calls).collect()), false),
+        );
+    }
+}
+
+fn print_breakdowns(results: &Results, fake: &[(Op, Backend, Counts)]) {
+    println!();
+    println!("System calls per operation through the crate, by kind, and whether the fake kernel agrees:");
+    for (row, rounds) in results {
+        let total = rounds.iter().fold(Counts::default(), |sum, (m, _)| sum.plus(&m.counts));
+        let iters = rounds.iter().map(|(m, _)| m.iters).sum();
+        let per_op = if total.total() == 0 { "none".to_string() } else { total.breakdown(iters) };
+        let fake_note = match fake.iter().find(|(op, backend, _)| *op == row.op && *backend == row.backend) {
+            Some((_, _, f)) if f.per_op_equal(FAKE_ITERS, &total, iters) => "; the same on the fake kernel".to_string(),
+            Some((_, _, f)) => format!("; the fake kernel: {}", f.breakdown(FAKE_ITERS)),
+            None => String::new(),
+        };
+        println!("- {}: {per_op}{fake_note}", row.label);
+    }
+}
+
+/// Iterations of each operation in the self-check.
+const FAKE_ITERS: u64 = 3;
+
+/// Runs the benchmarked operations on the fake kernel, which counts every
+/// call it receives on its own (all but `close`): the counting wrapper must
+/// agree with it on every operation. Returns the wrapper's counts.
+fn self_check() -> Result<Vec<(Op, Backend, Counts)>> {
+    let kernel = FakeKernel::new();
+    let (edu, pl031) = ("0000:00:01.0", "9010000.pl031");
+    kernel.add_device(FakeDevice::edu(edu, 3));
+    kernel.add_device(FakeDevice::platform(pl031, 4));
+    kernel.set_iommufd(true, true);
+    let raise = |_: &Edu| {
+        kernel.raise_irq(edu, pci_irq::MSI, 0);
+    };
+    let target = Target { edu, pl031: Some(pl031), raise: &raise };
+    let mut found = Vec::new();
+    for row in ROWS {
+        let mut vfio = Context::with_backend(Counting::new(&kernel), row.backend)?;
+        // The whole batch, its untimed setup and free included.
+        let (before, counted_before) = (kernel.calls(), vfio.kernel().counts());
+        let m = batch(&mut vfio, &target, row.op, FAKE_ITERS)?;
+        let fake_calls = kernel.calls() - before;
+        let counted = vfio.kernel().counts().since(&counted_before).seam_calls_but_close();
+        if counted != fake_calls {
+            return Err(format!(
+                "counting wrapper disagrees with the fake kernel on {}: {counted} calls (not counting close) against {fake_calls}",
+                row.label,
+            )
+            .into());
+        }
+        if matches!(row.op, Op::Read32Typed | Op::Read32Offset | Op::Write32Typed | Op::Write32Offset) {
+            check(m.counts.total() == 0, "a register access made a system call")?;
+        }
+        found.push((row.op, row.backend, m.counts));
+        vfio.close().map_err(|(_, e)| e)?;
+    }
+    check(kernel.open_fds() == 0 && kernel.live_mappings() == 0, "the fake kernel has fds or mappings left")?;
+    Ok(found)
+}
+
+fn run() -> Result<()> {
+    let mut plan = FULL;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => plan = QUICK,
+            "--bench" => {} // added by `cargo bench`
+            other => return Err(format!("unknown argument {other} (use --quick)").into()),
+        }
+    }
+    let fake = self_check()?;
+    println!("self-check: the counting wrapper agrees with the fake kernel on every operation");
+    let Ok(edu) = std::env::var("DAO_VFIO_EDU") else {
+        println!("not on a virtual board (no DAO_VFIO_EDU): run `benches/run ARCH` to benchmark");
+        return Ok(());
+    };
+    let pl031 = std::env::var("DAO_VFIO_PL031").ok();
+    let cdev = std::path::Path::new("/sys/bus/pci/devices").join(&edu).join("vfio-dev");
+    let iommufd = std::path::Path::new("/dev/iommu").exists() && cdev.is_dir();
+    let rows: Vec<&Row> = ROWS
+        .iter()
+        .filter(|r| r.op != Op::SetupFreePl031 || pl031.is_some())
+        .filter(|r| r.backend != Iommufd || iommufd)
+        .collect();
+    // SAFETY: raising edu's interrupt only sets its status and signals the MSI.
+    let raise = |regs: &Edu| unsafe { regs.irq_raise.write(1) };
+    let target = Target { edu: &edu, pl031: pl031.as_deref(), raise: &raise };
+    let path = std::env::var("DAO_VFIO_BASELINE").unwrap_or_else(|_| "/test/extra/baseline".into());
+    let mut baseline = Baseline::start(&path, &edu, pl031.as_deref())?;
+
+    for row in &rows {
+        crate_batch(&target, row, QUICK.iters(row.op))?;
+        baseline.batch(row.c, QUICK.iters(row.op))?;
+    }
+    let mut results: Results = rows.iter().map(|&r| (r, Vec::new())).collect();
+    for round in 0..plan.rounds {
+        for (row, rounds) in results.iter_mut() {
+            let n = plan.iters(row.op);
+            // Every other round the C batch goes first, so neither side
+            // always runs right after the other's.
+            let pair = if round % 2 == 0 {
+                let ours = crate_batch(&target, row, n)?;
+                (ours, baseline.batch(row.c, n)?)
+            } else {
+                let theirs = baseline.batch(row.c, n)?;
+                (crate_batch(&target, row, n)?, theirs)
+            };
+            rounds.push(pair);
+        }
+        eprintln!("bench: round {}/{} done", round + 1, plan.rounds);
+    }
+    baseline.finish()?;
+
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!();
+    println!(
+        "Board: {} (QEMU TCG), Linux {}. {} rounds after a warm-up; per round, operation and side one batch of \
+         {} setup+free cycles, {} register accesses, {} interrupt round trips or {} DMA operations. \
+         Times are medians of the batch means; crate/C is the median of the rounds' paired ratios.",
+        std::env::var("DAO_VFIO_BOARD").unwrap_or_else(|_| std::env::consts::ARCH.into()),
+        release.trim(),
+        plan.rounds,
+        plan.setup,
+        plan.registers,
+        plan.irq,
+        plan.dma
+    );
+    println!();
+    print_table(&results);
+    print_breakdowns(&results, &fake);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

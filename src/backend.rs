@@ -35,7 +35,7 @@ pub enum Backend {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
     /// Through cdev `/dev/vfio/devices/vfioN` and the context's iommufd.
-    Cdev(crate::iommufd::Cdev),
+    Cdev(u32),
     /// Through the device's group. If the group turns out to be behind an
     /// IOMMU (not noiommu) and `iommu` is `Err`, that error is the answer.
     Group { iommu: Result<(), crate::ErrorKind> },
@@ -47,13 +47,14 @@ pub(crate) struct RouteInputs {
     pub(crate) asked: Backend,
     /// `/dev/iommu` is open.
     pub(crate) iommufd: bool,
-    /// IOMMU-backed devices open through iommufd.
-    pub(crate) iommufd_devices: u32,
-    /// IOMMU-backed groups attached to the legacy container.
-    pub(crate) legacy_groups: u32,
+    /// The iommufd address space is in use: devices are attached to it, or
+    /// it keeps DMA mappings the kernel would not remove.
+    pub(crate) iommufd_in_use: bool,
+    /// IOMMU-backed groups are attached to the legacy container.
+    pub(crate) legacy_in_use: bool,
     /// The device's cdev `/dev/vfio/devices/vfioN`, if it has one (noiommu
     /// devices have none, or one iommufd cannot serve).
-    pub(crate) cdev: Option<crate::iommufd::Cdev>,
+    pub(crate) cdev: Option<u32>,
     pub(crate) bus: crate::Bus,
 }
 
@@ -69,9 +70,9 @@ pub(crate) fn route(at: RouteInputs) -> Route {
         (Backend::Iommufd, None) => Route::Group { iommu: Err(ErrorKind::NoDeviceCdev { bus: at.bus }) },
         (Backend::Auto, _) if !at.iommufd => open,
         // One address space per context: follow the interface in use.
-        (Backend::Auto, Some(_)) if at.legacy_groups > 0 => open,
+        (Backend::Auto, Some(_)) if at.legacy_in_use => open,
         (Backend::Auto, Some(n)) => Route::Cdev(n),
-        (Backend::Auto, None) if at.iommufd_devices > 0 => Route::Group { iommu: Err(ErrorKind::MixedBackends) },
+        (Backend::Auto, None) if at.iommufd_in_use => Route::Group { iommu: Err(ErrorKind::MixedBackends) },
         (Backend::Auto, None) => open,
     }
 }
@@ -79,16 +80,10 @@ pub(crate) fn route(at: RouteInputs) -> Route {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iommufd::Cdev;
     use crate::{Bus, ErrorKind};
 
     fn inputs(asked: Backend, iommufd: bool, cdev: Option<u32>) -> RouteInputs {
-        let cdev = cdev.map(cdev_n);
-        RouteInputs { asked, iommufd, iommufd_devices: 0, legacy_groups: 0, cdev, bus: Bus::Pci }
-    }
-
-    fn cdev_n(number: u32) -> Cdev {
-        Cdev { number, node: (253, number) }
+        RouteInputs { asked, iommufd, iommufd_in_use: false, legacy_in_use: false, cdev, bus: Bus::Pci }
     }
 
     const GROUP: Route = Route::Group { iommu: Ok(()) };
@@ -102,7 +97,7 @@ mod tests {
 
     #[test]
     fn iommufd_takes_the_cdev_and_leaves_only_noiommu_groups_to_the_group_path() {
-        assert_eq!(route(inputs(Backend::Iommufd, true, Some(3))), Route::Cdev(cdev_n(3)));
+        assert_eq!(route(inputs(Backend::Iommufd, true, Some(3))), Route::Cdev(3));
         assert_eq!(
             route(inputs(Backend::Iommufd, true, None)),
             Route::Group { iommu: Err(ErrorKind::NoDeviceCdev { bus: Bus::Pci }) }
@@ -111,13 +106,13 @@ mod tests {
 
     #[test]
     fn auto_prefers_iommufd_and_keeps_one_address_space() {
-        assert_eq!(route(inputs(Backend::Auto, true, Some(0))), Route::Cdev(cdev_n(0)));
+        assert_eq!(route(inputs(Backend::Auto, true, Some(0))), Route::Cdev(0));
         assert_eq!(route(inputs(Backend::Auto, false, Some(0))), GROUP);
         assert_eq!(route(inputs(Backend::Auto, true, None)), GROUP);
-        let legacy_in_use = RouteInputs { legacy_groups: 1, ..inputs(Backend::Auto, true, Some(0)) };
+        let legacy_in_use = RouteInputs { legacy_in_use: true, ..inputs(Backend::Auto, true, Some(0)) };
         assert_eq!(route(legacy_in_use), GROUP);
         // A device without a cdev beside iommufd ones: only a noiommu group may pass.
-        let iommufd_in_use = RouteInputs { iommufd_devices: 1, ..inputs(Backend::Auto, true, None) };
+        let iommufd_in_use = RouteInputs { iommufd_in_use: true, ..inputs(Backend::Auto, true, None) };
         assert_eq!(route(iommufd_in_use), Route::Group { iommu: Err(ErrorKind::MixedBackends) });
     }
 }

@@ -15,7 +15,7 @@ use crate::device::{Device, DeviceState, Placement};
 use crate::dma::{self, DmaBuffer, DmaDirection, DmaOptions, Domain, IommuInfo};
 use crate::error::{Error, ErrorKind};
 use crate::group::Group;
-use crate::iommufd::{self, Cdev, Iommufd, Located};
+use crate::iommufd::{self, Iommufd, Located};
 use crate::irq;
 #[cfg(feature = "capi")]
 use crate::kernel::Fd;
@@ -107,7 +107,8 @@ pub struct Context<
     /// The interface asked for.
     backend: Backend,
     /// The legacy container for groups behind a real IOMMU: opened with the
-    /// context unless iommufd serves it, else when a group first needs it.
+    /// context unless iommufd serves it; else opened when a group needs it,
+    /// and closed with its last group.
     legacy: Option<Container>,
     /// `/dev/iommu` and the context's IO address space (iommufd backend).
     iommufd: Option<Iommufd>,
@@ -239,7 +240,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         let state = match self.route(&at)? {
             Route::Cdev(cdev) => match self.open_through_iommufd(&at, cdev, serial) {
                 Ok(state) => state,
-                Err(e) if self.may_fall_back(&e) => self.open_through_group(&at, Ok(()), serial)?,
+                // If the legacy path fails too, iommufd's refusal is the news.
+                Err(e) if self.may_fall_back(&e) => self.open_through_group(&at, Ok(()), serial).map_err(|_| e)?,
                 Err(e) => return Err(e),
             },
             Route::Group { iommu } => self.open_through_group(&at, iommu, serial)?,
@@ -264,8 +266,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         Ok(backend::route(RouteInputs {
             asked: self.backend,
             iommufd: self.iommufd.is_some(),
-            iommufd_devices: self.iommufd.as_ref().map_or(0, Iommufd::devices),
-            legacy_groups: self.legacy.as_ref().map_or(0, Container::groups),
+            iommufd_in_use: self.iommufd_in_use(),
+            legacy_in_use: self.legacy.as_ref().is_some_and(|c| c.groups() > 0),
             cdev,
             bus: at.bus,
         }))
@@ -277,15 +279,24 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// refuses with `EPERM` (no MSI isolation, which the legacy backend may
     /// be configured to accept). Other refusals would recur there.
     fn may_fall_back(&self, e: &Error) -> bool {
-        let no_iommufd_device = self.iommufd.as_ref().is_none_or(|i| i.devices() == 0);
         self.backend == Backend::Auto
-            && no_iommufd_device
+            && !self.iommufd_in_use()
             && (e.kind() == ErrorKind::Permission || e.errno() == Some(rustix::io::Errno::PERM))
+    }
+
+    /// Whether the iommufd address space is in use: devices are attached,
+    /// or it keeps mappings the kernel would not remove (the table then holds
+    /// them with no IOMMU-backed device open; the legacy path always lets go
+    /// of its own). Its next IOMMU-backed device must then be attached there.
+    fn iommufd_in_use(&self) -> bool {
+        let attached = self.iommufd.as_ref().is_some_and(|i| i.devices() > 0);
+        let kept = self.dma.len() > 0 && self.active_backend().is_none();
+        attached || kept
     }
 
     /// Opens the device through its cdev, bound to the context's iommufd and
     /// attached to its IO address space.
-    fn open_through_iommufd(&mut self, at: &Located, cdev: Cdev, serial: u64) -> Result<DeviceState, Error> {
+    fn open_through_iommufd(&mut self, at: &Located, cdev: u32, serial: u64) -> Result<DeviceState, Error> {
         let iommufd = self.iommufd.as_mut().ok_or(Error::new(ErrorKind::NoIommufd))?;
         let fd = iommufd.open_device(&self.kernel, cdev, at)?;
         let placement =
@@ -468,7 +479,13 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             IommuKind::Type1 => {
                 if let Some(container) = &mut self.legacy {
                     container.group_left();
-                    if result.is_err() && container.groups() == 0 {
+                    if container.groups() == 0 && self.iommufd.is_some() {
+                        // Opened for its groups (Auto, beside iommufd): it
+                        // goes with the last, as the noiommu one does.
+                        if let Some(container) = self.legacy.take() {
+                            container.close(&self.kernel);
+                        }
+                    } else if container.groups() == 0 && result.is_err() {
                         self.renew_iommu_container();
                     }
                 }

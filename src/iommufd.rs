@@ -63,25 +63,26 @@ impl Iommufd {
         kernel.close(&TOKEN, self.fd);
     }
 
-    /// Opens cdev `/dev/vfio/devices/vfioN` of device `dev`, checks it is the
-    /// node sysfs named, binds it
+    /// Opens cdev `/dev/vfio/devices/vfio{number}` of device `dev`, checks it
+    /// is still the device's, binds it
     /// to this iommufd and attaches it to the IOAS. On error the cdev is
     /// closed (which undoes the bind). `dev`'s group serves to tell a
     /// non-viable group from a device open elsewhere when the bind is refused.
-    pub(crate) fn open_device<K: Kernel>(&self, kernel: &K, cdev: Cdev, dev: &Located) -> Result<Fd, Error> {
-        let number = cdev.number;
+    pub(crate) fn open_device<K: Kernel>(&self, kernel: &K, number: u32, dev: &Located) -> Result<Fd, Error> {
         let path =
             sys_path!("/dev/vfio/devices/vfio{number}").ok_or(Error::syscall(Step::OpenCdev, Errno::NAMETOOLONG))?;
         let fd = kernel.open(&TOKEN, path.as_c_str()).map_err(|e| match e {
             Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission).with_errno(e),
             _ => Error::syscall(Step::OpenCdev, e),
         })?;
-        // The node must be the one sysfs named for this device: between the
-        // two, the device could have been unbound and `vfioN` reused.
-        let opened = match kernel.device_number(&TOKEN, fd) {
-            Ok(node) if node == cdev.node => self.bind_and_attach(kernel, fd, dev),
+        // Between the sysfs lookup and the open the device could have been
+        // unbound and `vfioN` given to another one (its node numbers too). An
+        // open cdev holds its device registered: if sysfs still lists `vfioN`
+        // under this device now, the fd is this device's.
+        let opened = match listed_cdev(kernel, dev.bus, &dev.name) {
+            Ok(Some(n)) if n == number => self.bind_and_attach(kernel, fd, dev),
             Ok(_) => Err(Error::syscall(Step::OpenCdev, Errno::NODEV)),
-            Err(e) => Err(Error::syscall(Step::OpenCdev, e)),
+            Err(e) => Err(e),
         };
         match opened {
             Ok(()) => Ok(fd),
@@ -140,20 +141,27 @@ fn bind_refusal<K: Kernel>(kernel: &K, dev: &Located, errno: Errno) -> Error {
     Error::new(kind).with_errno(errno)
 }
 
-/// A device's VFIO cdev: `/dev/vfio/devices/vfio{number}`, a character
-/// device with numbers `node` (from sysfs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Cdev {
-    pub(crate) number: u32,
-    pub(crate) node: (u32, u32),
+/// The device's VFIO cdev number `N` (`/dev/vfio/devices/vfioN`), if the
+/// kernel made one with a device node: sysfs lists
+/// `/sys/bus/BUS/devices/DEV/vfio-dev/vfioN` with a `dev` attribute. Linux
+/// lists `vfioN` there since 6.1, before cdevs existed (6.6), and 6.12 lists
+/// noiommu devices with no node: those count as none.
+pub(crate) fn find_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<u32>, Error> {
+    let failed = |e| Error::syscall(Step::FindCdev, e);
+    let Some(number) = listed_cdev(kernel, bus, name)? else { return Ok(None) };
+    let node = sys_path!("/sys/bus/{}/devices/{}/vfio-dev/vfio{number}/dev", bus.sysfs_name(), name)
+        .ok_or(failed(Errno::NAMETOOLONG))?;
+    let mut buf = [0u8; 24];
+    match kernel.read_file(&TOKEN, node.as_c_str(), &mut buf) {
+        Ok(_) => Ok(Some(number)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(failed(e)),
+    }
 }
 
-/// The device's VFIO cdev, from `/sys/bus/BUS/devices/DEV/vfio-dev/vfioN`
-/// and its node numbers (`vfioN/dev`), if the kernel made one with a node.
-/// Linux lists `vfioN` there since 6.1, before cdevs existed (6.6), and 6.12
-/// lists noiommu devices with no node: those, and `noiommu-vfioN` entries,
-/// count as none.
-pub(crate) fn find_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<Cdev>, Error> {
+/// The `N` of the `vfioN` entry under the device's `vfio-dev` in sysfs
+/// (`noiommu-vfioN` entries are not iommufd's).
+fn listed_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<u32>, Error> {
     let failed = |e| Error::syscall(Step::FindCdev, e);
     let dir = sys_path!("/sys/bus/{}/devices/{}/vfio-dev", bus.sysfs_name(), name).ok_or(failed(Errno::NAMETOOLONG))?;
     let mut found = None;
@@ -163,47 +171,8 @@ pub(crate) fn find_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> R
         }
     });
     match listed {
-        Ok(()) => {}
-        Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
-        Err(e) => return Err(failed(e)),
-    }
-    let Some(number) = found else { return Ok(None) };
-    let node = sys_path!("/sys/bus/{}/devices/{}/vfio-dev/vfio{number}/dev", bus.sysfs_name(), name)
-        .ok_or(failed(Errno::NAMETOOLONG))?;
-    let mut buf = [0u8; 24];
-    match kernel.read_file(&TOKEN, node.as_c_str(), &mut buf) {
-        Ok(text) => parse_node(text).map(|node| Some(Cdev { number, node })).ok_or(failed(Errno::INVAL)),
-        Err(Errno::NOENT) => Ok(None),
+        Ok(()) => Ok(found),
+        Err(Errno::NOENT | Errno::NOTDIR) => Ok(None),
         Err(e) => Err(failed(e)),
-    }
-}
-
-/// `MAJOR:MINOR\n`, as sysfs `dev` attributes say it.
-fn parse_node(text: &[u8]) -> Option<(u32, u32)> {
-    let text = text.strip_suffix(b"\n").unwrap_or(text);
-    let colon = text.iter().position(|&b| b == b':')?;
-    let number = |digits: &[u8]| {
-        if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        digits.iter().try_fold(0u32, |n, &d| n.checked_mul(10)?.checked_add(u32::from(d - b'0')))
-    };
-    Some((number(&text[..colon])?, number(&text[colon + 1..])?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_node;
-
-    #[test]
-    fn node_numbers() {
-        assert_eq!(parse_node(b"253:0\n"), Some((253, 0)));
-        assert_eq!(parse_node(b"511:1048575"), Some((511, 1_048_575)));
-        assert_eq!(parse_node(b"253:"), None);
-        assert_eq!(parse_node(b":0"), None);
-        assert_eq!(parse_node(b"253-0"), None);
-        assert_eq!(parse_node(b"25x:0"), None);
-        assert_eq!(parse_node(b"99999999999:0"), None);
-        assert_eq!(parse_node(b""), None);
     }
 }

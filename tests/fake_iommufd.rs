@@ -136,10 +136,13 @@ fn a_group_has_one_owner() {
         assert!(err.to_string().contains("close it there first"), "{err}");
         assert_eq!(k.open_fds(), fds + 1, "{name}: the cdev is closed again");
     }
-    // Auto tries the legacy path after an EPERM: the group node is busy there.
+    // Auto tries the legacy path after an EPERM; the group node is busy there
+    // too, so iommufd's refusal is the one reported.
     let mut auto: Ctx = Context::with_kernel(&k).unwrap();
+    let fds = k.open_fds();
     let err = auto.setup("0000:00:04.0").unwrap_err();
-    assert_eq!((err.kind(), err.errno()), (ErrorKind::GroupBusy { group: 3 }, Some(Errno::BUSY)));
+    assert_eq!((err.kind(), err.errno()), (ErrorKind::DeviceClaimed, Some(Errno::PERM)));
+    assert_eq!(k.open_fds(), fds);
     let mut legacy = Ctx::with_backend(&k, Backend::Legacy).unwrap();
     assert_eq!(legacy.setup(EDU).unwrap_err().kind(), ErrorKind::GroupBusy { group: 3 });
     // The group mate shares the owner's address space: same context, fine.
@@ -261,7 +264,11 @@ fn mappings_the_kernel_keeps_stay_in_the_table_until_they_can_go() {
             // Dropping the context closes the iommufd, then releases the memory.
             drop(ctx);
         } else {
-            // The next device finds the mapping in place; dma_free then works.
+            // The address space holding them stays the context's: a device
+            // only the legacy container could open is refused...
+            k.set_iommufd(true, false);
+            assert_eq!(ctx.setup(EDU).unwrap_err().kind(), ErrorKind::MixedBackends);
+            // ...and the next one attached there finds the mapping in place.
             k.set_iommufd(true, true);
             let edu = ctx.setup(EDU).unwrap();
             assert!(k.dma_write(iova, b"still here"));

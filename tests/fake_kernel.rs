@@ -344,12 +344,12 @@ fn opening_twice_is_harmless() {
 }
 
 /// Sets up `names` in order on a fresh context (on a kernel with iommufd
-/// and device cdevs if `iommufd`), failing the `n`th system call of the last
+/// and device cdevs as given), failing the `n`th system call of the last
 /// setup; checks the outcome. Returns false once `n` is past the last system
 /// call (the setup then succeeded).
-fn setup_walk_step(names: &[&str], extra: &[FakeDevice], iommufd: bool, n: u64) -> bool {
+fn setup_walk_step(names: &[&str], extra: &[FakeDevice], (iommufd, cdevs): (bool, bool), n: u64) -> bool {
     let k = board();
-    k.set_iommufd(iommufd, iommufd);
+    k.set_iommufd(iommufd, cdevs);
     for d in extra {
         k.add_device(d.clone());
     }
@@ -387,9 +387,9 @@ fn setup_walk_step(names: &[&str], extra: &[FakeDevice], iommufd: bool, n: u64) 
     true
 }
 
-fn walk_setup(names: &[&str], extra: &[FakeDevice], iommufd: bool) -> u64 {
+fn walk_setup(names: &[&str], extra: &[FakeDevice], kernel: (bool, bool)) -> u64 {
     let mut n = 1;
-    while setup_walk_step(names, extra, iommufd, n) {
+    while setup_walk_step(names, extra, kernel, n) {
         n += 1;
     }
     n - 1
@@ -397,22 +397,27 @@ fn walk_setup(names: &[&str], extra: &[FakeDevice], iommufd: bool) -> u64 {
 
 #[test]
 fn every_setup_failure_point_leaves_nothing_behind() {
-    let scenarios: Vec<(&str, Vec<&str>, Vec<FakeDevice>, bool)> = vec![
-        ("first PCI device (new group, IOMMU type set)", vec![EDU], vec![], false),
-        ("platform device (noiommu container opened)", vec![RTC], vec![], false),
-        ("second device of a shared group", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 3)], false),
-        ("second group in a configured container", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 4)], false),
-        ("second noiommu group", vec![RTC, GPIO], vec![], false),
-        ("PCI next to a platform device", vec![RTC, EDU], vec![], false),
-        ("first PCI device through iommufd (cdev, bind, attach)", vec![EDU], vec![], true),
-        ("second iommufd device", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 4)], true),
-        ("second iommufd device of the same group", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 3)], true),
-        ("noiommu platform device beside iommufd", vec![EDU, RTC], vec![], true),
-        ("iommufd device next to a platform device", vec![RTC, EDU], vec![], true),
+    // The kernel: (iommufd, device cdevs).
+    type Kernel = (bool, bool);
+    const LEGACY: Kernel = (false, false);
+    const IOMMUFD: Kernel = (true, true);
+    let scenarios: Vec<(&str, Vec<&str>, Vec<FakeDevice>, Kernel)> = vec![
+        ("first PCI device (new group, IOMMU type set)", vec![EDU], vec![], LEGACY),
+        ("platform device (noiommu container opened)", vec![RTC], vec![], LEGACY),
+        ("second device of a shared group", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 3)], LEGACY),
+        ("second group in a configured container", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 4)], LEGACY),
+        ("second noiommu group", vec![RTC, GPIO], vec![], LEGACY),
+        ("PCI next to a platform device", vec![RTC, EDU], vec![], LEGACY),
+        ("first PCI device through iommufd (cdev, bind, attach)", vec![EDU], vec![], IOMMUFD),
+        ("second iommufd device", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 4)], IOMMUFD),
+        ("second iommufd device of the same group", vec![EDU, EDU2], vec![FakeDevice::edu(EDU2, 3)], IOMMUFD),
+        ("noiommu platform device beside iommufd", vec![EDU, RTC], vec![], IOMMUFD),
+        ("iommufd device next to a platform device", vec![RTC, EDU], vec![], IOMMUFD),
+        ("PCI device, iommufd without cdevs (container opened for it)", vec![EDU], vec![], (true, false)),
     ];
     let mut total = 0;
-    for (what, names, extra, iommufd) in scenarios {
-        let points = walk_setup(&names, &extra, iommufd);
+    for (what, names, extra, kernel) in scenarios {
+        let points = walk_setup(&names, &extra, kernel);
         assert!(points >= 5, "{what}: only {points} failure points");
         println!("setup failure walk, {what}: {points} failure points, each refused cleanly");
         total += points;

@@ -34,7 +34,6 @@ enum Method {
     Poll,
     MapAnonymous,
     Mlock,
-    Fstat,
     WriteFile,
     ReadFile,
     ListDir,
@@ -57,7 +56,6 @@ const NAMES: [&str; METHODS] = [
     "poll",
     "mmap(anon)",
     "mlock",
-    "fstat",
     "write_file",
     "read_file",
     "list_dir",
@@ -266,10 +264,6 @@ unsafe impl<K: Kernel> Kernel for Counting<K> {
             Err(_) => self.count_multi(Method::ReadFile, 1, false),
         }
         result
-    }
-    fn device_number(&self, t: &Token, fd: Fd) -> Result<(u32, u32), Errno> {
-        self.count(Method::Fstat);
-        self.inner.device_number(t, fd)
     }
     fn list_dir(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
         // The listing's size in getdents64 records (`.` and `..` included):

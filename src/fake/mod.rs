@@ -586,15 +586,6 @@ unsafe impl Kernel for FakeKernel {
         Ok(())
     }
 
-    fn device_number(&self, _: &Token, fd: Fd) -> Result<(u32, u32), Errno> {
-        let s = self.enter("fstat")?;
-        match s.fds.get(&fd.raw()) {
-            Some(Object::Cdev { device, .. }) => Ok(model::cdev_number(*device)),
-            Some(_) => Ok((0, 0)),
-            None => Err(Errno::BADF),
-        }
-    }
-
     fn lock(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
         let s = self.enter("mlock")?;
         let start = addr.as_ptr() as usize;

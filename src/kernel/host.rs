@@ -237,11 +237,6 @@ unsafe impl Kernel for Host {
         Ok(&buf[..len])
     }
 
-    fn device_number(&self, _: &Token, fd: Fd) -> Result<(u32, u32), Errno> {
-        let rdev = rustix::fs::fstat(borrow(fd))?.st_rdev;
-        Ok((rustix::fs::major(rdev), rustix::fs::minor(rdev)))
-    }
-
     fn list_dir(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
         let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         let mut space = [MaybeUninit::<u8>::uninit(); 2048];

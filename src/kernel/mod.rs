@@ -189,10 +189,6 @@ pub unsafe trait Kernel {
     /// read (a full buffer may be truncated).
     fn read_file<'b>(&self, token: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno>;
 
-    /// `fstat(fd)`: the `(major, minor)` numbers of the character device
-    /// `fd` is open on (`st_rdev`).
-    fn device_number(&self, token: &Token, fd: Fd) -> Result<(u32, u32), Errno>;
-
     /// `open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)`, `getdents64` over a
     /// stack buffer, `close`: calls `visit` with each entry's name, `.` and
     /// `..` excepted, in the directory's order. Nothing is allocated.
@@ -247,9 +243,6 @@ unsafe impl<K: Kernel> Kernel for &K {
     }
     fn read_file<'b>(&self, t: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         (**self).read_file(t, path, buf)
-    }
-    fn device_number(&self, t: &Token, fd: Fd) -> Result<(u32, u32), Errno> {
-        (**self).device_number(t, fd)
     }
     fn list_dir(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
         (**self).list_dir(t, path, visit)

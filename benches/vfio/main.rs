@@ -33,23 +33,16 @@ use std::time::Instant;
 
 use dao_vfio::fake::{FakeDevice, FakeKernel};
 use dao_vfio::sys::{pci_irq, pci_region};
-use dao_vfio::{register_block, Backend, Bus, Context, DeviceHandle, DmaDirection, DmaOptions, Host, Kernel, Reserved};
-use dao_vfio::{RO, RW, WO};
+use dao_vfio::{Backend, Bus, Context, DeviceHandle, DmaDirection, DmaOptions, Host, Kernel};
 
 use counting::{Counting, Counts};
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
-register_block! {
-    /// The edu registers the benchmarks touch (QEMU docs/specs/edu.rst).
-    struct Edu {
-        0x00 => id: RO<u32>,
-        0x04 => liveness: RW<u32>,
-        0x08 => _gap: Reserved<0x58>,
-        0x60 => irq_raise: WO<u32>,
-        0x64 => irq_ack: WO<u32>,
-    }
-}
+// edu's register block, shared with the real-kernel tests.
+#[path = "../../tests/common/mod.rs"]
+mod common;
+use common::Edu;
 
 const EDU_ID: u32 = 0x010000ed;
 const KIB4: usize = 4096;

@@ -53,10 +53,8 @@ impl State {
     /// IOMMU have a node.
     pub(super) fn cdev_node_numbers(&self, index: usize, entry: &str) -> Result<String, Errno> {
         match self.has_cdev(index) {
-            Some(false) if entry == format!("vfio{index}/dev") => {
-                let (major, minor) = super::model::cdev_number(index);
-                Ok(format!("{major}:{minor}\n"))
-            }
+            // The cdev's major, and its index as the minor, as Linux numbers them.
+            Some(false) if entry == format!("vfio{index}/dev") => Ok(format!("253:{index}\n")),
             _ => Err(Errno::NOENT),
         }
     }

@@ -11,11 +11,6 @@ use super::memory::{Backing, PAGE};
 use crate::kernel::{Fd, Request};
 use crate::sys::{self, GroupFlags, IrqFlags, IrqSetFlags, RegionFlags};
 
-/// The `(major, minor)` numbers of device `index`'s cdev (`vfio{index}`).
-pub(super) fn cdev_number(index: usize) -> (u32, u32) {
-    (253, index as u32)
-}
-
 /// Region offsets within a device fd, as vfio-pci lays them out.
 pub(super) const REGION_SHIFT: u32 = 40;
 

@@ -3,7 +3,11 @@
 //! ```text
 //! vfio-bind status                 every PCI and platform device: driver, IOMMU group, ready
 //! vfio-bind bind DEV [DRIVER]      bind DEV to DRIVER (default: vfio-pci or vfio-platform, by bus)
-//! vfio-bind unbind DEV             unbind DEV; its default driver, if any, takes it back
+//! vfio-bind unbind DEV             unbind DEV; its default driver, if any, takes it back;
+//!                                  refused, naming the process, while one holds DEV through VFIO
+//! vfio-bind unbind --wait DEV      unbind DEV even while held: says which processes it waits
+//!                                  for, then waits until they free it (Linux signals their
+//!                                  request notifiers; the wait cannot be interrupted)
 //! ```
 //!
 //! Exit status: 0 done, 1 the operation failed (the message says what to do), 2 bad usage.
@@ -14,7 +18,7 @@ use std::process::ExitCode;
 use dao_vfio::bind::{self, DeviceStatus};
 use dao_vfio::{Error, Host};
 
-const USAGE: &str = "usage: vfio-bind status | bind DEV [DRIVER] | unbind DEV";
+const USAGE: &str = "usage: vfio-bind status | bind DEV [DRIVER] | unbind [--wait] DEV";
 
 fn driver_str(driver: Option<dao_vfio::DriverName>) -> String {
     driver.map_or_else(|| "-".to_string(), |d| d.as_str().to_string())
@@ -63,6 +67,17 @@ fn run(args: &[String]) -> Result<Option<()>, Error> {
         }
         ["unbind", dev] => {
             let unbound = bind::unbind(&Host, dev, None)?;
+            println!("{dev}: unbound from {}; now bound to {}", driver_str(unbound.previous), driver_str(unbound.now));
+        }
+        ["unbind", "--wait", dev] => {
+            bind::holders(&Host, dev, None, &mut |pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                println!(
+                    "{dev}: waiting for process {pid} ({}) to free it; Linux signals its request notifier, if it enabled one",
+                    comm.trim()
+                );
+            })?;
+            let unbound = bind::unbind_wait(&Host, dev, None)?;
             println!("{dev}: unbound from {}; now bound to {}", driver_str(unbound.previous), driver_str(unbound.now));
         }
         _ => return Ok(None),

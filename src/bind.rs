@@ -28,14 +28,12 @@ use core::ffi::CStr;
 
 use rustix::io::Errno;
 
-use crate::error::{DriverName, Error, ErrorKind, Step};
+pub use crate::error::MAX_DRIVER_LEN;
+use crate::error::{Blocker, DriverName, Error, ErrorKind, Step};
 use crate::kernel::{Kernel, TOKEN};
-use crate::name::{Bus, DeviceName, NameError};
+use crate::name::{check_component, Bus, DeviceName, NameError};
 use crate::path::sys_path;
 use crate::sysfs::{self, too_long};
-
-/// The longest driver name accepted, in bytes (what [`DriverName`] holds).
-pub const MAX_DRIVER_LEN: usize = 31;
 
 /// One device as [`status`] reports it. `Copy`, names stored inline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,12 +142,52 @@ pub fn bind<K: Kernel>(kernel: &K, name: &str, bus: Option<Bus>, driver: Option<
 /// # Errors
 ///
 /// [`ErrorKind::InvalidName`], [`ErrorKind::NoSuchDevice`],
+/// [`ErrorKind::DeviceHeld`] (a process holds it through VFIO: the unbind
+/// would block until it lets go; see [`unbind_wait`]),
 /// [`ErrorKind::DeviceBusy`] (in use: close its VFIO fds first), or a failed
 /// system call. On any error after a change, the device's driver and
 /// `driver_override` are put back.
 pub fn unbind<K: Kernel>(kernel: &K, name: &str, bus: Option<Bus>) -> Result<Unbound, Error> {
     let dev = DeviceName::new(name)?;
-    unbind_device(kernel, dev, bus).map_err(|e| e.for_device(dev))
+    unbind_device(kernel, dev, bus, false).map_err(|e| e.for_device(dev))
+}
+
+/// Like [`unbind`], but also while a process holds the device through VFIO
+/// (see [`holders`]): Linux then signals the holders' request notifiers
+/// ([`crate::Notification::Request`]) and this call blocks, in the kernel,
+/// until every VFIO fd of the device is closed. Tell the user what it waits
+/// for first; it cannot be interrupted.
+pub fn unbind_wait<K: Kernel>(kernel: &K, name: &str, bus: Option<Bus>) -> Result<Unbound, Error> {
+    let dev = DeviceName::new(name)?;
+    unbind_device(kernel, dev, bus, true).map_err(|e| e.for_device(dev))
+}
+
+/// Calls `visit` with the pid of every process holding device `name`
+/// through VFIO (its group node or cdev open, as `/proc/PID/fd` shows;
+/// processes whose fds cannot be read are passed over).
+pub fn holders<K: Kernel>(kernel: &K, name: &str, bus: Option<Bus>, visit: &mut dyn FnMut(u32)) -> Result<(), Error> {
+    let dev = DeviceName::new(name)?;
+    let found = (|| {
+        let bus = sysfs::find_bus(kernel, &dev, bus)?;
+        crate::holders::holders(kernel, bus, &dev, visit)
+    })();
+    found.map_err(|e| e.for_device(dev))
+}
+
+/// Refuses to take a device from its VFIO driver while a process holds it:
+/// the unbind would block until that process lets go.
+fn refuse_if_held<K: Kernel>(kernel: &K, bus: Bus, dev: &DeviceName, driver: &DriverName) -> Result<(), Error> {
+    if !sysfs::is_vfio_driver(driver.as_str().as_bytes()) {
+        return Ok(());
+    }
+    let mut first = None;
+    crate::holders::holders(kernel, bus, dev, &mut |pid| {
+        first.get_or_insert(pid);
+    })?;
+    match first {
+        Some(pid) => Err(Error::new(ErrorKind::DeviceHeld { pid })),
+        None => Ok(()),
+    }
 }
 
 fn device_name(raw: &[u8]) -> Option<DeviceName> {
@@ -169,12 +207,35 @@ fn device_status<K: Kernel>(kernel: &K, bus: Bus, name: DeviceName) -> Result<De
 
 /// Devices of `group` other than `this` bound to a non-VFIO driver.
 pub(crate) fn group_blockers<K: Kernel>(kernel: &K, group: u32, this: &DeviceName) -> Result<u32, Error> {
-    let path = sys_path!("/sys/kernel/iommu_groups/{group}/devices").ok_or_else(too_long)?;
     let mut blockers = 0;
+    for_each_blocker(kernel, group, Some(this), &mut |_, _| blockers += 1)?;
+    Ok(blockers)
+}
+
+/// The first device of `group` bound to a non-VFIO driver, and that driver,
+/// as labels for an error; `None` when there is none or it cannot be told.
+pub(crate) fn first_blocker<K: Kernel>(kernel: &K, group: u32) -> Option<Blocker> {
+    let mut first = None;
+    for_each_blocker(kernel, group, None, &mut |device, driver| {
+        first.get_or_insert(Blocker::new(device.as_str(), driver.as_str()));
+    })
+    .ok()?;
+    first
+}
+
+/// Calls `visit` with each device of `group` (but `this`) that is bound to a
+/// non-VFIO driver, in the order sysfs lists them.
+fn for_each_blocker<K: Kernel>(
+    kernel: &K,
+    group: u32,
+    this: Option<&DeviceName>,
+    visit: &mut dyn FnMut(&DeviceName, &DriverName),
+) -> Result<(), Error> {
+    let path = sys_path!("/sys/kernel/iommu_groups/{group}/devices").ok_or_else(too_long)?;
     let mut failed = None;
     let listed = kernel.list_dir(&TOKEN, path.as_c_str(), &mut |raw| {
         let Some(member) = device_name(raw) else { return };
-        if failed.is_some() || member == *this {
+        if failed.is_some() || this == Some(&member) {
             return;
         }
         let Some(link) = sys_path!("/sys/kernel/iommu_groups/{group}/devices/{member}/driver") else {
@@ -182,7 +243,7 @@ pub(crate) fn group_blockers<K: Kernel>(kernel: &K, group: u32, this: &DeviceNam
             return;
         };
         match sysfs::driver_at(kernel, link.as_c_str()) {
-            Ok(Some(d)) if !sysfs::is_vfio_driver(d.as_str().as_bytes()) => blockers += 1,
+            Ok(Some(d)) if !sysfs::is_vfio_driver(d.as_str().as_bytes()) => visit(&member, &d),
             Ok(_) => {}
             Err(e) => failed = Some(e),
         }
@@ -191,19 +252,14 @@ pub(crate) fn group_blockers<K: Kernel>(kernel: &K, group: u32, this: &DeviceNam
         Ok(()) | Err(Errno::NOENT) => {}
         Err(e) => return Err(Error::syscall(Step::ListSysfs, e)),
     }
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(blockers),
-    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// Validates a driver name given by the caller.
 fn driver_name(driver: &str) -> Result<DriverName, Error> {
-    if driver.len() > MAX_DRIVER_LEN {
-        return Err(Error::new(ErrorKind::InvalidDriverName(NameError::TooLong(driver.len()))));
-    }
-    DeviceName::new(driver).map_err(|e| Error::new(ErrorKind::InvalidDriverName(e)))?;
-    Ok(DriverName::new(driver.as_bytes()))
+    let refused = |e| Error::new(ErrorKind::InvalidDriverName(e));
+    check_component(driver.as_bytes(), MAX_DRIVER_LEN).map_err(refused)?;
+    DriverName::new(driver.as_bytes()).ok_or(refused(NameError::TooLong(driver.len())))
 }
 
 /// Checks `/sys/bus/BUS/drivers/DRIVER` exists (the module is loaded).
@@ -211,7 +267,9 @@ fn require_loaded<K: Kernel>(kernel: &K, bus: Bus, driver: &DriverName) -> Resul
     let path = sys_path!("/sys/bus/{}/drivers/{}", bus.sysfs_name(), driver.as_str()).ok_or_else(too_long)?;
     match kernel.list_dir(&TOKEN, path.as_c_str(), &mut |_| {}) {
         Ok(()) => Ok(()),
-        Err(Errno::NOENT) | Err(Errno::NOTDIR) => Err(Error::new(ErrorKind::DriverMissing { bus, driver: *driver })),
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) => {
+            Err(Error::new(ErrorKind::DriverMissing { bus, driver: driver.into() }))
+        }
         Err(e) => Err(Error::syscall(Step::ListSysfs, e)),
     }
 }
@@ -231,14 +289,21 @@ fn write_sysfs<K: Kernel>(kernel: &K, path: &CStr, data: &[u8]) -> Result<(), Er
 /// The device's `driver_override`: `None` when unset (the kernel shows `(null)`).
 fn read_override<K: Kernel>(kernel: &K, bus: Bus, dev: &DeviceName) -> Result<Option<DriverName>, Error> {
     let path = sys_path!("/sys/bus/{}/devices/{}/driver_override", bus.sysfs_name(), dev).ok_or_else(too_long)?;
+    // Room for the longest name, its newline, and one byte more to tell a
+    // longer value (the kernel takes up to a page) from one that fits.
     let mut buf = [0u8; MAX_DRIVER_LEN + 2];
     let text =
         kernel.read_file(&TOKEN, path.as_c_str(), &mut buf).map_err(|e| Error::syscall(Step::ReadSysfsFile, e))?;
+    let full = text.len() == MAX_DRIVER_LEN + 2;
     let text = text.strip_suffix(b"\n").unwrap_or(text);
-    Ok(match text {
-        b"" | b"(null)" => None,
-        name => Some(DriverName::new(name)),
-    })
+    match text {
+        b"" | b"(null)" => Ok(None),
+        // Never restored cut short: no driver has such a name anyway.
+        name if full => Err(Error::new(ErrorKind::InvalidDriverName(NameError::TooLong(name.len())))),
+        name => DriverName::new(name)
+            .map(Some)
+            .ok_or(Error::new(ErrorKind::InvalidDriverName(NameError::TooLong(name.len())))),
+    }
 }
 
 /// Sets (or, with `None`, clears) the device's `driver_override`.
@@ -256,7 +321,9 @@ fn release<K: Kernel>(kernel: &K, bus: Bus, dev: &DeviceName, driver: DriverName
     let path = sys_path!("/sys/bus/{}/devices/{}/driver/unbind", bus.sysfs_name(), dev).ok_or_else(too_long)?;
     match write(kernel, path.as_c_str(), dev.as_str().as_bytes()) {
         Ok(()) => Ok(()),
-        Err(Errno::BUSY) => Err(Error::new(ErrorKind::DeviceBusy { bus, driver }).with_errno(Errno::BUSY)),
+        Err(Errno::BUSY) => {
+            Err(Error::new(ErrorKind::DeviceBusy { bus, driver: (&driver).into() }).with_errno(Errno::BUSY))
+        }
         Err(e) => Err(Error::syscall(Step::WriteSysfs, e)),
     }
 }
@@ -303,11 +370,14 @@ fn bind_device<K: Kernel>(kernel: &K, dev: DeviceName, bus: Option<Bus>, driver:
     // Refuse a bad driver name before any system call.
     let named = driver.map(driver_name).transpose()?;
     let bus = sysfs::find_bus(kernel, &dev, bus)?;
-    let driver = named.unwrap_or_else(|| DriverName::new(bus.vfio_driver().as_bytes()));
+    let driver = named.or(DriverName::new(bus.vfio_driver().as_bytes())).ok_or_else(too_long)?;
     require_loaded(kernel, bus, &driver)?;
     let previous = sysfs::driver_of(kernel, bus, &dev)?;
     if previous == Some(driver) {
         return Ok(Bound { bus, driver, previous });
+    }
+    if let Some(previous) = &previous {
+        refuse_if_held(kernel, bus, &dev, previous)?;
     }
     let saved = Saved { driver: previous, driver_override: read_override(kernel, bus, &dev)? };
     if let Some(previous) = previous {
@@ -320,7 +390,7 @@ fn bind_device<K: Kernel>(kernel: &K, dev: DeviceName, bus: Option<Bus>, driver:
             Bus::Platform => attach(kernel, bus, &dev, driver).map_err(|e| match e {
                 // The driver refused the device (no match, or its probe failed).
                 Errno::NODEV | Errno::INVAL | Errno::NXIO => {
-                    Error::new(ErrorKind::BindFailed { bus, driver }).with_errno(e)
+                    Error::new(ErrorKind::BindFailed { bus, driver: (&driver).into() }).with_errno(e)
                 }
                 e => Error::syscall(Step::WriteSysfs, e),
             }),
@@ -328,7 +398,7 @@ fn bind_device<K: Kernel>(kernel: &K, dev: DeviceName, bus: Option<Bus>, driver:
         attached?;
         match sysfs::driver_of(kernel, bus, &dev)? {
             Some(now) if now == driver => Ok(()),
-            _ => Err(Error::new(ErrorKind::BindFailed { bus, driver })),
+            _ => Err(Error::new(ErrorKind::BindFailed { bus, driver: (&driver).into() })),
         }
     })();
     match result {
@@ -340,9 +410,12 @@ fn bind_device<K: Kernel>(kernel: &K, dev: DeviceName, bus: Option<Bus>, driver:
     }
 }
 
-fn unbind_device<K: Kernel>(kernel: &K, dev: DeviceName, bus: Option<Bus>) -> Result<Unbound, Error> {
+fn unbind_device<K: Kernel>(kernel: &K, dev: DeviceName, bus: Option<Bus>, wait: bool) -> Result<Unbound, Error> {
     let bus = sysfs::find_bus(kernel, &dev, bus)?;
     let previous = sysfs::driver_of(kernel, bus, &dev)?;
+    if let (Some(previous), false) = (&previous, wait) {
+        refuse_if_held(kernel, bus, &dev, previous)?;
+    }
     let saved = Saved { driver: previous, driver_override: read_override(kernel, bus, &dev)? };
     if let Some(previous) = previous {
         release(kernel, bus, &dev, previous)?;
@@ -371,7 +444,7 @@ mod tests {
         let long = "d".repeat(MAX_DRIVER_LEN);
         assert_eq!(driver_name(&long).unwrap().as_str(), long);
         let kind = |d: &str| driver_name(d).unwrap_err().kind();
-        assert_eq!(kind(&"d".repeat(32)), ErrorKind::InvalidDriverName(NameError::TooLong(32)));
+        assert_eq!(kind(&"d".repeat(256)), ErrorKind::InvalidDriverName(NameError::TooLong(256)));
         assert_eq!(kind(""), ErrorKind::InvalidDriverName(NameError::Empty));
         assert_eq!(kind("../x"), ErrorKind::InvalidDriverName(NameError::Slash));
         assert_eq!(kind(".."), ErrorKind::InvalidDriverName(NameError::Dot));

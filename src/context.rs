@@ -51,6 +51,14 @@ pub struct DeviceHandle {
     serial: u64,
 }
 
+impl DeviceHandle {
+    /// A handle no context gave out, for unit tests of code that keeps them.
+    #[cfg(test)]
+    pub(crate) fn for_tests(serial: u64) -> Self {
+        DeviceHandle { context: 0, serial }
+    }
+}
+
 /// A DMA mapping made by [`Context::dma_alloc`] or [`Context::dma_map_raw`].
 /// Not `Copy` or `Clone`: [`Context::dma_free`] consumes it.
 #[derive(Debug, PartialEq, Eq)]
@@ -427,8 +435,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             return result;
         }
         match unmapped {
-            Ok(()) => self.dma.forget_all(&self.kernel, true),
-            Err(_) if self.renew_iommufd() => self.dma.forget_all(&self.kernel, true),
+            Ok(()) => self.dma.forget_all(&self.kernel),
+            Err(_) if self.renew_iommufd() => self.dma.forget_all(&self.kernel),
             Err(e) => return result.and(Err(e)),
         }
         result
@@ -470,10 +478,16 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             _ => false,
         };
         let result = group.close(&self.kernel, true);
-        if last_domain_group {
-            // Memory goes back only once no device can reach it: every
-            // mapping removed, or the domain gone with the group.
-            self.dma.forget_all(&self.kernel, dma_unmapped || result.is_ok());
+        // Mappings go only once no device can reach them: every one removed,
+        // or the domain gone with the group. If the kernel refused both the
+        // unmaps and the detach, the domain may live on (another reference
+        // to the group keeps it attached): the mappings stay in the table,
+        // stranded, so the caller is never told that memory the IOMMU may
+        // still map is free. They go when the context drops.
+        if last_domain_group && !dma_unmapped && result.is_err() {
+            self.dma.strand_all();
+        } else if last_domain_group {
+            self.dma.forget_all(&self.kernel);
         }
         match kind {
             IommuKind::Type1 => {
@@ -659,7 +673,10 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
 
     /// Maps the caller's memory `vaddr..vaddr + len` for DMA, at `iova` or at
     /// an address the allocator picks. `vaddr` and `len` must be multiples of
-    /// the IOMMU page size (and of 4 KiB).
+    /// the IOMMU page size (and of 4 KiB). Memory this context already maps
+    /// (a buffer's, or another raw mapping's) is refused with
+    /// [`ErrorKind::DmaMemoryMapped`]: one piece of memory has one handle,
+    /// so one view at a time.
     ///
     /// # Safety
     /// - `vaddr..vaddr + len` is valid for reads and writes (whatever the
@@ -709,6 +726,9 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         if handle.context != self.id {
             return Err((handle, Error::new(ErrorKind::ForeignHandle)));
         }
+        if self.dma.is_stranded(handle.serial) {
+            return Err((handle, Error::new(ErrorKind::DmaStranded)));
+        }
         let domain = match self.dma_domain() {
             Ok(domain) => domain,
             Err(e) => return Err((handle, e)),
@@ -748,8 +768,9 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Dro
             iommufd.close(&self.kernel);
         }
         // Mappings an IO address space kept (see `release_iommufd_device`)
-        // went with the iommufd just closed: their memory can go too.
-        self.dma.forget_all(&self.kernel, true);
+        // went with the iommufd just closed, and stranded ones (see
+        // `detach`) with their container: their memory can go too.
+        self.dma.release_all(&self.kernel);
     }
 }
 

@@ -178,7 +178,7 @@ impl DeviceState {
         // SAFETY: `base` is a fresh mapping of `len` bytes with `prot` (the
         // `Kernel` contract); it is unmapped only in `release`, after the
         // region is taken out of this state.
-        Ok(unsafe { Region::mapped(index, flags, info.size, info.offset, base, len) })
+        Ok(unsafe { Region::mapped(index, flags, info.size, info.offset, base, len, kernel.emulation(&TOKEN)) })
     }
 
     /// With the sparse-mmap capability, maps only the areas it names.
@@ -207,7 +207,7 @@ impl DeviceState {
         };
         let areas = cap.body.get(0..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         let prot = Protection { read: flags.contains(RegionFlags::READ), write: flags.contains(RegionFlags::WRITE) };
-        let mut region = Region::sparse(index, flags, info.size, info.offset);
+        let mut region = Region::sparse(index, flags, info.size, info.offset, kernel.emulation(&TOKEN));
         for i in 0..areas as usize {
             let (Some(offset), Some(size)) = (quad(8 + 16 * i), quad(16 + 16 * i)) else { break };
             let inside = offset.checked_add(size).is_some_and(|end| end <= info.size);

@@ -115,6 +115,8 @@ pub(crate) struct Mapping {
     vaddr: NonNull<u8>,
     /// Memory the context allocated (and releases) rather than the caller's.
     owned: bool,
+    /// Its IOMMU domain could not be let go of (see [`Table::strand_all`]).
+    stranded: bool,
 }
 
 /// A DMA buffer or mapping, borrowed from its context.
@@ -405,6 +407,15 @@ impl<const N: usize> Table<N> {
         if len == 0 || !len.is_multiple_of(page) || !(vaddr.as_ptr().addr() as u64).is_multiple_of(page) {
             return Err(bad_range);
         }
+        // The same memory mapped twice would give two handles, and so two
+        // views on two threads, over the same bytes: refused.
+        let start = vaddr.as_ptr().addr() as u64;
+        if let Some(m) = self.mappings.iter().find(|m| {
+            let other = m.vaddr.as_ptr().addr() as u64;
+            start < other.saturating_add(m.len) && other < start.saturating_add(len)
+        }) {
+            return Err(Error::new(ErrorKind::DmaMemoryMapped { iova: m.iova, len: m.len }));
+        }
         // Huge-page buffers get huge-page-aligned IOVAs, so the IOMMU can use
         // huge pages too.
         let align = page.max(align);
@@ -428,7 +439,7 @@ impl<const N: usize> Table<N> {
         let serial = self.next_serial;
         self.next_serial += 1;
         // Cannot fail: fullness was checked first.
-        let _ = self.mappings.push(Mapping { serial, iova, len, vaddr, owned });
+        let _ = self.mappings.push(Mapping { serial, iova, len, vaddr, owned, stranded: false });
         Ok(serial)
     }
 
@@ -439,6 +450,9 @@ impl<const N: usize> Table<N> {
         let Some(slot) = self.mappings.iter().position(|m| m.serial == serial) else {
             return Err(Error::new(ErrorKind::ForeignHandle));
         };
+        if self.mappings[slot].stranded {
+            return Err(Error::new(ErrorKind::DmaStranded));
+        }
         unmap_iommu(kernel, domain, &self.mappings[slot])?;
         let mapping = self.mappings.swap_remove(slot);
         release_memory(kernel, &mapping)
@@ -448,22 +462,43 @@ impl<const N: usize> Table<N> {
     /// the IOMMU. Every mapping is tried; the first failure is returned.
     pub(crate) fn unmap_all_from_iommu<K: Kernel>(&self, kernel: &K, domain: Domain) -> Result<(), Error> {
         let mut result = Ok(());
-        for m in &self.mappings {
+        // Stranded mappings live in a domain that is not this one.
+        for m in self.mappings.iter().filter(|m| !m.stranded) {
             result = result.and(unmap_iommu(kernel, domain, m));
         }
         result
     }
 
     /// After the domain is gone (or every mapping was removed from it):
-    /// releases owned memory and empties the table. With `domain_gone` false
-    /// and removals failed, the memory is leaked rather than released.
-    pub(crate) fn forget_all<K: Kernel>(&mut self, kernel: &K, memory_safe_to_release: bool) {
-        for m in &self.mappings {
-            if memory_safe_to_release {
-                let _ = release_memory(kernel, m);
-            }
+    /// releases its mappings' owned memory and drops them from the table.
+    /// Stranded mappings stay (their domain is another).
+    pub(crate) fn forget_all<K: Kernel>(&mut self, kernel: &K) {
+        for m in self.mappings.iter().filter(|m| !m.stranded) {
+            let _ = release_memory(kernel, m);
         }
-        self.mappings.clear();
+        self.mappings.retain(|m| m.stranded);
+    }
+
+    /// When the context drops, after every domain is closed: releases all.
+    pub(crate) fn release_all<K: Kernel>(&mut self, kernel: &K) {
+        for m in self.mappings.iter_mut() {
+            m.stranded = false;
+        }
+        self.forget_all(kernel);
+    }
+
+    /// The kernel kept the domain (neither the unmaps nor the detach went
+    /// through): every mapping stays, with its memory, until the context
+    /// drops, and says so when freed.
+    pub(crate) fn strand_all(&mut self) {
+        for m in self.mappings.iter_mut() {
+            m.stranded = true;
+        }
+    }
+
+    /// Whether the mapping `serial` is stranded.
+    pub(crate) fn is_stranded(&self, serial: u64) -> bool {
+        self.mappings.iter().any(|m| m.serial == serial && m.stranded)
     }
 }
 

@@ -141,19 +141,26 @@ impl fmt::Display for Step {
     }
 }
 
-/// A driver name read from sysfs, stored inline (truncated to 31 bytes).
+/// The longest driver name there is, in bytes: a driver is reached through
+/// `/sys/bus/BUS/drivers/NAME`, and a path component is at most `NAME_MAX`
+/// (255) bytes.
+pub const MAX_DRIVER_LEN: usize = 255;
+
+/// A driver name, whole, stored inline (no heap): what
+/// [`bind`](crate::bind) reads from sysfs and puts back.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct DriverName {
     len: u8,
-    bytes: [u8; 31],
+    bytes: [u8; MAX_DRIVER_LEN],
 }
 
 impl DriverName {
-    pub(crate) fn new(raw: &[u8]) -> Self {
-        let len = raw.len().min(31);
-        let mut bytes = [0; 31];
-        bytes[..len].copy_from_slice(&raw[..len]);
-        DriverName { len: len as u8, bytes }
+    /// `None` when `raw` is longer than [`MAX_DRIVER_LEN`]: a name is never cut.
+    pub(crate) fn new(raw: &[u8]) -> Option<Self> {
+        let len = u8::try_from(raw.len()).ok().filter(|&n| usize::from(n) <= MAX_DRIVER_LEN)?;
+        let mut bytes = [0; MAX_DRIVER_LEN];
+        bytes[..raw.len()].copy_from_slice(raw);
+        Some(DriverName { len, bytes })
     }
 
     /// The driver's name, as sysfs spells it (`e1000e`, `pci-host-generic`).
@@ -165,6 +172,116 @@ impl DriverName {
 impl fmt::Debug for DriverName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// Bytes of a name an [`Error`] carries (errors stay small).
+pub const LABEL_LEN: usize = 31;
+
+/// A name (a driver's, a device's) as an error carries it: its first
+/// [`LABEL_LEN`] bytes, marked when cut (shown with a trailing `...`). Only
+/// for messages: [`bind`](crate::bind) keeps whole [`DriverName`]s for what
+/// it restores.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Label {
+    len: u8,
+    cut: bool,
+    bytes: [u8; LABEL_LEN],
+}
+
+impl Label {
+    pub(crate) fn new(raw: &[u8]) -> Self {
+        let mut len = raw.len().min(LABEL_LEN);
+        // Cut on a character boundary, so the label stays valid UTF-8.
+        while len > 0 && len < raw.len() && (raw[len] & 0xc0) == 0x80 {
+            len -= 1;
+        }
+        let mut bytes = [0; LABEL_LEN];
+        bytes[..len].copy_from_slice(&raw[..len]);
+        Label { len: len as u8, cut: len < raw.len(), bytes }
+    }
+
+    /// The name, or its first bytes when [`Label::is_cut`].
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+
+    /// Whether the name was longer than [`LABEL_LEN`] bytes.
+    pub fn is_cut(&self) -> bool {
+        self.cut
+    }
+}
+
+/// The device that keeps an IOMMU group from being viable, and its driver,
+/// as [`ErrorKind::GroupNotViable`] carries them: inline, each cut (and
+/// marked) when the two do not fit in 40 bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Blocker {
+    bytes: [u8; 40],
+    device: u8,
+    driver: u8,
+    cut: bool,
+}
+
+impl Blocker {
+    pub(crate) fn new(device: &str, driver: &str) -> Self {
+        let mut bytes = [0; 40];
+        let take = |s: &str, max: usize| {
+            let mut n = s.len().min(max);
+            while !s.is_char_boundary(n) {
+                n -= 1;
+            }
+            n
+        };
+        let dev = take(device, 40 - driver.len().min(16));
+        let drv = take(driver, 40 - dev);
+        bytes[..dev].copy_from_slice(&device.as_bytes()[..dev]);
+        bytes[dev..dev + drv].copy_from_slice(&driver.as_bytes()[..drv]);
+        Blocker { bytes, device: dev as u8, driver: drv as u8, cut: dev < device.len() || drv < driver.len() }
+    }
+
+    /// The blocking device's name (its first bytes if [`Blocker::is_cut`]).
+    pub fn device(&self) -> &str {
+        core::str::from_utf8(&self.bytes[..usize::from(self.device)]).unwrap_or("?")
+    }
+
+    /// Its driver's name (its first bytes if [`Blocker::is_cut`]).
+    pub fn driver(&self) -> &str {
+        let start = usize::from(self.device);
+        core::str::from_utf8(&self.bytes[start..start + usize::from(self.driver)]).unwrap_or("?")
+    }
+
+    /// Whether a name did not fit whole.
+    pub fn is_cut(&self) -> bool {
+        self.cut
+    }
+}
+
+impl fmt::Debug for Blocker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Blocker").field("device", &self.device()).field("driver", &self.driver()).finish()
+    }
+}
+
+impl From<&DriverName> for Label {
+    fn from(name: &DriverName) -> Self {
+        Label::new(name.as_str().as_bytes())
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())?;
+        if self.cut {
+            f.write_str("...")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
     }
 }
 
@@ -218,7 +335,7 @@ pub enum ErrorKind {
         /// Its bus.
         bus: Bus,
         /// The driver it is bound to.
-        driver: DriverName,
+        driver: Label,
     },
     /// The device has no IOMMU group (no IOMMU, and noiommu mode is off).
     NoIommuGroup {
@@ -239,6 +356,9 @@ pub enum ErrorKind {
     GroupNotViable {
         /// The group number.
         group: u32,
+        /// The first such device and its driver, as sysfs lists the group
+        /// (`None` if it could not be read).
+        blocker: Option<Blocker>,
     },
     /// The kernel offers no IOMMU backend this crate can use.
     NoIommuType,
@@ -297,6 +417,12 @@ pub enum ErrorKind {
         /// The index.
         index: u32,
     },
+    /// The device does not offer this notification: its interrupt index is
+    /// missing or has no vector (edu has no error interrupt).
+    NoNotification {
+        /// The notification asked for.
+        which: crate::notify::Notification,
+    },
     /// The device does not support `VFIO_DEVICE_RESET` (its flags lack RESET).
     ResetUnsupported,
     /// A PCI-only operation on a device that is not a PCI device.
@@ -319,6 +445,20 @@ pub enum ErrorKind {
         /// The length asked for.
         len: u64,
     },
+    /// The memory given to [`Context::dma_map_raw`](crate::Context::dma_map_raw)
+    /// overlaps memory this context already maps for DMA (its mapping is
+    /// named): one piece of memory has one mapping, so one view at a time.
+    DmaMemoryMapped {
+        /// The IOVA of the mapping already covering some of the memory.
+        iova: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// The mapping's IOMMU domain could not be let go of when its last
+    /// device was freed (both the unmap and `VFIO_GROUP_UNSET_CONTAINER`
+    /// failed), so the IOMMU may still map the memory: the mapping, and its
+    /// memory, stay until the context is dropped.
+    DmaStranded,
     /// The IOMMU unmapped less than the whole mapping; the mapping (and its
     /// memory) is kept.
     PartialUnmap {
@@ -354,7 +494,7 @@ pub enum ErrorKind {
     /// A system call failed; [`Error::errno`] says how.
     Syscall(Step),
     /// A driver name given to [`bind`](crate::bind::bind) was refused before
-    /// any system call (the same rules as device names, at most 31 bytes).
+    /// any system call (the same rules as device names, at most [`MAX_DRIVER_LEN`] bytes).
     InvalidDriverName(NameError),
     /// The driver asked for is not loaded: `/sys/bus/BUS/drivers/DRIVER` does
     /// not exist.
@@ -362,14 +502,20 @@ pub enum ErrorKind {
         /// The device's bus.
         bus: Bus,
         /// The driver asked for.
-        driver: DriverName,
+        driver: Label,
+    },
+    /// A process holds the device through VFIO (its group node or cdev is
+    /// open there): Linux would block the unbind until it lets go.
+    DeviceHeld {
+        /// The first holding process found.
+        pid: u32,
     },
     /// The device's driver refused to let it go (`EBUSY`): it is in use.
     DeviceBusy {
         /// The device's bus.
         bus: Bus,
         /// The driver it is bound to.
-        driver: DriverName,
+        driver: Label,
     },
     /// The driver did not take the device (its `driver` link named another
     /// driver, or none, afterwards); what was changed was put back.
@@ -377,7 +523,7 @@ pub enum ErrorKind {
         /// The device's bus.
         bus: Bus,
         /// The driver asked for.
-        driver: DriverName,
+        driver: Label,
     },
 }
 
@@ -542,8 +688,7 @@ impl fmt::Display for Error {
             ErrorKind::WrongDriver { bus, driver } => {
                 write!(
                     f,
-                    "the device is bound to {}, not to a VFIO driver; unbind it (echo {dev} > /sys/bus/{bus}/devices/{dev}/driver/unbind), then: ",
-                    driver.as_str()
+                    "the device is bound to {driver}, not to a VFIO driver; unbind it (echo {dev} > /sys/bus/{bus}/devices/{dev}/driver/unbind), then: "
                 )?;
                 bind_recipe(f, bus, dev)?
             }
@@ -559,7 +704,14 @@ impl fmt::Display for Error {
                 f,
                 "IOMMU group {group} is already open, by another process or another context (a group can be opened once)"
             )?,
-            ErrorKind::GroupNotViable { group } => write!(
+            ErrorKind::GroupNotViable { group, blocker: Some(b) } => write!(
+                f,
+                "IOMMU group {group} is not viable: {} is in it and bound to {}{}; unbind it (echo {0} > /sys/kernel/iommu_groups/{group}/devices/{0}/driver/unbind) or bind it to VFIO too: every device in /sys/kernel/iommu_groups/{group}/devices must be bound to a VFIO driver or to none",
+                b.device(),
+                b.driver(),
+                if b.is_cut() { " (names cut short)" } else { "" }
+            )?,
+            ErrorKind::GroupNotViable { group, blocker: None } => write!(
                 f,
                 "IOMMU group {group} is not viable: every device in /sys/kernel/iommu_groups/{group}/devices must be bound to a VFIO driver or to none"
             )?,
@@ -597,6 +749,10 @@ impl fmt::Display for Error {
                 write!(f, "interrupt {index}/{vector} has no eventfd: enable the index first (Context::irq_enable)")?
             }
             ErrorKind::NotMaskable { index } => write!(f, "interrupt index {index} cannot be masked")?,
+            ErrorKind::NoNotification { which } => write!(
+                f,
+                "the device offers no {which} notification: its interrupt index has no vector (an error notification needs a device with AER)"
+            )?,
             ErrorKind::ResetUnsupported => {
                 f.write_str("the device does not support VFIO_DEVICE_RESET (no function-level or bus reset)")?
             }
@@ -614,6 +770,13 @@ impl fmt::Display for Error {
                 "the DMA mapping table is full ({capacity} mappings): free one, or raise the context's DMA parameter"
             )?,
             ErrorKind::NoIova { len } => write!(f, "no free IOVA range of {len:#x} bytes is left")?,
+            ErrorKind::DmaMemoryMapped { iova, len } => write!(
+                f,
+                "this memory is already mapped for DMA (the mapping at IOVA {iova:#x}, {len:#x} bytes, covers some of it): use that mapping's handle, or free it first"
+            )?,
+            ErrorKind::DmaStranded => f.write_str(
+                "the IOMMU domain of this mapping was kept by the kernel when its last device was freed (the unmap and the detach failed): the mapping and its memory stay until the context is dropped",
+            )?,
             ErrorKind::PartialUnmap { unmapped, len } => write!(
                 f,
                 "the IOMMU unmapped {unmapped:#x} of {len:#x} bytes; the mapping and its memory are kept"
@@ -630,26 +793,32 @@ impl fmt::Display for Error {
                 write!(f, "region {region}: moved {done} of {wanted} bytes")?
             }
             ErrorKind::Syscall(step) => write!(f, "{step} failed")?,
-            ErrorKind::InvalidDriverName(e) => write!(f, "bad driver name: {e} (driver names are at most 31 bytes)")?,
+            ErrorKind::InvalidDriverName(NameError::TooLong(len)) => {
+                write!(f, "bad driver name: it is {len} bytes long; driver names are at most {MAX_DRIVER_LEN} bytes")?
+            }
+            ErrorKind::InvalidDriverName(e) => write!(f, "bad driver name: {e}")?,
             ErrorKind::DriverMissing { bus, driver } => {
-                let d = driver.as_str();
+                let d = driver;
                 write!(f, "driver {d} is not loaded (/sys/bus/{bus}/drivers/{d} does not exist): modprobe {d}")?;
-                if d == "vfio-platform" {
+                if d.as_str() == "vfio-platform" {
                     f.write_str(" (reset_required=0 for devices without a reset driver)")?;
                 }
             }
+            ErrorKind::DeviceHeld { pid } => write!(
+                f,
+                "process {pid} holds the device through VFIO (see /proc/{pid}/fd): Linux would block the unbind until it frees the device; stop that process or have it free the device, or unbind with --wait (bind::unbind_wait), which signals its request notifier and waits"
+            )?,
             ErrorKind::DeviceBusy { bus, driver } => write!(
                 f,
-                "the device is in use: {} refused to release it (/sys/bus/{bus}/devices/{dev}/driver/unbind); stop what uses it (close its VFIO fds, unmount, bring the interface down), then retry",
-                driver.as_str()
+                "the device is in use: {driver} refused to release it (/sys/bus/{bus}/devices/{dev}/driver/unbind); stop what uses it (close its VFIO fds, unmount, bring the interface down), then retry"
             )?,
             ErrorKind::BindFailed { bus, driver } => {
-                let d = driver.as_str();
+                let d = driver;
                 write!(
                     f,
                     "{d} did not take the device; its previous driver and driver_override were restored. Does {d} support this {bus} device? See dmesg"
                 )?;
-                if d == "vfio-pci" {
+                if d.as_str() == "vfio-pci" {
                     f.write_str(" (vfio-pci needs an IOMMU, or vfio enable_unsafe_noiommu_mode=1)")?;
                 }
             }
@@ -662,3 +831,33 @@ impl fmt::Display for Error {
 }
 
 impl core::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::format;
+
+    use super::*;
+
+    #[test]
+    fn blockers_keep_both_names_and_mark_cuts() {
+        let b = Blocker::new("0000:01:03.0", "e1000e");
+        assert_eq!((b.device(), b.driver(), b.is_cut()), ("0000:01:03.0", "e1000e", false));
+        // A long device name leaves the driver at least 16 bytes.
+        let long = "x".repeat(60);
+        let b = Blocker::new(&long, "pci-host-generic-driver");
+        assert_eq!((b.device().len(), b.driver(), b.is_cut()), (24, "pci-host-generic", true));
+        // A long driver name takes what the device leaves.
+        let b = Blocker::new("9010000.pl031", &"d".repeat(50));
+        assert_eq!((b.device(), b.driver().len(), b.is_cut()), ("9010000.pl031", 27, true));
+    }
+
+    #[test]
+    fn labels_cut_on_character_boundaries() {
+        let l = Label::new("é".repeat(20).as_bytes());
+        assert!(l.is_cut());
+        assert_eq!(l.as_str(), "é".repeat(15));
+        assert_eq!(format!("{l}"), format!("{}...", "é".repeat(15)));
+        assert!(!Label::new(b"vfio-pci").is_cut());
+    }
+}

@@ -35,7 +35,8 @@ impl Group {
         };
         if !viable {
             kernel.close(&TOKEN, fd);
-            return Err(Error::new(ErrorKind::GroupNotViable { group: number }));
+            let blocker = crate::bind::first_blocker(kernel, number);
+            return Err(Error::new(ErrorKind::GroupNotViable { group: number, blocker }));
         }
         Ok(Group { number, fd, kind, devices: 0 })
     }
@@ -109,14 +110,29 @@ impl Group {
     /// error, if any, is returned for the caller to report.
     pub(crate) fn close<K: Kernel>(self, kernel: &K, attached: bool) -> Result<(), Error> {
         let detached = if attached {
-            kernel
-                .ioctl(&TOKEN, self.fd, Request::GroupUnsetContainer)
-                .map(drop)
-                .map_err(|e| Error::syscall(Step::UnsetContainer, e))
+            match kernel.ioctl(&TOKEN, self.fd, Request::GroupUnsetContainer) {
+                Ok(_) => Ok(()),
+                Err(Errno::INVAL) if self.detached_by_kernel(kernel) => Ok(()),
+                Err(e) => Err(Error::syscall(Step::UnsetContainer, e)),
+            }
         } else {
             Ok(())
         };
         kernel.close(&TOKEN, self.fd);
         detached
+    }
+
+    /// After `VFIO_GROUP_UNSET_CONTAINER` said `EINVAL` (no container): did
+    /// the kernel detach the group itself? It does when the group's last
+    /// device leaves VFIO (unbound or removed while we held it): the group
+    /// then says it has no container, or, its IOMMU group gone, `ENODEV`.
+    /// Nothing is left held then. A group that still says CONTAINER_SET, or
+    /// a status that cannot be read, keeps the `EINVAL` a real failure.
+    fn detached_by_kernel<K: Kernel>(&self, kernel: &K) -> bool {
+        let mut status = sys::GroupStatus { argsz: sys::argsz::<sys::GroupStatus>(), flags: 0 };
+        match kernel.ioctl(&TOKEN, self.fd, Request::GroupGetStatus(&mut status)) {
+            Ok(_) => !GroupFlags::from_bits_retain(status.flags).contains(GroupFlags::CONTAINER_SET),
+            Err(e) => e == Errno::NODEV,
+        }
     }
 }

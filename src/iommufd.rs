@@ -132,7 +132,9 @@ fn bind_refusal<K: Kernel>(kernel: &K, dev: &Located, errno: Errno) -> Error {
     let kind = match errno {
         Errno::BUSY => ErrorKind::GroupBusy { group: dev.group },
         Errno::PERM => match crate::bind::group_blockers(kernel, dev.group, &dev.name) {
-            Ok(n) if n > 0 => ErrorKind::GroupNotViable { group: dev.group },
+            Ok(n) if n > 0 => {
+                ErrorKind::GroupNotViable { group: dev.group, blocker: crate::bind::first_blocker(kernel, dev.group) }
+            }
             _ => ErrorKind::DeviceClaimed,
         },
         Errno::INVAL => ErrorKind::DeviceClaimed,

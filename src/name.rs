@@ -75,6 +75,29 @@ impl fmt::Display for NameError {
 
 impl core::error::Error for NameError {}
 
+/// Checks a name that becomes one sysfs path component (a device or driver
+/// name): 1 to `max` bytes of printable ASCII without `/`, not `.` or `..`.
+pub(crate) fn check_component(raw: &[u8], max: usize) -> Result<(), NameError> {
+    if raw.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if raw.len() > max {
+        return Err(NameError::TooLong(raw.len()));
+    }
+    if raw == b"." || raw == b".." {
+        return Err(NameError::Dot);
+    }
+    for &b in raw {
+        match b {
+            b'/' => return Err(NameError::Slash),
+            0 => return Err(NameError::Nul),
+            b'!'..=b'~' => {}
+            other => return Err(NameError::BadByte(other)),
+        }
+    }
+    Ok(())
+}
+
 /// A validated device name, stored inline (`Copy`, no allocation).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeviceName {
@@ -83,27 +106,15 @@ pub struct DeviceName {
 }
 
 impl DeviceName {
+    /// No name: what a cleared C struct holds (never a valid device name).
+    #[cfg(feature = "capi")]
+    pub(crate) const EMPTY: DeviceName = DeviceName { len: 0, bytes: [0; MAX_NAME_LEN] };
+
     /// Validates `name`: 1 to [`MAX_NAME_LEN`] bytes of printable ASCII
     /// without `/`, and not `.` or `..`.
     pub fn new(name: &str) -> Result<Self, NameError> {
         let raw = name.as_bytes();
-        if raw.is_empty() {
-            return Err(NameError::Empty);
-        }
-        if raw.len() > MAX_NAME_LEN {
-            return Err(NameError::TooLong(raw.len()));
-        }
-        if raw == b"." || raw == b".." {
-            return Err(NameError::Dot);
-        }
-        for &b in raw {
-            match b {
-                b'/' => return Err(NameError::Slash),
-                0 => return Err(NameError::Nul),
-                b'!'..=b'~' => {}
-                other => return Err(NameError::BadByte(other)),
-            }
-        }
+        check_component(raw, MAX_NAME_LEN)?;
         let mut bytes = [0; MAX_NAME_LEN];
         bytes[..raw.len()].copy_from_slice(raw);
         Ok(DeviceName { len: raw.len() as u8, bytes })

@@ -4,8 +4,8 @@ use core::ffi::CStr;
 use core::fmt::{self, Write};
 
 /// Room for the longest path the crate builds:
-/// `/sys/bus/platform/devices/` + a 63-byte name + `/iommu_group` + NUL.
-const CAPACITY: usize = 128;
+/// `/sys/bus/platform/drivers/` + a 255-byte driver name + `/bind` + NUL.
+const CAPACITY: usize = 320;
 
 /// A path being built in a fixed buffer.
 pub(crate) struct PathBuf {
@@ -64,7 +64,7 @@ mod tests {
 
     #[test]
     fn refuses_overflow_and_nul() {
-        let long = "x".repeat(200);
+        let long = "x".repeat(super::CAPACITY);
         assert!(sys_path!("/sys/{long}").is_none());
         assert!(sys_path!("/sys/{}", "a\0b").is_none());
         let exact = "y".repeat(super::CAPACITY - 1);

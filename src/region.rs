@@ -12,6 +12,7 @@ use core::fmt;
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
 
+use crate::kernel::{Emulation, MmioAccess};
 use crate::regblock::RegisterBlock;
 use crate::sys::RegionFlags;
 
@@ -123,28 +124,71 @@ pub struct Region {
     writable: usize,
     /// The mapped areas of a sparse region.
     areas: heapless::Vec<Area, MAX_SPARSE_AREAS>,
+    /// An emulated mapping (a fake kernel's ordinary memory): every access
+    /// goes through the kernel, so the fast path's limits above are 0.
+    emulated: Option<Emulated>,
 }
+
+/// How an emulated mapping is reached, and its real limits.
+#[derive(Clone, Copy, Debug)]
+struct Emulated {
+    via: Emulation,
+    readable: usize,
+    writable: usize,
+}
+
+/// The widths a register access comes in.
+trait Word: Copy {
+    fn from_u64(value: u64) -> Self;
+    fn to_u64(self) -> u64;
+}
+
+macro_rules! word {
+    ($($t:ty),*) => {$(
+        impl Word for $t {
+            fn from_u64(value: u64) -> Self {
+                value as $t
+            }
+            fn to_u64(self) -> u64 {
+                u64::from(self)
+            }
+        }
+    )*};
+}
+word!(u8, u16, u32, u64);
 
 // SAFETY: a `Region` is plain data plus a pointer to a shared mapping that
 // lives as long as the `Region` (it is unmapped only by the context, which
 // must first get `&mut` access and so outlive every borrow of the region).
 // Accesses through it are single volatile loads and stores of device memory,
 // which other threads may make too, as kernel drivers do with readl/writel;
-// the `Kernel` contract requires mappings that allow this. (The fake kernel's
-// regions are ordinary memory and allow it for disjoint registers only; see
-// `dao_vfio::fake`.)
+// the `Kernel` contract requires mappings that allow this. A mapping that is
+// ordinary memory (the fake kernel's) is emulated: every access goes through
+// its kernel, which serializes them (`Emulation`'s contract).
 unsafe impl Send for Region {}
 // SAFETY: see `Send`; `&Region` only permits volatile accesses.
 unsafe impl Sync for Region {}
 
 impl Region {
     pub(crate) fn unmapped(index: u32, kind: RegionKind, flags: RegionFlags, size: u64, offset: u64) -> Self {
-        Region { index, kind, flags, size, offset, base: None, readable: 0, writable: 0, areas: heapless::Vec::new() }
+        Region {
+            index,
+            kind,
+            flags,
+            size,
+            offset,
+            base: None,
+            readable: 0,
+            writable: 0,
+            areas: heapless::Vec::new(),
+            emulated: None,
+        }
     }
 
     /// # Safety
     /// `base` points to a live mapping of `len` bytes with the protections
-    /// `flags` allows, which stays mapped until [`Region::take_mapping`].
+    /// `flags` allows, which stays mapped until [`Region::take_mappings`];
+    /// `emulation` is its kernel's (see [`crate::Kernel::emulation`]).
     pub(crate) unsafe fn mapped(
         index: u32,
         flags: RegionFlags,
@@ -152,7 +196,11 @@ impl Region {
         offset: u64,
         base: NonNull<u8>,
         len: usize,
+        emulation: Option<Emulation>,
     ) -> Self {
+        let readable = if flags.contains(RegionFlags::READ) { len } else { 0 };
+        let writable = if flags.contains(RegionFlags::WRITE) { len } else { 0 };
+        let emulated = emulation.map(|via| Emulated { via, readable, writable });
         Region {
             index,
             kind: RegionKind::Mapped,
@@ -160,15 +208,19 @@ impl Region {
             size,
             offset,
             base: Some(base),
-            readable: if flags.contains(RegionFlags::READ) { len } else { 0 },
-            writable: if flags.contains(RegionFlags::WRITE) { len } else { 0 },
+            // An emulated mapping never takes the fast path.
+            readable: if emulated.is_some() { 0 } else { readable },
+            writable: if emulated.is_some() { 0 } else { writable },
             areas: heapless::Vec::new(),
+            emulated,
         }
     }
 
     /// A sparse region with no areas yet; see [`Region::add_area`].
-    pub(crate) fn sparse(index: u32, flags: RegionFlags, size: u64, offset: u64) -> Self {
-        Region::unmapped(index, RegionKind::Sparse, flags, size, offset)
+    pub(crate) fn sparse(index: u32, flags: RegionFlags, size: u64, offset: u64, emulation: Option<Emulation>) -> Self {
+        let mut region = Region::unmapped(index, RegionKind::Sparse, flags, size, offset);
+        region.emulated = emulation.map(|via| Emulated { via, readable: 0, writable: 0 });
+        region
     }
 
     /// Records a mapped area of a sparse region. Returns false (recording
@@ -194,6 +246,9 @@ impl Region {
         self.areas.clear();
         self.readable = 0;
         self.writable = 0;
+        if let Some(e) = &mut self.emulated {
+            (e.readable, e.writable) = (0, 0);
+        }
         if self.kind != RegionKind::Sparse {
             self.kind = RegionKind::Unmapped;
         }
@@ -311,7 +366,7 @@ impl Region {
     }
 
     #[inline(always)]
-    fn read<T: Copy>(&self, offset: usize) -> Result<T, AccessError> {
+    fn read<T: Word>(&self, offset: usize) -> Result<T, AccessError> {
         let (width, align) = (size_of::<T>(), align_of::<T>());
         match self.checked(offset, width, align, self.readable) {
             // SAFETY: in bounds of a live, readable mapping and aligned for T.
@@ -321,7 +376,7 @@ impl Region {
     }
 
     #[inline(always)]
-    fn write<T: Copy>(&self, offset: usize, value: T) -> Result<(), AccessError> {
+    fn write<T: Word>(&self, offset: usize, value: T) -> Result<(), AccessError> {
         let (width, align) = (size_of::<T>(), align_of::<T>());
         match self.checked(offset, width, align, self.writable) {
             Some(p) => {
@@ -335,13 +390,26 @@ impl Region {
         }
     }
 
+    /// The address of `width` bytes at `offset` of an emulated mapping, as
+    /// [`Region::checked`] finds it with the mapping's real limits.
+    #[cold]
+    fn in_emulated(&self, offset: usize, width: usize, align: usize, write: bool) -> Option<(Emulation, NonNull<u8>)> {
+        let e = self.emulated?;
+        let limit = if write { e.writable } else { e.readable };
+        let p = self.in_area(offset, width, align, write).or_else(|| self.checked(offset, width, align, limit))?;
+        Some((e.via, p))
+    }
+
     /// An access the fast check refused: through a sparse area's mapping,
-    /// or refused. Out of line and cold, so the inlined fast path stays one
-    /// check and one access.
+    /// through the kernel (an emulated mapping), or refused. Out of line and
+    /// cold, so the inlined fast path stays one check and one access.
     #[cold]
     #[inline(never)]
-    fn read_slow<T: Copy>(&self, offset: usize) -> Result<T, AccessError> {
+    fn read_slow<T: Word>(&self, offset: usize) -> Result<T, AccessError> {
         let (width, align) = (size_of::<T>(), align_of::<T>());
+        if let Some((via, addr)) = self.in_emulated(offset, width, align, false) {
+            return Ok(T::from_u64(via.access(MmioAccess::Read { addr, width })));
+        }
         match self.in_area(offset, width, align, false) {
             // SAFETY: inside a live, readable area mapping, aligned for T.
             Some(p) => Ok(unsafe { p.cast::<T>().read_volatile() }),
@@ -352,8 +420,12 @@ impl Region {
     /// See [`Region::read_slow`].
     #[cold]
     #[inline(never)]
-    fn write_slow<T: Copy>(&self, offset: usize, value: T) -> Result<(), AccessError> {
+    fn write_slow<T: Word>(&self, offset: usize, value: T) -> Result<(), AccessError> {
         let (width, align) = (size_of::<T>(), align_of::<T>());
+        if let Some((via, addr)) = self.in_emulated(offset, width, align, true) {
+            via.access(MmioAccess::Write { addr, width, value: value.to_u64() });
+            return Ok(());
+        }
         match self.in_area(offset, width, align, true) {
             Some(p) => {
                 // SAFETY: inside a live, writable area mapping, aligned for T
@@ -424,9 +496,22 @@ impl Region {
             Some(p) => Ok(unsafe { p.cast::<T>().as_ref() }),
             None => {
                 let read_write = self.flags.contains(RegionFlags::READ | RegionFlags::WRITE);
-                match self.in_area(offset, width, align, false).filter(|_| read_write) {
-                    // SAFETY: as above, inside one live read/write area mapping.
-                    Some(p) => Ok(unsafe { p.cast::<T>().as_ref() }),
+                let emulated = self.emulated.map(|e| (e.via, e.readable.min(e.writable)));
+                let found = self
+                    .in_area(offset, width, align, false)
+                    .filter(|_| read_write)
+                    .or_else(|| emulated.and_then(|(_, limit)| self.checked(offset, width, align, limit)));
+                match found {
+                    Some(p) => {
+                        if let Some((via, _)) = emulated {
+                            // The block's accesses bypass the kernel: it keeps
+                            // other threads off this memory from now on.
+                            via.access(MmioAccess::Block { addr: p, len: width });
+                        }
+                        // SAFETY: as above, inside one live read/write mapping
+                        // (an area of a sparse region, or an emulated one).
+                        Ok(unsafe { p.cast::<T>().as_ref() })
+                    }
                     None => Err(self.refusal(offset, width, align, !self.flags.contains(RegionFlags::WRITE))),
                 }
             }
@@ -458,7 +543,7 @@ mod tests {
         let len = core::mem::size_of_val(buf);
         let base = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap();
         // SAFETY: `buf` outlives the region in each test and is not otherwise used.
-        unsafe { Region::mapped(0, flags, len as u64, 0, base, len) }
+        unsafe { Region::mapped(0, flags, len as u64, 0, base, len, None) }
     }
 
     #[test]

@@ -3,13 +3,13 @@
 
 use rustix::io::Errno;
 
-use crate::error::{DriverName, Error, ErrorKind, Step};
+use crate::error::{DriverName, Error, ErrorKind, Label, Step};
 use crate::kernel::{Kernel, TOKEN};
 use crate::name::{Bus, DeviceName};
 use crate::path::sys_path;
 
 /// Room for a sysfs link target (`../../../devices/platform/...`).
-const LINK_CAPACITY: usize = 256;
+const LINK_CAPACITY: usize = 320;
 
 /// The last `/`-separated component of a link target.
 pub(crate) fn last_component(link: &[u8]) -> &[u8] {
@@ -80,7 +80,7 @@ pub(crate) fn check_driver<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -
             if is_vfio_driver(driver) {
                 Ok(())
             } else {
-                Err(Error::new(ErrorKind::WrongDriver { bus, driver: DriverName::new(driver) }))
+                Err(Error::new(ErrorKind::WrongDriver { bus, driver: Label::new(driver) }))
             }
         }
     }
@@ -100,7 +100,10 @@ pub(crate) fn iommu_group<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) ->
 /// not exist (the device is bound to no driver).
 pub(crate) fn driver_at<K: Kernel>(kernel: &K, path: &core::ffi::CStr) -> Result<Option<DriverName>, Error> {
     let mut buf = [0u8; LINK_CAPACITY];
-    Ok(read_link(kernel, path, &mut buf)?.map(|link| DriverName::new(last_component(link))))
+    match read_link(kernel, path, &mut buf)? {
+        None => Ok(None),
+        Some(link) => DriverName::new(last_component(link)).map(Some).ok_or_else(too_long),
+    }
 }
 
 /// The driver the device is bound to, `None` when it is bound to none.

@@ -177,9 +177,11 @@ fn dma_buffers_are_mapped_inside_the_iova_ranges_on(iommufd: bool) {
     let buf = ctx.dma(&mut a).unwrap();
     buf.write(0, b"hello").unwrap();
     let mut seen = [0u8; 5];
-    assert!(k.dma_read(ia, &mut seen));
+    // SAFETY: the device's DMA runs on this thread, the buffer's only user.
+    assert!(unsafe { k.dma_read(ia, &mut seen) });
     assert_eq!(&seen, b"hello");
-    assert!(k.dma_write(ia + 8, &42u64.to_le_bytes()));
+    // SAFETY: the device's DMA runs on this thread, the buffer's only user.
+    assert!(unsafe { k.dma_write(ia + 8, &42u64.to_le_bytes()) });
     assert_eq!(buf.read64(8), Ok(42));
     assert_eq!(buf.read32(4096), Err(AccessError::OutOfBounds { offset: 4096, width: 4, len: 4096 }));
     assert_eq!(buf.write64(4, 0), Err(AccessError::Misaligned { offset: 4, align: 8 }));
@@ -203,7 +205,8 @@ fn dma_buffers_are_mapped_inside_the_iova_ranges_on(iommufd: bool) {
 
     // Unmapped before released: after free the device cannot reach it.
     ctx.dma_free(a).unwrap();
-    assert!(!k.dma_write(ia, b"late"));
+    // SAFETY: the device's DMA runs on this thread, the buffer's only user.
+    assert!(!unsafe { k.dma_write(ia, b"late") });
     assert_eq!(k.dma_mappings().len(), 3);
     ctx.free(rtc).unwrap();
     // The last IOMMU-backed device takes the remaining mappings with it.
@@ -233,7 +236,8 @@ fn raw_dma_mapping_of_caller_memory_on(iommufd: bool) {
     // SAFETY: `page` lives until after dma_free below and is not touched
     // through Rust references while mapped.
     let mut h = unsafe { ctx.dma_map_raw(vaddr, 4096, Some(0x4000_0000), DmaDirection::FromDevice) }.unwrap();
-    assert!(k.dma_write(0x4000_0000, &[7, 7, 7]));
+    // SAFETY: the device's DMA runs on this thread, the buffer's only user.
+    assert!(unsafe { k.dma_write(0x4000_0000, &[7, 7, 7]) });
     assert_eq!(ctx.dma(&mut h).unwrap().read32(0), Ok(0x0007_0707));
     ctx.dma_free(h).unwrap();
     assert_eq!(&page.0[..3], &[7, 7, 7], "caller memory is the caller's again");
@@ -248,6 +252,132 @@ fn raw_dma_mapping_of_caller_memory_on(iommufd: bool) {
     let odd = unsafe { ctx.dma_map_raw(vaddr, 100, None, DmaDirection::Bidirectional) };
     assert_eq!(odd.unwrap_err().kind(), ErrorKind::BadDmaRange { page: 4096 });
     ctx.free(edu).unwrap();
+}
+
+/// Regression (issue 17.2): the table checked IOVAs but not host addresses,
+/// so one piece of memory could be mapped twice, giving two handles and two
+/// views that race on two threads.
+#[test]
+fn the_same_memory_is_not_mapped_twice() {
+    on_both_backends(the_same_memory_is_not_mapped_twice_on);
+}
+
+fn the_same_memory_is_not_mapped_twice_on(iommufd: bool) {
+    let k = board(iommufd);
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    #[repr(C, align(4096))]
+    struct Pages([u8; 3 * 4096]);
+    let mut pages = Box::new(Pages([0; 3 * 4096]));
+    let base = std::ptr::NonNull::new(pages.0.as_mut_ptr()).unwrap();
+    // SAFETY: `pages` outlives every mapping of it (all freed below) and is
+    // not touched through references while mapped.
+    let first = unsafe { ctx.dma_map_raw(base.add(4096), 4096, None, DmaDirection::Bidirectional) }.unwrap();
+    let mapped = k.dma_mappings();
+    for (at, len) in [(4096, 4096), (0, 2 * 4096), (4096, 2 * 4096), (0, 3 * 4096)] {
+        // SAFETY: as above.
+        let again = unsafe { ctx.dma_map_raw(base.add(at), len, None, DmaDirection::Bidirectional) };
+        let e = again.unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::DmaMemoryMapped { len: 4096, .. }), "{e}");
+        assert!(e.to_string().contains("already mapped for DMA"), "{e}");
+        assert_eq!(k.dma_mappings(), mapped, "nothing more mapped");
+    }
+    // Beside it is fine.
+    // SAFETY: as above.
+    let beside = unsafe { ctx.dma_map_raw(base, 4096, None, DmaDirection::Bidirectional) }.unwrap();
+    // A buffer's own memory cannot be mapped again either.
+    let mut buffer = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
+    let buffer_memory = ctx.dma(&mut buffer).unwrap().as_ptr();
+    // SAFETY: refused before anything is mapped.
+    let e = unsafe { ctx.dma_map_raw(buffer_memory, 4096, None, DmaDirection::Bidirectional) }.unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::DmaMemoryMapped { .. }), "{e}");
+    for h in [first, beside, buffer] {
+        ctx.dma_free(h).unwrap();
+    }
+    ctx.free(edu).unwrap();
+    drop(ctx);
+    assert_eq!((k.open_fds(), k.live_mappings(), k.freed_while_mapped()), (0, 0, 0));
+    drop(pages);
+}
+
+/// Regression (issue 17.7): when the kernel refused both the unmap and the
+/// detach of the last group, the table forgot a raw mapping the container
+/// might still hold, telling the caller its memory was free. Every pair of
+/// failing calls of that free: a mapping is either removed from the IOMMU
+/// (and from the table) or stays in the table, stranded.
+#[test]
+fn a_mapping_the_kernel_may_keep_is_never_forgotten() {
+    #[repr(C, align(4096))]
+    struct Page([u8; 4096]);
+    let free_calls = {
+        let k = board(false);
+        let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+        let edu = ctx.setup(EDU).unwrap();
+        let mut page = Box::new(Page([0; 4096]));
+        let vaddr = std::ptr::NonNull::new(page.0.as_mut_ptr()).unwrap();
+        // SAFETY: `page` outlives the mapping, which the free removes.
+        let _mapped = unsafe { ctx.dma_map_raw(vaddr, 4096, None, DmaDirection::Bidirectional) }.unwrap();
+        let before = k.calls();
+        ctx.free(edu).unwrap();
+        drop(ctx);
+        drop(page);
+        k.calls() - before
+    };
+    let mut stranded_cases = 0;
+    for first in 1..=free_calls {
+        for second in first + 1..=free_calls {
+            let k = board(false);
+            let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+            let edu = ctx.setup(EDU).unwrap();
+            let mut page = Box::new(Page([0; 4096]));
+            let vaddr = std::ptr::NonNull::new(page.0.as_mut_ptr()).unwrap();
+            // SAFETY: `page` outlives the context (dropped below, after it)
+            // and is only reached through the mapping meanwhile.
+            let mut h = unsafe { ctx.dma_map_raw(vaddr, 4096, None, DmaDirection::Bidirectional) }.unwrap();
+            let iova = ctx.dma(&mut h).unwrap().iova();
+            let before = k.calls() as usize;
+            k.fail_call(first, Errno::IO);
+            k.fail_call(second, Errno::IO);
+            let result = ctx.free(edu);
+            let failed = [k.trace()[before + first as usize - 1], k.trace()[before + second as usize - 1]];
+            let stuck_regions = failed.iter().filter(|c| **c == "munmap").count();
+            match ctx.dma(&mut h) {
+                Ok(_) => {
+                    // Kept: the free said why, and freeing the mapping says
+                    // it stays until the context drops.
+                    stranded_cases += 1;
+                    let e = result.unwrap_err();
+                    assert_eq!(e.kind(), ErrorKind::Syscall(dao_vfio::Step::UnsetContainer), "{first},{second}: {e}");
+                    let (back, e) = ctx.dma_free(h).unwrap_err();
+                    assert_eq!(e.kind(), ErrorKind::DmaStranded, "{e}");
+                    assert!(e.to_string().contains("until the context is dropped"), "{e}");
+                    h = back;
+                }
+                Err(e) => {
+                    // Forgotten only when no IOMMU maps the memory any more.
+                    assert_eq!(e.kind(), ErrorKind::ForeignHandle);
+                    let live = k.dma_mappings().iter().any(|&(at, _)| at == iova);
+                    assert!(!live, "calls {first},{second}: the caller was told a live mapping is gone");
+                }
+            }
+            k.clear_failure();
+            // The context goes on: another device, its DMA.
+            let again = ctx.setup(EDU).unwrap();
+            let buffer = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
+            ctx.dma_free(buffer).unwrap();
+            ctx.free(again).unwrap();
+            drop(h);
+            drop(ctx);
+            // Only a region whose munmap the kernel refused stays mapped.
+            assert_eq!(
+                (k.open_fds(), k.live_mappings(), k.bad_closes()),
+                (0, stuck_regions, 0),
+                "calls {first},{second}"
+            );
+            drop(page);
+        }
+    }
+    assert_eq!(stranded_cases, 1, "exactly one pair is the unmap and the detach");
 }
 
 #[test]
@@ -313,7 +443,8 @@ fn every_dma_failure_point_leaves_nothing_behind_on(iommufd: bool) {
                     let (mut back, err) = freed.unwrap_err();
                     assert_eq!(err.errno(), Some(Errno::IO));
                     if failed_call == "ioctl" {
-                        assert!(k2.dma_write(iova, b"x"), "still mapped, so its memory was kept");
+                        // SAFETY: the device's DMA runs on this thread, the buffer's only user.
+                        assert!(unsafe { k2.dma_write(iova, b"x") }, "still mapped, so its memory was kept");
                         assert_eq!(ctx2.dma(&mut back).unwrap().iova(), iova, "the handle came back");
                         ctx2.dma_free(back).unwrap();
                     }

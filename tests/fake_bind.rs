@@ -65,9 +65,18 @@ fn binds_an_unbound_pci_device_to_vfio_pci_and_back() {
         let mut vfio: Context<&FakeKernel> = Context::with_kernel(&k).unwrap();
         let edu = vfio.setup(EDU).unwrap();
         // In use while open: neither unbind nor a rebind can take it.
+        // A holder is named (the fake's /proc has one process, pid 1):
+        // Linux would block the unbind until it lets go.
         let e = bind::unbind(&k, EDU, None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DeviceHeld { pid: 1 }, "{e}");
+        assert!(e.to_string().contains("process 1 holds the device"), "{e}");
+        let mut holders = Vec::new();
+        bind::holders(&k, EDU, None, &mut |pid| holders.push(pid)).unwrap();
+        assert_eq!(holders, [1]);
+        assert!(matches!(bind::bind(&k, EDU, None, Some("e1000e")).unwrap_err().kind(), ErrorKind::DeviceHeld { .. }));
+        // Asked to wait, the fake (which never blocks) says EBUSY instead.
+        let e = bind::unbind_wait(&k, EDU, None).unwrap_err();
         assert!(matches!(e.kind(), ErrorKind::DeviceBusy { bus: Bus::Pci, .. }), "{e}");
-        assert_eq!(e.errno(), Some(Errno::BUSY));
         assert_eq!(k.driver(EDU).as_deref(), Some("vfio-pci"));
         vfio.free(edu).unwrap();
     }
@@ -142,7 +151,7 @@ fn refuses_bad_names_before_any_system_call() {
         (&"a".repeat(64), None, ErrorKind::InvalidName(NameError::TooLong(64))),
         (EDU, Some(""), ErrorKind::InvalidDriverName(NameError::Empty)),
         (EDU, Some("../vfio-pci"), ErrorKind::InvalidDriverName(NameError::Slash)),
-        (EDU, Some(&"d".repeat(32)), ErrorKind::InvalidDriverName(NameError::TooLong(32))),
+        (EDU, Some(&"d".repeat(256)), ErrorKind::InvalidDriverName(NameError::TooLong(256))),
     ];
     for (name, driver, kind) in cases {
         assert_eq!(bind::bind(&k, name, None, driver).unwrap_err().kind(), kind, "{name:?} {driver:?}");
@@ -222,6 +231,55 @@ fn a_driver_that_refuses_the_device_is_reported_and_undone() {
     assert_eq!(state(&k, RTC), before);
 }
 
+/// Regression (issue 17.6): driver names were kept in 31 bytes, so a longer
+/// original driver or `driver_override` was put back cut short, leaving the
+/// device unbound.
+#[test]
+fn long_driver_names_are_put_back_whole() {
+    // 255 bytes: the longest name sysfs can address (NAME_MAX).
+    let longest = format!("{}-driver", "x".repeat(dao_vfio::MAX_DRIVER_LEN - 7));
+    let forty = "a-driver-whose-name-is-forty-bytes-long!".replace('!', "x");
+    assert_eq!((longest.len(), forty.len()), (255, 40));
+    for original in [forty.as_str(), longest.as_str()] {
+        let k = FakeKernel::new();
+        k.add_device(FakeDevice::edu(NIC, 4).with_driver(Some(original)));
+        // vfio-pci refuses the device: bind restores the original driver, whole.
+        k.set_probe_refused(NIC, Some("vfio-pci"));
+        let before = state(&k, NIC);
+        let e = bind::bind(&k, NIC, None, None).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::BindFailed { .. }), "{e}");
+        assert_eq!(state(&k, NIC), before, "{original} has the device back");
+        k.set_probe_refused(NIC, None);
+
+        // Taken from it and given back: `previous` holds the whole name.
+        let bound = bind::bind(&k, NIC, None, None).unwrap();
+        assert_eq!(bound.previous.unwrap().as_str(), original);
+        k.set_default_driver(NIC, Some(original));
+        bind::unbind(&k, NIC, None).unwrap();
+        assert_eq!(k.driver(NIC).as_deref(), Some(original));
+
+        // A driver_override naming it is restored whole after a failed bind.
+        k.bind(0, None);
+        bind::bind(&k, NIC, None, Some(original)).unwrap();
+        assert_eq!(k.driver_override(NIC).as_deref(), Some(original));
+        k.set_probe_refused(NIC, Some("vfio-pci"));
+        bind::bind(&k, NIC, None, None).unwrap_err();
+        assert_eq!(k.driver_override(NIC).as_deref(), Some(original));
+        assert_eq!(k.driver(NIC).as_deref(), Some(original));
+
+        // An error carries a label: cut to its first bytes and marked so.
+        let mut vfio: Context<&FakeKernel> = Context::with_kernel(&k).unwrap();
+        let e = vfio.setup(NIC).unwrap_err();
+        let ErrorKind::WrongDriver { driver, .. } = e.kind() else { panic!("{e}") };
+        assert_eq!(driver.is_cut(), original.len() > dao_vfio::LABEL_LEN);
+        assert!(original.starts_with(driver.as_str()));
+        assert!(e.to_string().contains(&format!("bound to {driver}")), "{e}");
+        drop(vfio);
+        assert_eq!(k.open_fds(), 0);
+    }
+    assert!(std::mem::size_of::<Error>() <= 128, "errors stay small: {}", std::mem::size_of::<Error>());
+}
+
 #[test]
 fn status_lists_drivers_groups_and_blockers() {
     let k = system();
@@ -239,7 +297,13 @@ fn status_lists_drivers_groups_and_blockers() {
     assert_eq!((driver(NIC).as_deref(), nic.group, nic.ready, nic.blockers), (Some("vfio-pci"), Some(4), true, 1));
     {
         let mut vfio: Context<&FakeKernel> = Context::with_kernel(&k).unwrap();
-        assert_eq!(vfio.setup(NIC).unwrap_err().kind(), ErrorKind::GroupNotViable { group: 4 });
+        // The message names the device that blocks it, and its driver.
+        let e = vfio.setup(NIC).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::GroupNotViable { group: 4, blocker: Some(b) } if b.device() == "0000:00:04.0" && b.driver() == "pcieport"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("0000:00:04.0 is in it and bound to pcieport"), "{e}");
     }
     let bridge = get(BRIDGE);
     assert_eq!((driver(BRIDGE).as_deref(), bridge.ready, bridge.blockers), (Some("pcieport"), false, 0));
@@ -324,7 +388,10 @@ fn failure_walk_of_bind_and_unbind() {
     failure_walk(RTC, none, |k| bind::bind(k, RTC, Some(Bus::Platform), Some("vfio-platform")).map(drop));
     // Unbind: back to e1000e, and to no driver.
     let calls = failure_walk(NIC, to_vfio, |k| bind::unbind(k, NIC, None).map(drop));
-    assert_eq!(calls, 7, "find bus, driver, override read, unbind, override, probe, driver");
+    assert_eq!(
+        calls, 11,
+        "find bus, driver, its group, its cdev, /proc, /proc/1/fd, override read, unbind, override, probe, driver"
+    );
     failure_walk(RTC, to_vfio, |k| bind::unbind(k, RTC, None).map(drop));
     failure_walk(EDU, none, |k| bind::unbind(k, EDU, None).map(drop));
 }

@@ -249,7 +249,12 @@ fn group_rules_are_reported() {
     let intruder = k.add_device(FakeDevice::edu(EDU2, 3).with_driver(Some("e1000e")));
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let err = ctx.setup(EDU).unwrap_err();
-    assert_eq!((err.kind(), err.device()), (ErrorKind::GroupNotViable { group: 3 }, Some(EDU)));
+    let e = &err;
+    assert!(
+        matches!(e.kind(), ErrorKind::GroupNotViable { group: 3, blocker: Some(b) } if b.device() == "0000:00:03.0" && b.driver() == "e1000e"),
+        "{e}"
+    );
+    assert_eq!(err.device(), Some(EDU));
     assert_eq!(k.open_fds(), 1);
     k.bind(intruder, None);
     let edu = ctx.setup(EDU).unwrap();
@@ -558,7 +563,8 @@ fn every_iommufd_free_failure_point_releases_everything() {
         }
         assert_eq!((ctx.device_count(), k.iommufd_attached(), k.open_fds()), (0, 0, 1), "call {n} ({failed_call})");
         assert!(k.dma_mappings().is_empty(), "call {n} ({failed_call})");
-        assert!(!k.dma_write(iova, b"x"), "no device reaches the buffer");
+        // SAFETY: the device's DMA runs on this thread, the buffer's only user.
+        assert!(!unsafe { k.dma_write(iova, b"x") }, "no device reaches the buffer");
         assert_eq!(ctx.dma(&mut buf).unwrap_err().kind(), ErrorKind::ForeignHandle);
         // Only a mapping whose munmap the kernel refused can remain.
         let stuck = usize::from(failed_call == "munmap");
@@ -585,24 +591,89 @@ fn shared_types_are_send_and_sync() {
     send_sync::<dao_vfio::Error>();
 }
 
+/// Regression (issue 17.1): the fake's registers are ordinary memory, and
+/// two threads' volatile accesses to one of them, one writing, were a data
+/// race (Miri: "Data race detected between non-atomic write and non-atomic
+/// read"); so were `read_region` (the fake's pread) against a mapped write.
+/// Every such access now goes through the fake, which serializes them, any
+/// widths mixed. (Run under Miri by tests/check.)
 #[test]
-fn regions_are_shared_between_threads() {
+fn threads_may_share_one_fake_register() {
     let k = board();
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let edu = ctx.setup(EDU).unwrap();
     let dev = ctx.device(&edu).unwrap();
     let bar0 = dev.region(0).unwrap();
     std::thread::scope(|s| {
-        for t in 0..4usize {
-            s.spawn(move || {
-                for i in 0..100u32 {
-                    bar0.write32(0x100 + 4 * t, i).unwrap();
-                    assert_eq!(bar0.read32(0x100 + 4 * t), Ok(i));
-                }
-            });
+        s.spawn(|| {
+            for i in 0..50u32 {
+                bar0.write32(0x100, i).unwrap();
+                bar0.write8(0x101, 0xff).unwrap();
+            }
+        });
+        s.spawn(|| {
+            for _ in 0..50 {
+                let _ = bar0.read32(0x100).unwrap();
+                let _ = bar0.read64(0x100).unwrap();
+            }
+        });
+        s.spawn(|| {
+            let mut buf = [0u8; 8];
+            for _ in 0..50 {
+                dev.read_region(0, 0x100, &mut buf).unwrap();
+                dev.write_region(0, 0x104, &buf[..4]).unwrap();
+            }
+        });
+    });
+    assert_eq!(bar0.read8(0x101), Ok(0xff));
+    ctx.free(edu).unwrap();
+}
+
+/// A register block's accesses are plain volatile ones the fake cannot
+/// serialize, so making one ties the fake region to its thread: another
+/// thread's access is refused (a panic, not a race), until the region is
+/// unmapped.
+#[test]
+fn a_register_block_ties_a_fake_region_to_its_thread() {
+    dao_vfio::register_block! {
+        struct Regs { 0x00 => id: dao_vfio::RO<u32>, 0x04 => scratch: dao_vfio::RW<u32> }
+    }
+    let k = board();
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    {
+        let dev = ctx.device(&edu).unwrap();
+        let bar0 = dev.region(0).unwrap();
+        // Before any block, threads share it.
+        std::thread::scope(|s| s.spawn(|| bar0.write32(4, 7).unwrap()).join().unwrap());
+        let regs = bar0.block::<Regs>(0).unwrap();
+        assert_eq!(regs.id.read(), 0x010000ed);
+        assert_eq!(regs.scratch.read(), 7);
+        assert_eq!(bar0.read32(4), Ok(7), "its own thread keeps every access");
+        let other = std::thread::scope(|s| {
+            [
+                s.spawn(|| bar0.read32(0).is_ok()).join(),
+                s.spawn(|| bar0.block::<Regs>(0).is_ok()).join(),
+                s.spawn(|| dev.read_region(0, 0, &mut [0; 4]).is_ok()).join(),
+            ]
+        });
+        for joined in other {
+            let panic = joined.unwrap_err();
+            let message = panic.downcast_ref::<String>().unwrap();
+            assert!(message.contains("only that thread may touch it"), "{message}");
         }
+        assert_eq!(regs.id.read(), 0x010000ed);
+    }
+    // Unmapped and mapped again: free for any thread.
+    ctx.free(edu).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    let bar0 = ctx.device(&edu).unwrap().region(0).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| assert_eq!(bar0.block::<Regs>(0).unwrap().id.read(), 0x010000ed)).join().unwrap()
     });
     ctx.free(edu).unwrap();
+    drop(ctx);
+    assert_eq!((k.open_fds(), k.live_mappings()), (0, 0));
 }
 
 #[test]

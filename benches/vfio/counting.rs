@@ -15,7 +15,7 @@ use core::ffi::CStr;
 use core::ptr::NonNull;
 use core::time::Duration;
 
-use dao_vfio::kernel::{Protection, Request, Token};
+use dao_vfio::kernel::{Emulation, Protection, Request, Token};
 use dao_vfio::{Errno, Fd, Kernel};
 
 /// The kernel's methods, as counter indexes.
@@ -193,6 +193,9 @@ unsafe impl<K: Kernel> Kernel for Counting<K> {
     fn close(&self, t: &Token, fd: Fd) {
         self.count(Method::Close);
         self.inner.close(t, fd)
+    }
+    fn emulation(&self, t: &Token) -> Option<Emulation> {
+        self.inner.emulation(t) // no system call
     }
     fn ioctl(&self, t: &Token, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
         self.count(Method::Ioctl);

@@ -2,8 +2,9 @@
  *
  * dao-vfio's C interface: a drop-in replacement for Marvell DAO's VFIO
  * library header (same names, constants and structure layout), backed by the
- * dao-vfio Rust crate (build: cargo rustc --release --lib --features capi
- * --crate-type staticlib). Differences from DAO, all in the caller's favour:
+ * dao-vfio Rust crate, without Rust's std (build: cargo rustc --profile clib
+ * --lib --no-default-features --features clib --crate-type staticlib, or
+ * cdylib). Differences from DAO, all in the caller's favour:
  * errors return a negative errno and leave *pdev untouched; regions that are
  * absent or cannot be mapped have addr == NULL and their len; free clears
  * *pdev, so a second free does nothing; fini with devices open keeps them
@@ -63,12 +64,28 @@ struct dao_vfio_device {
 int dao_vfio_init(void);
 
 /** Sets up device dev_name on the bus pdev->type names: maps its regions
- *  and fills *pdev. Returns 0, or a negative errno with *pdev untouched. */
+ *  and fills *pdev's output fields (name, device_fd, group_fd, num_resource,
+ *  mem), each on its own. Only pdev->type is read; prime and mbar are left
+ *  untouched, and may be uninitialized. Returns 0, or a negative errno with
+ *  *pdev untouched. */
 int dao_vfio_device_setup(const char *dev_name, struct dao_vfio_device *pdev);
 
-/** Unmaps and closes the device and clears *pdev. Harmless on a cleared or
- *  never set-up *pdev. */
+/** Unmaps and closes the device *pdev describes and clears *pdev's output
+ *  fields. A struct describes a device when its mem, device_fd and name are
+ *  what that device's setup wrote (a copy of it too). Harmless on a cleared,
+ *  zeroed or never set-up *pdev, and on a stale copy of a freed device's
+ *  struct, even when its fd now belongs to another device. */
 void dao_vfio_device_free(struct dao_vfio_device *pdev);
+
+/** Beyond DAO: the eventfd through which the kernel asks for the device
+ *  *pdev describes back (an unbind or hot-unplug waits until it is freed).
+ *  The first call enables it; later calls return the same fd. Add it to your
+ *  epoll loop; when it becomes readable, finish your work and call
+ *  dao_vfio_device_free(). The library owns the fd (closed with the device):
+ *  do not close it. Returns the fd, or a negative errno: -ENODEV if *pdev
+ *  describes no open device, -EINVAL for a platform device or a device
+ *  without a request interrupt. */
+int dao_vfio_device_request_fd(const struct dao_vfio_device *pdev);
 
 /** Closes the library. Refused (devices stay open) while devices are open. */
 void dao_vfio_fini(void);

@@ -12,11 +12,20 @@
 //! Available with the `fake` feature, so drivers built on this crate can be
 //! unit-tested on a machine with no VFIO at all.
 //!
-//! The fake's regions are ordinary memory, not device memory: two threads
-//! accessing the *same* register at the same time, one of them writing, is a
-//! data race there (undefined behaviour), whereas on a real mapping it is what
-//! hardware drivers do. Tests that share a fake region between threads must
-//! keep each thread on its own registers.
+//! # Threads
+//! The fake's regions are ordinary memory, not device memory, where two
+//! threads' unsynchronized accesses to one register, one writing, would be a
+//! data race. So the fake is an emulated kernel ([`crate::Kernel::emulation`]):
+//! every register access of a [`Region`](crate::Region) (`read32`,
+//! `write64`...) and every `pread`/`pwrite` goes through the fake, under its
+//! lock, whatever the widths, and threads may share regions as they do on
+//! hardware. A register block ([`Region::block`](crate::Region::block)) is
+//! the exception: its cells are read and written directly, so making one
+//! ties the region to the thread that made it (a block is not `Sync`), and
+//! any other thread's access to that region panics, saying so, until the
+//! region is unmapped. The device side of DMA ([`FakeKernel::dma_write`],
+//! [`FakeKernel::dma_read`]) copies plainly into the driver's buffers, so it
+//! is `unsafe`: no other thread may use those bytes during the copy.
 //!
 //! ```
 //! use dao_vfio::fake::{FakeDevice, FakeKernel};
@@ -36,11 +45,13 @@ mod device;
 mod iommufd;
 mod memory;
 mod model;
+mod procfs;
 mod sysfs;
 
 use core::ffi::CStr;
 use core::ptr::NonNull;
 use core::time::Duration;
+use std::boxed::Box;
 use std::format;
 use std::string::{String, ToString};
 use std::sync::{Mutex, MutexGuard};
@@ -52,9 +63,9 @@ pub use device::{FakeDevice, FakeRegion};
 use memory::{Backing, PAGE};
 use model::{Object, State};
 
-use crate::kernel::{Fd, Kernel, Protection, Request, Token};
+use crate::kernel::{Emulation, Fd, Kernel, MmioAccess, Protection, Request, Token};
 use crate::name::Bus;
-use crate::sys::{IrqFlags, RegionFlags};
+use crate::sys::RegionFlags;
 
 /// The fake kernel. Share it by reference (`Context<&FakeKernel>`) to inspect
 /// it while a context uses it.
@@ -63,7 +74,9 @@ use crate::sys::{IrqFlags, RegionFlags};
 /// one on an eventfd with nothing pending fails with `EDEADLK` (it would wait
 /// forever), so a test that waits for an interrupt nobody raised fails.
 pub struct FakeKernel {
-    state: Mutex<State>,
+    /// Boxed: region accesses reach it by address ([`FakeKernel::emulation`]),
+    /// which must not change when the kernel value moves.
+    state: Box<Mutex<State>>,
 }
 
 impl Default for FakeKernel {
@@ -83,7 +96,7 @@ impl FakeKernel {
     /// A system with VFIO loaded, type1 and type1v2 IOMMU backends, noiommu
     /// mode enabled, x86-like IOVA ranges, no huge pages, and no devices.
     pub fn new() -> Self {
-        FakeKernel { state: Mutex::new(State::new()) }
+        FakeKernel { state: Box::new(Mutex::new(State::new())) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -132,6 +145,27 @@ impl FakeKernel {
         let mut s = self.state();
         let index = Self::device_index(&s, device);
         s.sysfs[index].default_driver = driver.map(str::to_string);
+    }
+
+    /// A process writes the device's name to its driver's `unbind` while a
+    /// VFIO fd of it may be open. Linux's vfio-pci then waits (the writer
+    /// blocks) until the last fd closes; the fake records it, and completes
+    /// the unbind when that happens (at once if none is open), signalling the
+    /// device's request notifier meanwhile, if one is enabled: the device is
+    /// driverless, and if no device of its IOMMU group is left open, the
+    /// kernel detaches the group from its container (its DMA mappings go),
+    /// after which the group answers `VFIO_GROUP_GET_STATUS` with `ENODEV`
+    /// and `VFIO_GROUP_UNSET_CONTAINER` with `EINVAL` until its fd is closed.
+    pub fn unbind_when_released(&self, device: &str) {
+        let mut s = self.state();
+        let index = Self::device_index(&s, device);
+        if s.device_open(index) {
+            s.unbind_on_release.insert(index);
+            // vfio-pci asks the user for the device while it waits.
+            s.raise(index, crate::sys::pci_irq::REQ, 0);
+        } else {
+            s.complete_unbind(index);
+        }
     }
 
     /// Marks the device in use: unbinding it fails with `EBUSY` (it does as
@@ -211,20 +245,23 @@ impl FakeKernel {
     }
 
     /// Makes the `n`th system call from now (1 = the next) fail with `errno`,
-    /// doing nothing else. `close` never fails and is not counted.
+    /// doing nothing else. `close` never fails and is not counted. Several
+    /// failures may be pending at once (each call adds one).
     pub fn fail_call(&self, n: u64, errno: Errno) {
         let mut s = self.state();
-        s.fail_at = Some((s.calls + n, errno));
+        let at = s.calls + n;
+        s.fail_at.retain(|&(c, _)| c != at);
+        s.fail_at.push((at, errno));
     }
 
     /// Whether an injected failure is still pending (it was never reached).
     pub fn failure_pending(&self) -> bool {
-        self.state().fail_at.is_some()
+        !self.state().fail_at.is_empty()
     }
 
-    /// Clears a pending failure.
+    /// Clears every pending failure.
     pub fn clear_failure(&self) {
-        self.state().fail_at = None;
+        self.state().fail_at.clear();
     }
 
     /// System calls made so far (not counting `close`).
@@ -289,14 +326,21 @@ impl FakeKernel {
 
     /// The device writes `data` at device address `iova`, through the IOMMU:
     /// false (nothing written) if no mapping covers it, as an IOMMU fault.
-    /// Plain copies: do not call it while another thread uses a view of the
-    /// same buffer.
-    pub fn dma_write(&self, iova: u64, data: &[u8]) -> bool {
+    ///
+    /// # Safety
+    /// The copy is a plain one into memory the driver reaches with its own
+    /// accesses ([`crate::DmaBuffer`]'s, or the caller's of
+    /// [`crate::Context::dma_map_raw`]): no other thread may access the bytes
+    /// at these IOVAs during the call (a real device's DMA is outside the
+    /// program; this one is not). Calls from the thread that uses the
+    /// buffer, or ordered with it by synchronization, are sound.
+    pub unsafe fn dma_write(&self, iova: u64, data: &[u8]) -> bool {
         let s = self.state();
         let Some(vaddr) = s.translate(iova, data.len() as u64) else { return false };
         // SAFETY: `translate` found a live mapping covering the range, whose
         // memory the mapping's owner keeps valid while it is mapped; the
-        // library exposed the address's provenance when it mapped it.
+        // library exposed the address's provenance when it mapped it; no
+        // other thread accesses these bytes meanwhile (the contract).
         unsafe {
             core::ptr::copy_nonoverlapping(
                 data.as_ptr(),
@@ -309,7 +353,11 @@ impl FakeKernel {
 
     /// The device reads `out.len()` bytes at device address `iova`, through
     /// the IOMMU: false if no mapping covers it.
-    pub fn dma_read(&self, iova: u64, out: &mut [u8]) -> bool {
+    ///
+    /// # Safety
+    /// As for [`FakeKernel::dma_write`]: no other thread may write the bytes
+    /// at these IOVAs during the call.
+    pub unsafe fn dma_read(&self, iova: u64, out: &mut [u8]) -> bool {
         let s = self.state();
         let Some(vaddr) = s.translate(iova, out.len() as u64) else { return false };
         // SAFETY: as in `dma_write`.
@@ -329,24 +377,14 @@ impl FakeKernel {
     pub fn raise_irq(&self, device: &str, index: u32, vector: u32) -> bool {
         let mut s = self.state();
         let d = Self::device_index(&s, device);
-        let key = (d, index, vector);
-        let Some(&efd) = s.irq_bindings.get(&key) else { return false };
-        if s.irq_masked.contains(&key) {
-            return false;
-        }
-        let automasked = s.devices[d]
-            .irqs
-            .get(index as usize)
-            .copied()
-            .flatten()
-            .is_some_and(|(f, _)| f.contains(IrqFlags::AUTOMASKED));
-        if automasked {
-            s.irq_masked.insert(key);
-        }
-        if let Some(Object::EventFd { count }) = s.fds.get_mut(&efd) {
-            *count += 1;
-        }
-        true
+        s.raise(d, index, vector)
+    }
+
+    /// The kernel sends `which` about the device (what vfio-pci does when the
+    /// device is to be unbound, or reports an error): its eventfd is
+    /// signalled if one is bound. Returns whether it was delivered.
+    pub fn notify(&self, device: &str, which: crate::Notification) -> bool {
+        self.raise_irq(device, which.index(), 0)
     }
 
     /// Whether a vector is bound to an eventfd.
@@ -379,13 +417,48 @@ impl FakeKernel {
         let mut s = self.state();
         s.calls += 1;
         s.trace.push(name);
-        if let Some((n, errno)) = s.fail_at {
-            if s.calls == n {
-                s.fail_at = None;
-                return Err(errno);
-            }
+        let now = s.calls;
+        if let Some(i) = s.fail_at.iter().position(|&(at, _)| at == now) {
+            let (_, errno) = s.fail_at.swap_remove(i);
+            return Err(errno);
         }
         Ok(s)
+    }
+}
+
+/// Every access to a mapped fake region, made under the state's lock (see
+/// [`FakeKernel::emulation`]).
+///
+/// # Safety
+/// `context` is a live `FakeKernel`'s state; the access is inside one of its
+/// regions, aligned, as `Region`'s checks ensure.
+unsafe fn region_access(context: NonNull<()>, what: MmioAccess) -> u64 {
+    // SAFETY: the contract: a live kernel's boxed state.
+    let state = unsafe { context.cast::<Mutex<State>>().as_ref() };
+    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+    let (MmioAccess::Read { addr, .. } | MmioAccess::Write { addr, .. } | MmioAccess::Block { addr, .. }) = what;
+    let region = s.region_at(addr.as_ptr() as usize).expect("an emulated access outside every fake region");
+    s.claim(region, matches!(what, MmioAccess::Block { .. }));
+    // SAFETY: every read and write here is inside a live region, aligned for
+    // its width (the contract), and made under the lock, which every other
+    // access to this memory takes but the claiming thread's blocks.
+    unsafe {
+        match what {
+            MmioAccess::Read { addr, width: 1 } => u64::from(addr.read_volatile()),
+            MmioAccess::Read { addr, width: 2 } => u64::from(addr.cast::<u16>().read_volatile()),
+            MmioAccess::Read { addr, width: 4 } => u64::from(addr.cast::<u32>().read_volatile()),
+            MmioAccess::Read { addr, .. } => addr.cast::<u64>().read_volatile(),
+            MmioAccess::Write { addr, width, value } => {
+                match width {
+                    1 => addr.write_volatile(value as u8),
+                    2 => addr.cast::<u16>().write_volatile(value as u16),
+                    4 => addr.cast::<u32>().write_volatile(value as u32),
+                    _ => addr.cast::<u64>().write_volatile(value),
+                }
+                0
+            }
+            MmioAccess::Block { .. } => 0,
+        }
     }
 }
 
@@ -393,8 +466,8 @@ impl FakeKernel {
 // page aligned and at least as long as the mapping; backings are heap
 // allocations that live as long as the `FakeKernel` or until unmapped (moving
 // the kernel does not move them), and the kernel outlives every context using
-// it (a context owns or borrows it). Concurrent access is allowed to disjoint
-// registers only (see the module documentation).
+// it (a context owns or borrows it). Region memory is ordinary memory, so
+// `emulation` makes the crate reach it through `region_access` only.
 unsafe impl Kernel for FakeKernel {
     fn open(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
         let mut s = self.enter("open")?;
@@ -422,6 +495,9 @@ unsafe impl Kernel for FakeKernel {
         match s.fds.remove(&fd.raw()) {
             None => s.bad_closes += 1,
             Some(Object::Group { number, container: Some(cfd) }) => s.detach(cfd, number),
+            Some(Object::Group { number, container: None }) => {
+                s.dead_groups.remove(&number);
+            }
             Some(Object::Device { device }) | Some(Object::Cdev { device, .. }) => s.device_closed(device),
             Some(_) => {}
         }
@@ -429,6 +505,17 @@ unsafe impl Kernel for FakeKernel {
 
     fn ioctl(&self, _: &Token, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
         self.enter("ioctl")?.ioctl(fd, request)
+    }
+
+    fn emulation(&self, _: &Token) -> Option<Emulation> {
+        let context = NonNull::from(&*self.state).cast::<()>();
+        // SAFETY: `context` is this kernel's boxed state, which stays at this
+        // address while the kernel lives, and the kernel outlives every
+        // mapping it hands out (see the impl's SAFETY). `region_access`
+        // makes each access under the state's lock, after `State::claim`,
+        // so it races with no access of the fake's, nor of another thread's
+        // register block.
+        Some(unsafe { Emulation::new(context, region_access) })
     }
 
     fn mmap(&self, _: &Token, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
@@ -462,16 +549,20 @@ unsafe impl Kernel for FakeKernel {
         }
         let views = s.mappings.get_mut(&key).ok_or(Errno::INVAL)?;
         let view = views.iter().position(|&(mapped, _, _)| mapped == len).ok_or(Errno::INVAL)?;
-        views.remove(view);
+        let (_, device, index) = views.remove(view);
         if views.is_empty() {
             s.mappings.remove(&key);
             s.anonymous.remove(&key);
+            // Unmapped: no block over it is left, any thread may map it anew.
+            if !s.mappings.values().flatten().any(|&(_, d, i)| (d, i) == (device, index)) {
+                s.pinned.retain(|&(r, _)| r != (device, index));
+            }
         }
         Ok(())
     }
 
     fn pread(&self, _: &Token, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
-        let s = self.enter("pread")?;
+        let mut s = self.enter("pread")?;
         let device = s.device_of(fd)?;
         let (index, within) = s.locate(device, offset)?;
         let region = &s.devices[device].regions[index as usize];
@@ -479,11 +570,12 @@ unsafe impl Kernel for FakeKernel {
             return Err(Errno::INVAL);
         }
         let n = (region.size.saturating_sub(within) as usize).min(buf.len());
+        s.claim((device, index), false);
         Ok(s.backing[device][index as usize].read(within as usize, &mut buf[..n]))
     }
 
     fn pwrite(&self, _: &Token, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
-        let s = self.enter("pwrite")?;
+        let mut s = self.enter("pwrite")?;
         let device = s.device_of(fd)?;
         let (index, within) = s.locate(device, offset)?;
         let region = &s.devices[device].regions[index as usize];
@@ -491,6 +583,7 @@ unsafe impl Kernel for FakeKernel {
             return Err(Errno::INVAL);
         }
         let n = (region.size.saturating_sub(within) as usize).min(buf.len());
+        s.claim((device, index), false);
         Ok(s.backing[device][index as usize].write(within as usize, &buf[..n]))
     }
 
@@ -513,6 +606,7 @@ unsafe impl Kernel for FakeKernel {
                 }
             })
             .or_else(|| s.group_link(path))
+            .or_else(|| s.proc_link(path))
             .ok_or(Errno::NOENT)?;
         let n = target.len().min(buf.len());
         buf[..n].copy_from_slice(&target.as_bytes()[..n]);
@@ -577,7 +671,10 @@ unsafe impl Kernel for FakeKernel {
         let names = {
             let s = self.enter("getdents")?;
             let path = path.to_str().map_err(|_| Errno::NOENT)?;
-            s.list_sysfs(path)?
+            match s.list_proc(path) {
+                Some(entries) => entries?,
+                None => s.list_sysfs(path)?,
+            }
         };
         // The lock is released: the visitor may make system calls of its own.
         for name in names {

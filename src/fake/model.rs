@@ -90,11 +90,21 @@ pub(super) struct State {
     /// Live mappings: address -> views (length, device, region); anonymous
     /// ones have device `usize::MAX`.
     pub(super) mappings: BTreeMap<usize, Vec<(usize, usize, u32)>>,
+    /// Regions (device, region index) a register block was made over, and
+    /// the thread that made it: the only one that may touch them until they
+    /// are unmapped (see [`State::claim`]).
+    pub(super) pinned: Vec<((usize, u32), std::thread::ThreadId)>,
+    /// Devices whose unbind waits for their last VFIO fd to close.
+    pub(super) unbind_on_release: BTreeSet<usize>,
+    /// Groups the kernel detached itself when their last device left VFIO:
+    /// dead until their fd closes.
+    pub(super) dead_groups: BTreeSet<u32>,
     pub(super) irq_bindings: BTreeMap<Vector, i32>,
     pub(super) irq_masked: BTreeSet<Vector>,
     pub(super) resets: Vec<u32>,
     pub(super) calls: u64,
-    pub(super) fail_at: Option<(u64, Errno)>,
+    /// Pending injected failures: (call number, errno).
+    pub(super) fail_at: Vec<(u64, Errno)>,
     pub(super) bad_closes: u32,
     pub(super) freed_while_mapped: u32,
     pub(super) trace: Vec<&'static str>,
@@ -105,6 +115,56 @@ pub(super) struct State {
 }
 
 impl State {
+    /// Signals vector `vector` of `index` of device `d`, unless unbound or
+    /// masked; an automasked (level) interrupt masks itself.
+    pub(super) fn raise(&mut self, d: usize, index: u32, vector: u32) -> bool {
+        let s = self;
+        let key = (d, index, vector);
+        let Some(&efd) = s.irq_bindings.get(&key) else { return false };
+        if s.irq_masked.contains(&key) {
+            return false;
+        }
+        let automasked = s.devices[d]
+            .irqs
+            .get(index as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|(f, _)| f.contains(IrqFlags::AUTOMASKED));
+        if automasked {
+            s.irq_masked.insert(key);
+        }
+        if let Some(Object::EventFd { count }) = s.fds.get_mut(&efd) {
+            *count += 1;
+        }
+        true
+    }
+
+    /// The region (device, index) whose memory holds `addr`.
+    pub(super) fn region_at(&self, addr: usize) -> Option<(usize, u32)> {
+        self.backing.iter().enumerate().find_map(|(d, regions)| {
+            regions
+                .iter()
+                .position(|b| (b.ptr().as_ptr() as usize..b.ptr().as_ptr() as usize + b.len()).contains(&addr))
+                .map(|i| (d, i as u32))
+        })
+    }
+
+    /// Lets the calling thread touch `region`'s memory, or panics. A register
+    /// block's accesses are plain volatile ones the fake cannot serialize,
+    /// so making one (`block`) ties the region to its thread until it is
+    /// unmapped; every other access is made under the fake's lock.
+    pub(super) fn claim(&mut self, region: (usize, u32), block: bool) {
+        let me = std::thread::current().id();
+        match self.pinned.iter().find(|(r, _)| *r == region) {
+            Some(&(_, owner)) if owner != me => panic!(
+                "fake device {} region {}: a register block over it was made on thread {owner:?}, so only that thread may touch it (the fake's registers are ordinary memory: a block's accesses from two threads would be a data race); this is thread {me:?}",
+                self.devices[region.0].name, region.1
+            ),
+            Some(_) => {}
+            None if block => self.pinned.push((region, me)),
+            None => {}
+        }
+    }
     pub(super) fn new() -> Self {
         State {
             vfio_loaded: true,
@@ -128,7 +188,10 @@ impl State {
             irq_masked: BTreeSet::new(),
             resets: Vec::new(),
             calls: 0,
-            fail_at: None,
+            fail_at: Vec::new(),
+            pinned: Vec::new(),
+            unbind_on_release: BTreeSet::new(),
+            dead_groups: BTreeSet::new(),
             bad_closes: 0,
             freed_while_mapped: 0,
             trace: Vec::new(),
@@ -205,6 +268,38 @@ impl State {
     pub(super) fn device_closed(&mut self, device: usize) {
         self.irq_bindings.retain(|&(d, _, _), _| d != device);
         self.irq_masked.retain(|&(d, _, _)| d != device);
+        if !self.device_open(device) && self.unbind_on_release.remove(&device) {
+            self.complete_unbind(device);
+        }
+    }
+
+    /// The driver lets the device go (a waiting unbind completes). Linux
+    /// then detaches the device's group from its container if no device of
+    /// it is left open, taking the group's DMA mappings, and the group is
+    /// dead: GET_STATUS says ENODEV, UNSET_CONTAINER EINVAL.
+    pub(super) fn complete_unbind(&mut self, device: usize) {
+        self.devices[device].driver = None;
+        let Some(number) = self.devices[device].group else { return };
+        if self.group_has_open_device(number) {
+            return;
+        }
+        let attached: Vec<(i32, i32)> = self
+            .fds
+            .iter()
+            .filter_map(|(&fd, o)| match o {
+                Object::Group { number: n, container: Some(c) } if *n == number => Some((fd, *c)),
+                _ => None,
+            })
+            .collect();
+        for (fd, cfd) in attached {
+            self.detach(cfd, number);
+            if let Some(Object::Group { container, .. }) = self.fds.get_mut(&fd) {
+                *container = None;
+            }
+        }
+        if self.fds.values().any(|o| matches!(o, Object::Group { number: n, .. } if *n == number)) {
+            self.dead_groups.insert(number);
+        }
     }
 
     pub(super) fn device_of(&self, fd: Fd) -> Result<usize, Errno> {
@@ -325,6 +420,9 @@ impl State {
             (Object::Group { number, container }, Request::GroupGetStatus(status)) => {
                 if status.argsz < sys::argsz::<sys::GroupStatus>() {
                     return Err(Errno::INVAL);
+                }
+                if self.dead_groups.contains(number) {
+                    return Err(Errno::NODEV);
                 }
                 let mut flags = GroupFlags::empty();
                 if self.group_viable(*number) {

@@ -13,7 +13,7 @@ use rustix::io::Errno;
 use rustix::ioctl::{Ioctl, IoctlOutput, Opcode};
 use rustix::mm::{MapFlags, ProtFlags};
 
-use super::{Fd, Kernel, Protection, Request, Token};
+use super::{Emulation, Fd, Kernel, Protection, Request, Token};
 use crate::sys;
 
 /// The running Linux kernel. A zero-sized handle: copying it is free.
@@ -73,6 +73,10 @@ fn info_ptr(buf: &mut sys::InfoBuffer) -> *mut c_void {
 // SAFETY: `mmap` below returns what the kernel mapped with MAP_SHARED, which is
 // page aligned and valid until munmap.
 unsafe impl Kernel for Host {
+    fn emulation(&self, _: &Token) -> Option<Emulation> {
+        None // Real mappings are device memory.
+    }
+
     fn open(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
         let fd: OwnedFd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
         Ok(Fd::from_raw(fd.into_raw_fd()))

@@ -99,6 +99,87 @@ pub enum Request<'a> {
     DeviceAttachIommufdPt(&'a mut sys::AttachIommufdPt),
 }
 
+/// One access to an emulated mapping, made by the kernel on the crate's
+/// behalf (see [`Emulation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmioAccess {
+    /// Read `width` bytes (1, 2, 4 or 8, aligned) at `addr`; the kernel
+    /// returns the value, zero-extended.
+    Read {
+        /// Inside a mapping the kernel returned.
+        addr: NonNull<u8>,
+        /// Bytes.
+        width: usize,
+    },
+    /// Write the low `width` bytes (1, 2, 4 or 8, aligned) of `value` at `addr`.
+    Write {
+        /// Inside a mapping the kernel returned.
+        addr: NonNull<u8>,
+        /// Bytes.
+        width: usize,
+        /// The value.
+        value: u64,
+    },
+    /// A register block of `len` bytes at `addr` is about to be handed out:
+    /// its cells are then read and written directly (volatile accesses the
+    /// kernel does not see), from the calling thread only (a block is not
+    /// `Sync`). The kernel must make sure no other thread accesses that
+    /// memory from then on, or refuse by panicking.
+    Block {
+        /// Inside a mapping the kernel returned.
+        addr: NonNull<u8>,
+        /// Bytes of the block.
+        len: usize,
+    },
+}
+
+/// How the crate reaches mappings that are not device memory but ordinary
+/// memory standing in for it (the fake kernel's): through the kernel, never
+/// with plain volatile accesses of its own. Ordinary memory shared between
+/// threads is not what a device register is: two threads' unsynchronized
+/// accesses to it, one writing, are a data race, so the kernel serializes
+/// them (and may model a device behind them). [`Kernel::emulation`] returns
+/// one for such a kernel; a region's register accesses then go through it,
+/// off the fast path that real mappings take.
+#[derive(Clone, Copy)]
+pub struct Emulation {
+    context: NonNull<()>,
+    access: unsafe fn(NonNull<()>, MmioAccess) -> u64,
+}
+
+impl Emulation {
+    /// An emulation that calls `access(context, what)` for every access.
+    ///
+    /// # Safety
+    /// For as long as any mapping of the kernel that returns it lives,
+    /// `access` may be called with `context` from any thread, at any time,
+    /// with an access inside one of those mappings, as the
+    /// [`Region`](crate::Region) checks allow (in bounds, aligned, permitted
+    /// by the region's flags); it performs the access without a data race
+    /// with any other access to that memory it can see, or panics.
+    pub const unsafe fn new(context: NonNull<()>, access: unsafe fn(NonNull<()>, MmioAccess) -> u64) -> Self {
+        Emulation { context, access }
+    }
+
+    /// Performs `what` through the kernel.
+    pub(crate) fn access(&self, what: MmioAccess) -> u64 {
+        // SAFETY: `new`'s contract: callable with this context while the
+        // mapping lives, which the region holding this value guarantees.
+        unsafe { (self.access)(self.context, what) }
+    }
+}
+
+impl core::fmt::Debug for Emulation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Emulation")
+    }
+}
+
+// SAFETY: `new`'s contract lets `access` be called from any thread.
+unsafe impl Send for Emulation {}
+// SAFETY: as for `Send`; the value is only copied and called.
+unsafe impl Sync for Emulation {}
+
 /// A token that only this crate creates. Every [`Kernel`] method takes one,
 /// so code outside the crate cannot call them: they trust the fds and
 /// arguments they are given (an fd closed behind the context's back, or an
@@ -123,8 +204,11 @@ pub(crate) const TOKEN: Token = Token(());
 /// [`Kernel::map_anonymous`] is valid
 /// for volatile reads and writes of `len` bytes (as its protection allows),
 /// aligned to at least 4096 bytes, and stays valid until it is passed to
-/// [`Kernel::munmap`], even if the kernel value is moved; the crate hands out
-/// references into that memory and lets several threads access it at once.
+/// [`Kernel::munmap`], even if the kernel value is moved. For [`Kernel::mmap`]
+/// mappings the crate hands out references into that memory and lets several
+/// threads access it at once: that is device memory's nature, and a kernel
+/// whose mappings are ordinary memory returns an [`Emulation`] from
+/// [`Kernel::emulation`], through which the crate then makes every access.
 /// An implementor that wraps another kernel (to count or trace calls) passes
 /// every call on with the same arguments: a [`Request`] is built by the crate
 /// with sizes and pointers that fit it.
@@ -141,6 +225,11 @@ pub unsafe trait Kernel {
 
     /// `mmap(NULL, len, prot, MAP_SHARED, fd, offset)`.
     fn mmap(&self, token: &Token, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno>;
+
+    /// How to reach [`Kernel::mmap`] mappings that are not device memory;
+    /// `None` for a real kernel, whose mappings are (see [`Emulation`]). The
+    /// answer never changes for a kernel value.
+    fn emulation(&self, token: &Token) -> Option<Emulation>;
 
     /// `munmap(addr, len)`.
     ///
@@ -209,6 +298,9 @@ unsafe impl<K: Kernel> Kernel for &K {
     }
     fn mmap(&self, t: &Token, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
         (**self).mmap(t, fd, offset, len, prot)
+    }
+    fn emulation(&self, t: &Token) -> Option<Emulation> {
+        (**self).emulation(t)
     }
     unsafe fn munmap(&self, t: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
         // SAFETY: forwarded from this function's contract.

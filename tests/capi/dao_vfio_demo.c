@@ -3,12 +3,17 @@
  * aarch64, the pl031 RTC), reads their ID registers through pdev->mem[...],
  * checks the error paths, frees and finishes. Exits 0 when every check holds.
  */
+#define _DEFAULT_SOURCE /* usleep, dup2 and friends under -std=c11 */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../../src/capi/dao_vfio.h"
 
@@ -101,6 +106,7 @@ main(void)
 		rc = dao_vfio_device_setup(rtc_name, &rtc);
 		CHECK(rc == 0, "setup %s: %d", rtc_name, rc);
 		CHECK(rtc.num_resource == 1 && rtc.mem[0].len == 0x1000, "pl031: one 4 KiB region");
+		CHECK(dao_vfio_device_request_fd(&rtc) == -EINVAL, "no request fd for a platform device");
 		for (i = 0; i < 4; i++)
 			printf("pl031 PeriphID%u = %#x\n", i, reg_read32(&rtc, 0, 0xfe0 + 4 * i) & 0xff);
 		CHECK((reg_read32(&rtc, 0, 0xfe0) & 0xff) == 0x31, "pl031 PeriphID0 0x31");
@@ -123,6 +129,35 @@ main(void)
 		CHECK(reg_read32(&edu, DAO_VFIO_DEV_BAR0, 0) == 0x010000ed, "edu untouched meanwhile");
 	}
 
+	/* Free identifies a device by more than its fd: a zeroed struct, a forged
+	 * one with edu's fd, and a stale copy of a freed device free nothing. */
+	memset(&bad, 0, sizeof(bad));
+	dao_vfio_device_free(&bad);
+	bad.device_fd = edu.device_fd;
+	dao_vfio_device_free(&bad);
+	CHECK(reg_read32(&edu, DAO_VFIO_DEV_BAR0, 0) == 0x010000ed, "zeroed and forged structs free nothing");
+	memset(&copy, 0, sizeof(copy));
+	copy.type = DAO_VFIO_DEV_PCIE;
+	rc = dao_vfio_device_setup(edu_name, &copy);
+	CHECK(rc == -EEXIST, "edu still open after them: %d", rc);
+	{
+		/* The same device freed and set up again reuses the slot and the
+		 * fds: the stale copy of the first setup must not free the second. */
+		struct dao_vfio_device stale = edu, again;
+
+		dao_vfio_device_free(&edu);
+		memset(&again, 0, sizeof(again));
+		again.type = DAO_VFIO_DEV_PCIE;
+		rc = dao_vfio_device_setup(edu_name, &again);
+		CHECK(rc == 0 && again.device_fd == stale.device_fd, "edu again: %d, fd %d (was %d)", rc,
+		      again.device_fd, stale.device_fd);
+		dao_vfio_device_free(&stale);
+		CHECK(reg_read32(&again, DAO_VFIO_DEV_BAR0, 0) == 0x010000ed, "a stale copy frees nothing");
+		rc = dao_vfio_device_setup(edu_name, &copy);
+		CHECK(rc == -EEXIST, "edu still open after the stale free: %d", rc);
+		edu = again;
+	}
+
 	/* fini with a device open is refused and keeps it. */
 	dao_vfio_fini();
 	CHECK(reg_read32(&edu, DAO_VFIO_DEV_BAR0, 0) == 0x010000ed, "edu still mapped after a refused fini");
@@ -131,6 +166,64 @@ main(void)
 	CHECK(edu.device_fd == -1 && edu.mem == NULL && edu.num_resource == 0, "free clears pdev");
 	dao_vfio_device_free(&edu);
 	CHECK(1, "a second free is harmless");
+
+	/* Freed while another process unbinds it (the unbind waits for the
+	 * free): the free logs nothing, the unbind then returns, and edu can be
+	 * bound back and set up. (The device's driver link goes at once: the
+	 * unbinding process itself tells whether the unbind still waits.) */
+	{
+		char cmd[256], path[160];
+		int err_fd, saved, n, fd, req, st = -1;
+		off_t logged;
+		pid_t unbinding;
+
+		memset(&edu, 0, sizeof(edu));
+		edu.type = DAO_VFIO_DEV_PCIE;
+		CHECK(dao_vfio_device_setup(edu_name, &edu) == 0, "edu set up again");
+		req = dao_vfio_device_request_fd(&edu);
+		CHECK(req >= 0 && dao_vfio_device_request_fd(&edu) == req, "request fd %d, the same when asked again", req);
+		memset(&bad, 0, sizeof(bad));
+		CHECK(dao_vfio_device_request_fd(&bad) == -ENODEV, "no request fd for a zeroed struct");
+		snprintf(cmd, sizeof(cmd), "echo %s > /sys/bus/pci/devices/%s/driver/unbind", edu_name, edu_name);
+		unbinding = fork();
+		if (unbinding == 0) {
+			execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+			_exit(127);
+		}
+		CHECK(unbinding > 0, "unbind started");
+		{
+			struct pollfd p = { .fd = req, .events = POLLIN };
+
+			CHECK(poll(&p, 1, 5000) == 1, "the kernel asks for edu back through the request fd");
+		}
+		CHECK(waitpid(unbinding, &st, WNOHANG) == 0, "the unbind waits while edu is held");
+		fflush(stderr);
+		saved = dup(2);
+		err_fd = open("/tmp/free.err", O_RDWR | O_CREAT | O_TRUNC, 0600);
+		dup2(err_fd, 2);
+		dao_vfio_device_free(&edu);
+		dup2(saved, 2);
+		close(saved);
+		logged = lseek(err_fd, 0, SEEK_END);
+		close(err_fd);
+		CHECK(logged == 0, "free during the unbind logs nothing (%ld bytes)", (long)logged);
+		for (n = 0; n < 100 && waitpid(unbinding, &st, WNOHANG) == 0; n++)
+			usleep(10000);
+		CHECK(n < 100 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the unbind returned within 1 s of the free");
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/driver", edu_name);
+		CHECK(access(path, F_OK) != 0, "edu is driverless");
+		fd = open("/sys/bus/pci/drivers/vfio-pci/bind", O_WRONLY);
+		CHECK(fd >= 0 && write(fd, edu_name, strlen(edu_name)) == (ssize_t)strlen(edu_name),
+		      "edu bound back to vfio-pci");
+		if (fd >= 0)
+			close(fd);
+		memset(&edu, 0, sizeof(edu));
+		edu.type = DAO_VFIO_DEV_PCIE;
+		rc = dao_vfio_device_setup(edu_name, &edu);
+		CHECK(rc == 0 && reg_read32(&edu, DAO_VFIO_DEV_BAR0, 0) == 0x010000ed, "edu set up after the rebind: %d", rc);
+		if (rc == 0)
+			dao_vfio_device_free(&edu);
+	}
 	dao_vfio_fini();
 
 	printf("%s: %d failed\n", failures ? "FAILED" : "PASSED", failures);

@@ -12,8 +12,8 @@ pub fn dev(var: &str) -> String {
 }
 
 /// The backend this board run asks for: `DAO_VFIO_BACKEND` is `auto` (or
-/// unset), `iommufd` or `legacy`. `tests/board/test aarch64` runs the suites
-/// once with `auto` (which takes iommufd there) and once with `legacy`.
+/// unset), `iommufd` or `legacy`. `tests/check` runs the aarch64 board's
+/// suites once with `auto` (which takes iommufd there) and once with `legacy`.
 pub fn backend() -> Backend {
     match std::env::var("DAO_VFIO_BACKEND").as_deref() {
         Err(_) | Ok("auto") => Backend::Auto,
@@ -23,12 +23,36 @@ pub fn backend() -> Backend {
     }
 }
 
+/// The board the guest's init says this is (`DAO_VFIO_BOARD`): `x86_64`,
+/// `aarch64` or `aarch64-6.1`. Panics off the board, or on a board it does
+/// not know.
+pub fn board() -> &'static str {
+    match dev("DAO_VFIO_BOARD").as_str() {
+        "x86_64" => "x86_64",
+        "aarch64" => "aarch64",
+        "aarch64-6.1" => "aarch64-6.1",
+        other => panic!("DAO_VFIO_BOARD={other}: not a board these tests know"),
+    }
+}
+
+/// Whether the board's kernel has iommufd and VFIO device cdevs: only the
+/// aarch64 board's 6.12. The two 6.1 boards (x86_64's stock kernel, and
+/// aarch64-6.1, built like DAO's cn10k.config) have the legacy interface
+/// only: no `/dev/iommu`, no `/dev/vfio/devices/`.
+pub fn board_has_iommufd() -> bool {
+    board() == "aarch64"
+}
+
+/// Whether the board runs Linux 6.1 (x86_64 and aarch64-6.1).
+pub fn board_is_6_1() -> bool {
+    board() != "aarch64"
+}
+
 /// The interface edu ends up on: what was asked for, and for `auto` what the
-/// board's kernel offers: iommufd and device cdevs on the aarch64 board's
-/// 6.12, neither on the x86_64 board's stock 6.1.
+/// board's kernel offers (see [`board_has_iommufd`]).
 pub fn expected_backend() -> Backend {
     match backend() {
-        Backend::Auto if cfg!(target_arch = "aarch64") => Backend::Iommufd,
+        Backend::Auto if board_has_iommufd() => Backend::Iommufd,
         Backend::Auto => Backend::Legacy,
         asked => asked,
     }
@@ -87,4 +111,26 @@ register_block! {
 /// The low bytes of four ID registers.
 pub fn id_bytes(regs: &[RO<u32>; 4]) -> [u8; 4] {
     regs.each_ref().map(|r| r.read() as u8)
+}
+
+/// Runs one edu DMA transfer (edu's DMA engine: `src` to `dst`, `to_ram`
+/// when `dst` is an IOVA) and waits for it to finish.
+pub fn edu_dma(regs: &Edu, src: u64, dst: u64, len: u64, to_ram: bool) {
+    const DMA_START: u64 = 1;
+    const DMA_TO_RAM: u64 = 2;
+    // SAFETY: the caller programs edu's DMA engine with IOVAs it mapped (or,
+    // deliberately, unmapped: the IOMMU then blocks the access).
+    unsafe {
+        regs.dma_src.write(src);
+        regs.dma_dst.write(dst);
+        regs.dma_count.write(len);
+        dao_vfio::barrier::io_wmb();
+        regs.dma_cmd.write(DMA_START | if to_ram { DMA_TO_RAM } else { 0 });
+    }
+    let start = std::time::Instant::now();
+    while regs.dma_cmd.read() & DMA_START != 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "edu DMA did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    dao_vfio::barrier::io_rmb();
 }

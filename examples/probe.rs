@@ -35,7 +35,10 @@ fn print_device(dev: &Device<'_, Host>) {
     }
     println!("  interrupt indexes: {}", dev.num_irqs());
     for irq in dev.irqs() {
-        println!("    [{}] count {}, flags {:?}", irq.index(), irq.count(), irq.flags());
+        match irq {
+            Ok(irq) => println!("    [{}] count {}, flags {:?}", irq.index(), irq.count(), irq.flags()),
+            Err(e) => println!("    {e}"),
+        }
     }
 }
 

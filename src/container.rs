@@ -69,7 +69,12 @@ impl Container {
     /// not joined and the caller detaches it.
     pub(crate) fn group_joined<K: Kernel>(&mut self, kernel: &K) -> Result<(), Error> {
         if self.iommu_type.is_none() {
-            let kind = self.choose_type(kernel)?;
+            // The type chosen for an earlier group is set again without
+            // asking (the kernel's extensions do not change).
+            let kind = match self.last_type {
+                Some(kind) => kind,
+                None => self.choose_type(kernel)?,
+            };
             kernel.ioctl(&TOKEN, self.fd, Request::SetIommu(kind)).map_err(|e| Error::syscall(Step::SetIommu, e))?;
             self.iommu_type = Some(kind);
             self.last_type = Some(kind);

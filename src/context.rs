@@ -120,7 +120,8 @@ pub struct Context<
     legacy: Option<Container>,
     /// `/dev/iommu` and the context's IO address space (iommufd backend).
     iommufd: Option<Iommufd>,
-    /// The container for noiommu groups; open while it has groups.
+    /// The container for noiommu groups; opened with the first, kept until
+    /// the context closes.
     noiommu: Option<Container>,
     groups: heapless::Vec<Group, GROUPS>,
     devices: heapless::Vec<DeviceState, DEVICES>,
@@ -240,20 +241,10 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         if self.devices.is_full() {
             return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
         }
-        let bus = sysfs::find_bus(&self.kernel, &name, bus)?;
-        sysfs::check_driver(&self.kernel, bus, &name)?;
-        let group = sysfs::iommu_group(&self.kernel, bus, &name)?;
+        let (bus, group) = sysfs::locate(&self.kernel, &name, bus)?;
         let at = Located { name, bus, group };
         let serial = self.next_serial;
-        let state = match self.route(&at)? {
-            Route::Cdev(cdev) => match self.open_through_iommufd(&at, cdev, serial) {
-                Ok(state) => state,
-                // If the legacy path fails too, iommufd's refusal is the news.
-                Err(e) if self.may_fall_back(&e) => self.open_through_group(&at, Ok(()), serial).map_err(|_| e)?,
-                Err(e) => return Err(e),
-            },
-            Route::Group { iommu } => self.open_through_group(&at, iommu, serial)?,
-        };
+        let state = self.open_located(&at, serial).map_err(|e| sysfs::diagnose(&self.kernel, bus, &name, e))?;
         if let Err(state) = self.devices.push(state) {
             // Unreachable: fullness was checked first. Undo all the same.
             let _ = self.release_device(state);
@@ -262,6 +253,19 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         self.next_serial = serial + 1; // u64: cannot wrap in practice
         self.iommu_info = None;
         Ok(DeviceHandle { context: self.id, serial })
+    }
+
+    /// Opens a located device through the interface [`Context::route`] picks.
+    fn open_located(&mut self, at: &Located, serial: u64) -> Result<DeviceState, Error> {
+        match self.route(at)? {
+            Route::Cdev(cdev) => match self.open_through_iommufd(at, cdev, serial) {
+                Ok(state) => Ok(state),
+                // If the legacy path fails too, iommufd's refusal is the news.
+                Err(e) if self.may_fall_back(&e) => self.open_through_group(at, Ok(()), serial).map_err(|_| e),
+                Err(e) => Err(e),
+            },
+            Route::Group { iommu } => self.open_through_group(at, iommu, serial),
+        }
     }
 
     /// How to open the device (see [`Backend`]). The cdev is looked up only
@@ -322,6 +326,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         iommu: Result<(), ErrorKind>,
         serial: u64,
     ) -> Result<DeviceState, Error> {
+        let had_noiommu_container = self.noiommu.is_some();
         let slot = self.acquire_group(at.group, iommu)?;
         let group = &self.groups[slot];
         let noiommu = group.kind() == IommuKind::NoIommu;
@@ -333,8 +338,21 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         if opened.is_err() {
             // Undo the group's share; the setup error is the one to report.
             let _ = self.release_group(at.group);
+            if noiommu && !had_noiommu_container {
+                self.close_idle_noiommu_container();
+            }
         }
         opened
+    }
+
+    /// Closes the noiommu container if no group uses it: a failed setup
+    /// takes back the one it opened.
+    fn close_idle_noiommu_container(&mut self) {
+        if self.noiommu.as_ref().is_some_and(|c| c.groups() == 0) {
+            if let Some(container) = self.noiommu.take() {
+                container.close(&self.kernel);
+            }
+        }
     }
 
     /// Finds or opens group `number` and takes a share of it for one device.
@@ -465,8 +483,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         self.detach(group)
     }
 
-    /// Detaches a group from its container and closes it; closes the noiommu
-    /// container when its last group leaves.
+    /// Detaches a group from its container and closes it.
     fn detach(&mut self, group: Group) -> Result<(), Error> {
         let kind = group.kind();
         // The last IOMMU-backed group takes the IOMMU domain, and with it the
@@ -495,7 +512,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
                     container.group_left();
                     if container.groups() == 0 && self.iommufd.is_some() {
                         // Opened for its groups (Auto, beside iommufd): it
-                        // goes with the last, as the noiommu one does.
+                        // goes with the last.
                         if let Some(container) = self.legacy.take() {
                             container.close(&self.kernel);
                         }
@@ -505,13 +522,11 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
                 }
             }
             IommuKind::NoIommu => {
+                // The container stays open for the next noiommu group (its
+                // open and close would cost every setup and free three
+                // system calls); it closes with the context.
                 if let Some(container) = &mut self.noiommu {
                     container.group_left();
-                    if container.groups() == 0 {
-                        if let Some(container) = self.noiommu.take() {
-                            container.close(&self.kernel);
-                        }
-                    }
                 }
             }
         }
@@ -592,8 +607,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         let slot = self.slot(handle)?;
         let state = &mut self.devices[slot];
         let name = state.name;
-        let (flags, available) = match state.irq_index(index) {
-            Some(irq) if irq.count() > 0 && irq.flags().contains(IrqFlags::EVENTFD) => (irq.flags(), irq.count()),
+        let (flags, available) = match state.describe_irq(&self.kernel, index)? {
+            irq if irq.count() > 0 && irq.flags().contains(IrqFlags::EVENTFD) => (irq.flags(), irq.count()),
             _ => return Err(Error::new(ErrorKind::NoSuchIrq { index }).for_device(name)),
         };
         let fd = state.fd();
@@ -617,7 +632,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         if let Some(container) = self.legacy.as_ref().filter(|c| c.groups() > 0) {
             return Ok(Domain::Type1(container.fd()));
         }
-        match self.noiommu {
+        match self.noiommu.as_ref().filter(|c| c.groups() > 0) {
             Some(_) => Err(Error::new(ErrorKind::NoIommuDma)),
             None => Err(Error::new(ErrorKind::NoDmaDomain)),
         }

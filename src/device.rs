@@ -17,10 +17,6 @@ use crate::sys::{self, DeviceFlags, IrqFlags, RegionFlags};
 /// [`Device::num_regions`]).
 pub const MAX_REGIONS: usize = 16;
 
-/// Interrupt indexes recorded per device: PCI has 5, platform devices one per
-/// interrupt line.
-pub const MAX_IRQ_INDEXES: usize = 8;
-
 /// One interrupt index of a device, as `VFIO_DEVICE_GET_IRQ_INFO` describes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IrqIndex {
@@ -62,7 +58,6 @@ pub(crate) struct DeviceState {
     num_regions: u32,
     num_irqs: u32,
     regions: heapless::Vec<Region, MAX_REGIONS>,
-    irqs: heapless::Vec<IrqIndex, MAX_IRQ_INDEXES>,
     /// Eventfds bound to interrupt vectors.
     pub(crate) bound: irq::Bindings,
 }
@@ -95,7 +90,6 @@ impl DeviceState {
             num_regions: 0,
             num_irqs: 0,
             regions: heapless::Vec::new(),
-            irqs: heapless::Vec::new(),
             bound: heapless::Vec::new(),
         };
         match state.describe(kernel) {
@@ -129,16 +123,8 @@ impl DeviceState {
             // Cannot overflow: the loop stops at the capacity.
             let _ = self.regions.push(region);
         }
-        for index in 0..info.num_irqs.min(MAX_IRQ_INDEXES as u32) {
-            let mut irq = sys::IrqInfo { argsz: sys::argsz::<sys::IrqInfo>(), index, ..Default::default() };
-            match kernel.ioctl(&TOKEN, self.fd, Request::DeviceGetIrqInfo(&mut irq)) {
-                Ok(_) => {}
-                // Unsupported index (vfio-pci's ERR index on conventional PCI).
-                Err(Errno::INVAL) => irq = sys::IrqInfo { index, ..Default::default() },
-                Err(e) => return Err(Error::syscall(Step::IrqInfo(index), e)),
-            }
-            let _ = self.irqs.push(IrqIndex { index, flags: IrqFlags::from_bits_retain(irq.flags), count: irq.count });
-        }
+        // Interrupt indexes are described when first asked for
+        // (`Device::irq`, `Context::irq_enable`): many drivers never use some.
         Ok(())
     }
 
@@ -259,8 +245,20 @@ impl DeviceState {
         self.fd
     }
 
-    pub(crate) fn irq_index(&self, index: u32) -> Option<IrqIndex> {
-        self.irqs.get(index as usize).copied()
+    /// Describes interrupt `index` (`VFIO_DEVICE_GET_IRQ_INFO`, one system
+    /// call; nothing is kept). An index the device reports but the kernel
+    /// refuses to describe with `EINVAL` (vfio-pci's ERR index on
+    /// conventional PCI) has no vectors.
+    pub(crate) fn describe_irq<K: Kernel>(&self, kernel: &K, index: u32) -> Result<IrqIndex, Error> {
+        if index >= self.num_irqs {
+            return Err(Error::new(ErrorKind::NoSuchIrq { index }).for_device(self.name));
+        }
+        let mut irq = sys::IrqInfo { argsz: sys::argsz::<sys::IrqInfo>(), index, ..Default::default() };
+        match kernel.ioctl(&TOKEN, self.fd, Request::DeviceGetIrqInfo(&mut irq)) {
+            Ok(_) => Ok(IrqIndex { index, flags: IrqFlags::from_bits_retain(irq.flags), count: irq.count }),
+            Err(Errno::INVAL) => Ok(IrqIndex { index, flags: IrqFlags::empty(), count: 0 }),
+            Err(e) => Err(Error::syscall(Step::IrqInfo(index), e).for_device(self.name)),
+        }
     }
 
     pub(crate) fn view<'a, K: Kernel>(&'a self, kernel: &'a K) -> Device<'a, K> {
@@ -356,8 +354,7 @@ impl<'a, K: Kernel> Device<'a, K> {
         self.state.num_regions
     }
 
-    /// The number of interrupt indexes the kernel reports. Only the first
-    /// [`MAX_IRQ_INDEXES`] are described in [`Device::irqs`].
+    /// The number of interrupt indexes the kernel reports.
     pub fn num_irqs(&self) -> u32 {
         self.state.num_irqs
     }
@@ -375,9 +372,19 @@ impl<'a, K: Kernel> Device<'a, K> {
             .ok_or(self.error(ErrorKind::NoSuchRegion { index, count: self.state.num_regions }))
     }
 
-    /// Every interrupt index, as the kernel describes it.
-    pub fn irqs(&self) -> &'a [IrqIndex] {
-        &self.state.irqs
+    /// Interrupt index `index` (for PCI see [`crate::sys::pci_irq`]), as the
+    /// kernel describes it. Setup does not read these (a driver may never
+    /// use some): each call asks the kernel, one system call. An index past
+    /// [`Device::num_irqs`] is [`ErrorKind::NoSuchIrq`].
+    pub fn irq(&self, index: u32) -> Result<IrqIndex, Error> {
+        self.state.describe_irq(self.kernel, index)
+    }
+
+    /// Every interrupt index, as the kernel describes it (one system call
+    /// each, see [`Device::irq`]).
+    pub fn irqs(&self) -> impl Iterator<Item = Result<IrqIndex, Error>> + 'a {
+        let (state, kernel) = (self.state, self.kernel);
+        (0..state.num_irqs).map(move |index| state.describe_irq(kernel, index))
     }
 
     pub(crate) fn error(&self, kind: ErrorKind) -> Error {

@@ -122,8 +122,9 @@ pub(crate) fn close_all<K: Kernel>(kernel: &K, bindings: &mut Bindings) {
 
 /// One interrupt vector bound to an eventfd, borrowed from its device.
 ///
-/// The eventfd is non-blocking: [`Interrupt::take`] is one `read`, and the
-/// waits poll first when nothing is pending. Have one waiter per vector: two
+/// [`Interrupt::wait`] is one blocking `read` of the eventfd, pending or
+/// not; [`Interrupt::take`] is one `preadv2` with `RWF_NOWAIT`, which never
+/// blocks; [`Interrupt::wait_timeout`] takes, then polls and takes again. Have one waiter per vector: two
 /// threads waiting on the same eventfd share its counts between them.
 pub struct Interrupt<'a, K: Kernel> {
     pub(crate) kernel: &'a K,
@@ -178,20 +179,22 @@ impl<K: Kernel> Interrupt<'_, K> {
     }
 
     /// Blocks until the interrupt fires; returns how many times it fired
-    /// since the last wait. (If it already fired, that is one `read` and no
-    /// wait; otherwise `poll`, then `read`.)
+    /// since the last wait: one `read`, which blocks while nothing is pending.
     pub fn wait(&self) -> Result<u64, Error> {
         loop {
-            if let Some(count) = self.take()? {
-                return Ok(count);
+            match self.kernel.read_counter(&TOKEN, self.binding.eventfd, true) {
+                Ok(count) => return Ok(count),
+                // A signal interrupted the wait: wait again.
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(self.fail(Step::ReadEventfd, e)),
             }
-            self.kernel.poll_readable(&TOKEN, self.binding.eventfd, None).map_err(|e| self.fail(Step::Poll, e))?;
         }
     }
 
-    /// Takes the count if the interrupt fired, without waiting (one `read`).
+    /// Takes the count if the interrupt fired, without waiting (one `preadv2`
+    /// with `RWF_NOWAIT`: a read that returns `EAGAIN` rather than block).
     pub fn take(&self) -> Result<Option<u64>, Error> {
-        match self.kernel.read_counter(&TOKEN, self.binding.eventfd) {
+        match self.kernel.read_counter(&TOKEN, self.binding.eventfd, false) {
             Ok(count) => Ok(Some(count)),
             Err(rustix::io::Errno::AGAIN) => Ok(None),
             Err(e) => Err(self.fail(Step::ReadEventfd, e)),

@@ -92,7 +92,7 @@ pub use backend::Backend;
 pub use capchain::ChainError;
 pub use container::IommuKind;
 pub use context::{Context, DeviceHandle, DmaHandle};
-pub use device::{Device, IrqIndex, MAX_IRQ_INDEXES, MAX_REGIONS};
+pub use device::{Device, IrqIndex, MAX_REGIONS};
 pub use dma::{DmaBuffer, DmaDirection, DmaOptions, IommuInfo};
 pub use error::{Blocker, DriverName, Error, ErrorKind, Label, Step, LABEL_LEN, MAX_DRIVER_LEN};
 pub use iova::IovaRange;

@@ -45,7 +45,7 @@ use crate::error::{Error, ErrorKind};
 use crate::irq::Interrupt;
 use crate::kernel::Kernel;
 use crate::name::Bus;
-use crate::sys::{pci_irq, IrqFlags};
+use crate::sys::pci_irq;
 
 /// A notification the kernel can send about a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,14 +89,11 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         if dev.bus() != Bus::Pci {
             return Err(dev.error(ErrorKind::NotPci));
         }
-        let offered = dev
-            .irqs()
-            .get(which.index() as usize)
-            .is_some_and(|i| i.count() > 0 && i.flags().contains(IrqFlags::EVENTFD));
-        if !offered {
-            return Err(dev.error(ErrorKind::NoNotification { which }));
-        }
-        self.irq_enable(handle, which.index(), 1)
+        let not_offered = dev.error(ErrorKind::NoNotification { which });
+        self.irq_enable(handle, which.index(), 1).map_err(|e| match e.kind() {
+            ErrorKind::NoSuchIrq { .. } => not_offered,
+            _ => e,
+        })
     }
 
     /// Unbinds the notification's eventfd and closes it (the kernel then

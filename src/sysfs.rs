@@ -52,6 +52,38 @@ pub(crate) fn too_long() -> Error {
     Error::syscall(Step::ReadSysfs, Errno::NAMETOOLONG)
 }
 
+/// Finds the device's bus (the one stated, or PCI then platform) and IOMMU
+/// group with one `readlink` per bus tried: the `iommu_group` link exists
+/// only for a device that exists and has a group. Without it, the reason is
+/// found on this error path ([`diagnose`]).
+pub(crate) fn locate<K: Kernel>(kernel: &K, name: &DeviceName, stated: Option<Bus>) -> Result<(Bus, u32), Error> {
+    let candidates: &[Bus] = match stated {
+        Some(Bus::Pci) => &[Bus::Pci],
+        Some(Bus::Platform) => &[Bus::Platform],
+        None => &[Bus::Pci, Bus::Platform],
+    };
+    for &bus in candidates {
+        if let Some(group) = group_of(kernel, bus, name)? {
+            return Ok((bus, group));
+        }
+    }
+    let bus = find_bus(kernel, name, stated)?;
+    check_driver(kernel, bus, name)?;
+    Err(Error::new(ErrorKind::NoIommuGroup { bus }))
+}
+
+/// On a setup's error path: a device that is not bound to a VFIO driver is
+/// refused as such ([`ErrorKind::NotBound`], [`ErrorKind::WrongDriver`]),
+/// whatever step noticed it first (a missing group node, a group that is
+/// not viable, a refused device fd). Otherwise, or if sysfs cannot tell,
+/// the error stands.
+pub(crate) fn diagnose<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName, error: Error) -> Error {
+    match check_driver(kernel, bus, name) {
+        Err(e) if matches!(e.kind(), ErrorKind::NotBound { .. } | ErrorKind::WrongDriver { .. }) => e,
+        _ => error,
+    }
+}
+
 /// Finds the bus the device is on: the one stated, or PCI then platform.
 pub(crate) fn find_bus<K: Kernel>(kernel: &K, name: &DeviceName, stated: Option<Bus>) -> Result<Bus, Error> {
     let candidates: &[Bus] = match stated {
@@ -83,16 +115,6 @@ pub(crate) fn check_driver<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -
                 Err(Error::new(ErrorKind::WrongDriver { bus, driver: Label::new(driver) }))
             }
         }
-    }
-}
-
-/// The device's IOMMU group number.
-pub(crate) fn iommu_group<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<u32, Error> {
-    let path = sys_path!("/sys/bus/{}/devices/{}/iommu_group", bus.sysfs_name(), name).ok_or_else(too_long)?;
-    let mut buf = [0u8; LINK_CAPACITY];
-    match read_link(kernel, path.as_c_str(), &mut buf)? {
-        None => Err(Error::new(ErrorKind::NoIommuGroup { bus })),
-        Some(link) => parse_group_number(link).ok_or(Error::syscall(Step::ReadSysfs, Errno::INVAL)),
     }
 }
 

@@ -84,9 +84,9 @@ fn level_interrupt_masks_itself_until_unmasked_on(iommufd: bool) {
     assert_eq!(irq.wait_timeout(Duration::from_secs(1)).unwrap(), Some(1));
     irq.mask().unwrap();
     assert!(k.irq_masked(RTC, 0, 0));
-    // Freeing the device closes its eventfds.
+    // Freeing the device closes its eventfds (the two containers stay).
     ctx.free(rtc).unwrap();
-    assert_eq!(k.open_fds(), 1);
+    assert_eq!(k.open_fds(), 2);
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn every_irq_enable_failure_point_leaves_nothing_behind_on(iommufd: bool) {
         n += 1;
     }
     println!("irq enable failure walk: {} failure points", n - 1);
-    assert_eq!(n - 1, 2, "eventfd and VFIO_DEVICE_SET_IRQS");
+    assert_eq!(n - 1, 3, "VFIO_DEVICE_GET_IRQ_INFO, eventfd and VFIO_DEVICE_SET_IRQS");
 }
 
 #[test]
@@ -619,8 +619,6 @@ fn single_call_operations_report_their_failure_on(iommufd: bool) {
         // Nothing pending: the read answers EAGAIN, then the poll fails.
         k.fail_call(2, Errno::IO);
         check("wait with timeout", irq.wait_timeout(Duration::from_millis(1)).map(drop), dao_vfio::Step::Poll);
-        k.fail_call(2, Errno::IO);
-        check("wait, polling", irq.wait().map(drop), dao_vfio::Step::Poll);
         // The fake never blocks: a wait nobody will answer fails instead.
         assert_eq!(irq.wait().unwrap_err().errno(), Some(Errno::DEADLK));
         assert_eq!(irq.take().unwrap(), None);

@@ -248,5 +248,5 @@ fn every_failure_point_of_enabling_a_notifier_leaves_nothing_bound() {
         ctx.free(edu).unwrap();
         n += 1;
     }
-    assert_eq!(n, 3, "eventfd and VFIO_DEVICE_SET_IRQS");
+    assert_eq!(n, 4, "VFIO_DEVICE_GET_IRQ_INFO, eventfd and VFIO_DEVICE_SET_IRQS");
 }

@@ -226,9 +226,9 @@ unsafe impl<K: Kernel> Kernel for Counting<K> {
         self.count(Method::Eventfd);
         self.inner.eventfd(t)
     }
-    fn read_counter(&self, t: &Token, fd: Fd) -> Result<u64, Errno> {
+    fn read_counter(&self, t: &Token, fd: Fd, wait: bool) -> Result<u64, Errno> {
         self.count(Method::Read);
-        self.inner.read_counter(t, fd)
+        self.inner.read_counter(t, fd, wait)
     }
     fn poll_readable(&self, t: &Token, fd: Fd, timeout: Option<Duration>) -> Result<bool, Errno> {
         self.count(Method::Poll);

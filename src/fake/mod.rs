@@ -617,9 +617,12 @@ unsafe impl Kernel for FakeKernel {
         Ok(self.enter("eventfd")?.new_fd(Object::EventFd { count: 0 }))
     }
 
-    fn read_counter(&self, _: &Token, fd: Fd) -> Result<u64, Errno> {
-        let mut s = self.enter("read")?;
+    fn read_counter(&self, _: &Token, fd: Fd, wait: bool) -> Result<u64, Errno> {
+        let mut s = self.enter(if wait { "read" } else { "preadv2" })?;
         match s.fds.get_mut(&fd.raw()) {
+            // Nothing else could raise it while the caller blocks here: a
+            // wait on a zero counter would never end.
+            Some(Object::EventFd { count: 0 }) if wait => Err(Errno::DEADLK),
             Some(Object::EventFd { count: 0 }) => Err(Errno::AGAIN),
             Some(Object::EventFd { count }) => Ok(core::mem::take(count)),
             Some(_) => Err(Errno::INVAL),

@@ -176,13 +176,21 @@ unsafe impl Kernel for Host {
     }
 
     fn eventfd(&self, _: &Token) -> Result<Fd, Errno> {
-        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC)?;
         Ok(Fd::from_raw(fd.into_raw_fd()))
     }
 
-    fn read_counter(&self, _: &Token, fd: Fd) -> Result<u64, Errno> {
+    fn read_counter(&self, _: &Token, fd: Fd, wait: bool) -> Result<u64, Errno> {
         let mut counter = [0u8; 8];
-        match rustix::io::read(borrow(fd), &mut counter)? {
+        let read = if wait {
+            rustix::io::read(borrow(fd), &mut counter)?
+        } else {
+            // Offset -1: the file's own position (an eventfd has none), as
+            // `read` does, but with RWF_NOWAIT: EAGAIN instead of blocking.
+            let mut bufs = [rustix::io::IoSliceMut::new(&mut counter)];
+            rustix::io::preadv2(borrow(fd), &mut bufs, u64::MAX, rustix::io::ReadWriteFlags::NOWAIT)?
+        };
+        match read {
             8 => Ok(u64::from_ne_bytes(counter)),
             _ => Err(Errno::IO),
         }

@@ -250,12 +250,16 @@ pub unsafe trait Kernel {
     /// completely (the caller treats a full buffer as possibly truncated).
     fn readlink<'b>(&self, token: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno>;
 
-    /// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)`.
+    /// `eventfd(0, EFD_CLOEXEC)`: a blocking eventfd, so that a wait is one
+    /// `read` (see [`Kernel::read_counter`] for the non-blocking take).
     fn eventfd(&self, token: &Token) -> Result<Fd, Errno>;
 
-    /// `read(fd, &counter, 8)` on a non-blocking eventfd: returns and clears
-    /// the counter, or `EAGAIN` when it is zero.
-    fn read_counter(&self, token: &Token, fd: Fd) -> Result<u64, Errno>;
+    /// Reads and clears an eventfd's counter with one system call. `wait`:
+    /// `read(fd, &counter, 8)`, which blocks while the counter is zero.
+    /// Otherwise `preadv2(fd, [&counter], -1, RWF_NOWAIT)`, which never
+    /// blocks: `EAGAIN` when the counter is zero (eventfds honour
+    /// `RWF_NOWAIT`; Linux 6.1 and 6.12 do).
+    fn read_counter(&self, token: &Token, fd: Fd, wait: bool) -> Result<u64, Errno>;
 
     /// `poll(fd, POLLIN, timeout)`: whether `fd` became readable in time
     /// (`None`: wait forever). A signal may end the wait early (`false`).
@@ -318,8 +322,8 @@ unsafe impl<K: Kernel> Kernel for &K {
     fn eventfd(&self, t: &Token) -> Result<Fd, Errno> {
         (**self).eventfd(t)
     }
-    fn read_counter(&self, t: &Token, fd: Fd) -> Result<u64, Errno> {
-        (**self).read_counter(t, fd)
+    fn read_counter(&self, t: &Token, fd: Fd, wait: bool) -> Result<u64, Errno> {
+        (**self).read_counter(t, fd, wait)
     }
     fn poll_readable(&self, t: &Token, fd: Fd, timeout: Option<Duration>) -> Result<bool, Errno> {
         (**self).poll_readable(t, fd, timeout)

@@ -23,7 +23,9 @@
  * `c OP NS_PER_OP SYSCALLS_PER_OP`. The benchmark keeps it running and
  * alternates its own batches with these. OP is setup_free_edu,
  * setup_free_pl031, read32, write32, irq, dma_map_4k, dma_map_2m,
- * dma_alloc_4k or dma_alloc_2m. System calls are counted by the thin
+ * dma_alloc_4k or dma_alloc_2m; or tail_read32, tail_write32 or tail_irq,
+ * each operation timed on its own, answered with `c OP P50 P99 P99.9 MAX`
+ * in nanoseconds. System calls are counted by the thin
  * wrappers below, through which every call of the timed work goes
  * (clock_gettime is the vDSO, outside the timed work).
  */
@@ -362,6 +364,81 @@ static void bench_irq(struct device *edu, unsigned long iters)
 	sys_close(efd);
 }
 
+/* --- Latency of single operations (tail_* requests). --------------------- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* The value at quantile q of n sorted samples (nearest rank). */
+static double quantile(const uint64_t *sorted, unsigned long n, double q)
+{
+	unsigned long rank = (unsigned long)(q * (double)n + 0.999999);
+
+	if (rank < 1)
+		rank = 1;
+	if (rank > n)
+		rank = n;
+	return (double)sorted[rank - 1];
+}
+
+/* Answers `c OP P50 P99 P99.9 MAX` (ns) for n samples. */
+static void report_tail(const char *op, uint64_t *ns, unsigned long n)
+{
+	qsort(ns, n, sizeof(*ns), cmp_u64);
+	printf("c %s %.0f %.0f %.0f %.0f\n", op, quantile(ns, n, 0.50), quantile(ns, n, 0.99),
+	       quantile(ns, n, 0.999), (double)ns[n - 1]);
+}
+
+/* Each operation timed on its own, the clock read included, as the crate's side does. */
+static void bench_tail(const char *op, struct device *edu, unsigned long n)
+{
+	uint8_t *bar0 = edu->mem[VFIO_PCI_BAR0_REGION_INDEX].addr;
+	uint64_t *ns = malloc(n * sizeof(*ns));
+	uint32_t sum = 0;
+	int efd = -1;
+
+	if (!ns)
+		die("malloc");
+	if (strcmp(op, "tail_irq") == 0) {
+		enable_bus_master(edu);
+		efd = sys_eventfd();
+		if (efd < 0)
+			die("eventfd");
+		set_msi(edu, efd);
+	}
+	for (unsigned long i = 0; i < n; i++) {
+		uint64_t t = now_ns();
+
+		if (efd >= 0) {
+			uint64_t count;
+
+			*reg32(bar0, EDU_IRQ_RAISE) = 1;
+			if (sys_read(efd, &count, sizeof(count)) != sizeof(count))
+				die("read eventfd");
+			*reg32(bar0, EDU_IRQ_ACK) = 1;
+		} else if (strcmp(op, "tail_read32") == 0) {
+			sum += *reg32(bar0, EDU_ID);
+		} else {
+			*reg32(bar0, EDU_LIVENESS) = (uint32_t)i;
+		}
+		ns[i] = now_ns() - t;
+	}
+	if (efd >= 0) {
+		set_msi(edu, -1);
+		sys_close(efd);
+	}
+	if (strcmp(op, "tail_read32") == 0 && sum != (uint32_t)(0x010000edu * n)) {
+		fprintf(stderr, "baseline: edu id read wrong\n");
+		exit(1);
+	}
+	report_tail(op, ns, n);
+	free(ns);
+}
+
 /* The IOVA the C side maps at (the crate's allocator starts at 1 MiB too). */
 #define IOVA 0x100000u
 
@@ -462,6 +539,9 @@ static void batch(const char *op, unsigned long iters, const char *edu_name, con
 		bench_write32(edu.mem[VFIO_PCI_BAR0_REGION_INDEX].addr, iters);
 	else if (strcmp(op, "irq") == 0)
 		bench_irq(&edu, iters);
+	else if (strncmp(op, "tail_", 5) == 0 &&
+		 (strcmp(op, "tail_read32") == 0 || strcmp(op, "tail_write32") == 0 || strcmp(op, "tail_irq") == 0))
+		bench_tail(op, &edu, iters);
 	else if (strcmp(op, "dma_map_4k") == 0)
 		bench_dma_map(op, 4096, iters);
 	else if (strcmp(op, "dma_map_2m") == 0)

@@ -129,6 +129,66 @@ impl Plan {
 const FULL: Plan = Plan { rounds: 21, setup: 200, registers: 2_000_000, irq: 2_000, dma: 100 };
 const QUICK: Plan = Plan { rounds: 3, setup: 10, registers: 10_000, irq: 50, dma: 5 };
 
+/// Operations timed one by one, for their latency distribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tail {
+    /// `regs.id.read()`.
+    Read,
+    /// `regs.liveness.write(v)`.
+    Write,
+    /// Raise edu's interrupt, `Interrupt::wait`, acknowledge.
+    Irq,
+}
+
+impl Tail {
+    const ALL: [Tail; 3] = [Tail::Read, Tail::Write, Tail::Irq];
+
+    /// The C baseline's request name.
+    fn c(self) -> &'static str {
+        match self {
+            Tail::Read => "tail_read32",
+            Tail::Write => "tail_write32",
+            Tail::Irq => "tail_irq",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Tail::Read => "register read (`regs.id.read()`)",
+            Tail::Write => "register write (`regs.liveness.write(v)`)",
+            Tail::Irq => "interrupt round trip (raise, `wait`, ack)",
+        }
+    }
+
+    /// Operations timed per round and side.
+    fn samples(self, quick: bool) -> usize {
+        match (self, quick) {
+            (Tail::Irq, false) => 5_000,
+            (Tail::Irq, true) => 200,
+            (_, false) => 200_000,
+            (_, true) => 5_000,
+        }
+    }
+}
+
+/// Latency percentiles of one batch, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default)]
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    /// From per-operation times (sorted here).
+    fn of(mut ns: Vec<u64>) -> Percentiles {
+        ns.sort_unstable();
+        let at = |q: f64| ns[((ns.len() as f64 * q).ceil() as usize).clamp(1, ns.len()) - 1] as f64;
+        Percentiles { p50: at(0.50), p99: at(0.99), p999: at(0.999), max: *ns.last().unwrap_or(&0) as f64 }
+    }
+}
+
 /// One batch: mean time per operation and the system calls it made.
 #[derive(Clone, Copy)]
 struct Sample {
@@ -282,6 +342,55 @@ fn irq_round_trips<K: Kernel>(
     Ok(t.stop(vfio, n))
 }
 
+/// One crate tail batch: `n` operations, each timed on its own (the clock
+/// read is inside every sample, on both sides alike).
+fn crate_tail(target: &Target, op: Tail, n: usize) -> Result<Percentiles> {
+    let mut vfio: Context<Counting<Host>> = Context::with_backend(Counting::new(Host), Legacy)?;
+    let edu = vfio.setup_on(Bus::Pci, target.edu)?;
+    if op == Tail::Irq {
+        vfio.device(&edu)?.enable_bus_master()?;
+        vfio.irq_enable(&edu, pci_irq::MSI, 1)?;
+    }
+    let mut ns = Vec::with_capacity(n);
+    {
+        let dev = vfio.device(&edu)?;
+        let regs = dev.region(pci_region::BAR0)?.block::<Edu>(0)?;
+        let mut sum = 0u32;
+        match op {
+            Tail::Read => {
+                for _ in 0..n {
+                    let t = Instant::now();
+                    sum = sum.wrapping_add(regs.id.read());
+                    ns.push(t.elapsed().as_nanos() as u64);
+                }
+                check(black_box(sum) == EDU_ID.wrapping_mul(n as u32), "edu's id register read back wrong")?;
+            }
+            Tail::Write => {
+                for i in 0..n {
+                    let t = Instant::now();
+                    // SAFETY: edu's liveness register only stores the value.
+                    unsafe { regs.liveness.write(i as u32) };
+                    ns.push(t.elapsed().as_nanos() as u64);
+                }
+            }
+            Tail::Irq => {
+                let irq = dev.interrupt(pci_irq::MSI, 0)?;
+                for _ in 0..n {
+                    let t = Instant::now();
+                    (target.raise)(regs);
+                    irq.wait()?;
+                    // SAFETY: edu's interrupt acknowledge only clears its status bits.
+                    unsafe { regs.irq_ack.write(1) };
+                    ns.push(t.elapsed().as_nanos() as u64);
+                }
+            }
+        }
+    }
+    vfio.free(edu)?;
+    vfio.close().map_err(|(_, e)| e)?;
+    Ok(Percentiles::of(ns))
+}
+
 /// `dma_map_raw` + `dma_free` of `len` bytes of `memory`, `n` times: the
 /// mapping alone, no allocation.
 ///
@@ -387,6 +496,24 @@ impl Baseline {
         }
     }
 
+    fn tail(&mut self, op: &str, n: usize) -> Result<Percentiles> {
+        writeln!(self.requests, "{op} {n}")?;
+        self.requests.flush()?;
+        let mut line = String::new();
+        if self.answers.read_line(&mut line)? == 0 {
+            return Err(format!("the C baseline ended during {op} (its message is above)").into());
+        }
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["c", answered, p50, p99, p999, max] if *answered == op => Ok(Percentiles {
+                p50: p50.parse()?,
+                p99: p99.parse()?,
+                p999: p999.parse()?,
+                max: max.parse()?,
+            }),
+            _ => Err(format!("unexpected answer from the C baseline to {op}: {line}").into()),
+        }
+    }
+
     fn finish(self) -> Result<()> {
         drop(self.requests); // end of file: it closes the container and exits
         let Baseline { mut child, .. } = self;
@@ -443,6 +570,41 @@ fn print_table(results: &Results) {
             median(ratios),
             calls(median(rounds.iter().map(|(m, _)| m.sample.calls).collect()), inexact),
             calls(median(rounds.iter().map(|(_, s)| s.calls).collect()), false),
+        );
+    }
+}
+
+/// Each tail operation's percentiles, crate and C, by round.
+type Tails = Vec<(Tail, Vec<(Percentiles, Percentiles)>)>;
+
+fn print_tails(tails: &Tails) {
+    println!();
+    println!(
+        "Latency of single operations (each timed on its own, clock read included; medians over the rounds of each \
+         round's percentile; crate/C is the median of the rounds' paired p99.9 ratios, with their range):"
+    );
+    println!();
+    println!("| operation | side | p50 | p99 | p99.9 | max | p99.9 crate/C (range) |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (op, rounds) in tails {
+        let med = |f: &dyn Fn(&(Percentiles, Percentiles)) -> f64| median(rounds.iter().map(f).collect());
+        let ratios: Vec<f64> = rounds.iter().map(|(ours, theirs)| ours.p999 / theirs.p999).collect();
+        let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        println!(
+            "| {} | crate | {} | {} | {} | {} | {:.2} ({lo:.2}–{hi:.2}) |",
+            op.label(),
+            time(med(&|r| r.0.p50)),
+            time(med(&|r| r.0.p99)),
+            time(med(&|r| r.0.p999)),
+            time(med(&|r| r.0.max)),
+            median(ratios.clone()),
+        );
+        println!(
+            "| | C | {} | {} | {} | {} | |",
+            time(med(&|r| r.1.p50)),
+            time(med(&|r| r.1.p99)),
+            time(med(&|r| r.1.p999)),
+            time(med(&|r| r.1.max)),
         );
     }
 }
@@ -505,10 +667,10 @@ fn self_check() -> Result<Vec<(Op, Backend, Counts)>> {
 }
 
 fn run() -> Result<()> {
-    let mut plan = FULL;
+    let (mut plan, mut quick) = (FULL, false);
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
-            "--quick" => plan = QUICK,
+            "--quick" => (plan, quick) = (QUICK, true),
             "--bench" => {} // added by `cargo bench`
             other => return Err(format!("unknown argument {other} (use --quick)").into()),
         }
@@ -554,6 +716,25 @@ fn run() -> Result<()> {
         }
         eprintln!("bench: round {}/{} done", round + 1, plan.rounds);
     }
+    let mut tails: Tails = Tail::ALL.iter().map(|&op| (op, Vec::new())).collect();
+    for (op, _) in &tails {
+        crate_tail(&target, *op, 100)?; // warm-up
+        baseline.tail(op.c(), 100)?;
+    }
+    for round in 0..plan.rounds {
+        for (op, rounds) in tails.iter_mut() {
+            let n = op.samples(quick);
+            let pair = if round % 2 == 0 {
+                let ours = crate_tail(&target, *op, n)?;
+                (ours, baseline.tail(op.c(), n)?)
+            } else {
+                let theirs = baseline.tail(op.c(), n)?;
+                (crate_tail(&target, *op, n)?, theirs)
+            };
+            rounds.push(pair);
+        }
+        eprintln!("bench: tail round {}/{} done", round + 1, plan.rounds);
+    }
     baseline.finish()?;
 
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -572,6 +753,7 @@ fn run() -> Result<()> {
     );
     println!();
     print_table(&results);
+    print_tails(&tails);
     print_breakdowns(&results, &fake);
     Ok(())
 }

@@ -69,18 +69,32 @@ impl Container {
     /// not joined and the caller detaches it.
     pub(crate) fn group_joined<K: Kernel>(&mut self, kernel: &K) -> Result<(), Error> {
         if self.iommu_type.is_none() {
-            // The type chosen for an earlier group is set again without
-            // asking (the kernel's extensions do not change).
-            let kind = match self.last_type {
-                Some(kind) => kind,
-                None => self.choose_type(kernel)?,
-            };
-            kernel.ioctl(&TOKEN, self.fd, Request::SetIommu(kind)).map_err(|e| Error::syscall(Step::SetIommu, e))?;
+            let kind = self.set_type(kernel)?;
             self.iommu_type = Some(kind);
             self.last_type = Some(kind);
         }
         self.groups += 1;
         Ok(())
+    }
+
+    /// Sets the IOMMU type: the one set for an earlier group, else the
+    /// preferred ones in turn. `VFIO_SET_IOMMU` itself says whether the
+    /// kernel has a type (`ENODEV`: no IOMMU driver takes it), so no
+    /// `VFIO_CHECK_EXTENSION` is needed.
+    fn set_type<K: Kernel>(&self, kernel: &K) -> Result<u32, Error> {
+        let preferred: &[u32] = match (&self.last_type, self.kind) {
+            (Some(kind), _) => core::slice::from_ref(kind),
+            (None, IommuKind::Type1) => &[sys::TYPE1V2_IOMMU, sys::TYPE1_IOMMU],
+            (None, IommuKind::NoIommu) => &[sys::NOIOMMU_IOMMU],
+        };
+        for &kind in preferred {
+            match kernel.ioctl(&TOKEN, self.fd, Request::SetIommu(kind)) {
+                Ok(_) => return Ok(kind),
+                Err(Errno::NODEV) => {}
+                Err(e) => return Err(Error::syscall(Step::SetIommu, e)),
+            }
+        }
+        Err(Error::new(ErrorKind::NoIommuType).with_errno(Errno::NODEV))
     }
 
     /// Records that a group left; the kernel drops the IOMMU type with the last one.
@@ -97,23 +111,6 @@ impl Container {
         self.iommu_type = self.last_type;
     }
 
-    fn choose_type<K: Kernel>(&self, kernel: &K) -> Result<u32, Error> {
-        let preferred: &[u32] = match self.kind {
-            IommuKind::Type1 => &[sys::TYPE1V2_IOMMU, sys::TYPE1_IOMMU],
-            IommuKind::NoIommu => &[sys::NOIOMMU_IOMMU],
-        };
-        for &kind in preferred {
-            let present = kernel
-                .ioctl(&TOKEN, self.fd, Request::CheckExtension(kind))
-                .map_err(|e| Error::syscall(Step::CheckExtension, e))?;
-            if present > 0 {
-                return Ok(kind);
-            }
-        }
-        Err(Error::new(ErrorKind::NoIommuType))
-    }
-
-    /// Closes the container.
     pub(crate) fn close<K: Kernel>(self, kernel: &K) {
         kernel.close(&TOKEN, self.fd);
     }

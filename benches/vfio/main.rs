@@ -504,12 +504,9 @@ impl Baseline {
             return Err(format!("the C baseline ended during {op} (its message is above)").into());
         }
         match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-            ["c", answered, p50, p99, p999, max] if *answered == op => Ok(Percentiles {
-                p50: p50.parse()?,
-                p99: p99.parse()?,
-                p999: p999.parse()?,
-                max: max.parse()?,
-            }),
+            ["c", answered, p50, p99, p999, max] if *answered == op => {
+                Ok(Percentiles { p50: p50.parse()?, p99: p99.parse()?, p999: p999.parse()?, max: max.parse()? })
+            }
             _ => Err(format!("unexpected answer from the C baseline to {op}: {line}").into()),
         }
     }

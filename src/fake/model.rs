@@ -410,7 +410,8 @@ impl State {
                     _ => false,
                 };
                 if !supported {
-                    return Err(Errno::INVAL);
+                    // As Linux: no IOMMU driver takes this type.
+                    return Err(Errno::NODEV);
                 }
                 if let Some(Object::Container { iommu, .. }) = self.fds.get_mut(&fd.raw()) {
                     *iommu = Some(kind);

@@ -22,6 +22,8 @@
  * line, and answers each with one batch and one line on stdout:
  * `c OP NS_PER_OP SYSCALLS_PER_OP`. The benchmark keeps it running and
  * alternates its own batches with these. OP is setup_free_edu,
+ * setup_free_edu_iommufd (the device cdev, bound to an iommufd and attached
+ * to its IO address space, where the kernel has them),
  * setup_free_pl031, read32, write32, irq, dma_map_4k, dma_map_2m,
  * dma_alloc_4k or dma_alloc_2m; or tail_read32, tail_write32 or tail_irq,
  * each operation timed on its own, answered with `c OP P50 P99 P99.9 MAX`
@@ -40,8 +42,35 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+/* iommufd and the VFIO device cdev (Linux 6.6+), from <linux/iommufd.h> and
+ * <linux/vfio.h>: the build hosts' headers (6.1) predate them. */
+#define BASE_IOMMUFD_TYPE ';'
+#define BASE_IOMMU_IOAS_ALLOC _IO(BASE_IOMMUFD_TYPE, 0x81)
+#define BASE_VFIO_DEVICE_BIND_IOMMUFD _IO(VFIO_TYPE, VFIO_BASE + 18)
+#define BASE_VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(VFIO_TYPE, VFIO_BASE + 19)
+
+struct base_ioas_alloc {
+	uint32_t size;
+	uint32_t flags;
+	uint32_t out_ioas_id;
+};
+
+struct base_bind_iommufd {
+	uint32_t argsz;
+	uint32_t flags;
+	int32_t iommufd;
+	uint32_t out_devid;
+};
+
+struct base_attach_pt {
+	uint32_t argsz;
+	uint32_t flags;
+	uint32_t pt_id;
+};
 
 /* --- Counted system calls: each wrapper is exactly one system call. ----- */
 
@@ -106,6 +135,13 @@ static ssize_t sys_pwrite(int fd, const void *buf, size_t len, off_t offset)
 {
 	syscalls++;
 	return pwrite(fd, buf, len, offset);
+}
+
+/* getdents64 has no glibc wrapper in the glibc of the build hosts. */
+static long sys_getdents64(int fd, void *buf, size_t len)
+{
+	syscalls++;
+	return syscall(SYS_getdents64, fd, buf, len);
 }
 
 static int sys_eventfd(void)
@@ -219,13 +255,106 @@ close_group:
 	return -1;
 }
 
+/* Through iommufd (set up in main when the kernel has it). */
+static int iommufd = -1;
+static uint32_t ioas;
+
+/* The device's cdev number N, from its sysfs vfio-dev/vfioN: open the
+ * directory, read entries until vfioN, close (readdir's calls, without
+ * DIR's allocation). */
+static int find_cdev(const char *name)
+{
+	char path[256];
+	union {
+		char bytes[2048];
+		uint64_t align;
+	} buf;
+	int dir, number = -1;
+	long n;
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vfio-dev", name);
+	dir = sys_open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dir < 0)
+		return -1;
+	while (number < 0 && (n = sys_getdents64(dir, buf.bytes, sizeof(buf.bytes))) > 0) {
+		for (long at = 0; at < n && number < 0;) {
+			/* struct linux_dirent64: ino 8, off 8, reclen 2, type 1, name */
+			uint16_t reclen;
+			const char *entry = buf.bytes + at + 19;
+
+			memcpy(&reclen, buf.bytes + at + 16, sizeof(reclen));
+			if (strncmp(entry, "vfio", 4) == 0 && entry[4] >= '0' && entry[4] <= '9')
+				number = atoi(entry + 4);
+			at += reclen;
+		}
+	}
+	sys_close(dir);
+	return number;
+}
+
+/* Open the cdev, bind it to the iommufd, attach it to the IO address
+ * space, then describe and map the regions as device_setup does. */
+static int device_setup_iommufd(const char *name, struct device *dev)
+{
+	char node[64];
+	int number = find_cdev(name);
+	struct base_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
+	struct base_attach_pt attach = { .argsz = sizeof(attach), .pt_id = ioas };
+	struct vfio_device_info info = { .argsz = sizeof(info) };
+
+	memset(dev, 0, sizeof(*dev));
+	dev->group_fd = -1;
+	snprintf(dev->name, sizeof(dev->name), "%s", name);
+	if (number < 0)
+		return -1;
+	snprintf(node, sizeof(node), "/dev/vfio/devices/vfio%d", number);
+	dev->device_fd = sys_open(node, O_RDWR | O_CLOEXEC);
+	if (dev->device_fd < 0)
+		return -1;
+	if (sys_ioctl(dev->device_fd, BASE_VFIO_DEVICE_BIND_IOMMUFD, &bind) < 0 ||
+	    sys_ioctl(dev->device_fd, BASE_VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach) < 0 ||
+	    sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_INFO, &info) < 0)
+		goto close_device;
+	dev->num_regions = info.num_regions < MAX_REGIONS ? info.num_regions : MAX_REGIONS;
+	for (unsigned i = 0; i < dev->num_regions; i++) {
+		struct vfio_region_info reg = { .argsz = sizeof(reg), .index = i };
+		void *addr;
+		int prot = 0;
+
+		if (sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_REGION_INFO, &reg) < 0)
+			continue;
+		dev->mem[i].len = reg.size;
+		dev->mem[i].offset = reg.offset;
+		if (reg.size == 0 || !(reg.flags & VFIO_REGION_INFO_FLAG_MMAP))
+			continue;
+		if (reg.flags & VFIO_REGION_INFO_FLAG_READ)
+			prot |= PROT_READ;
+		if (reg.flags & VFIO_REGION_INFO_FLAG_WRITE)
+			prot |= PROT_WRITE;
+		addr = sys_mmap(reg.size, prot, MAP_SHARED, dev->device_fd, (off_t)reg.offset);
+		if (addr == MAP_FAILED)
+			goto unmap;
+		dev->mem[i].addr = addr;
+	}
+	return 0;
+
+unmap:
+	for (unsigned i = 0; i < dev->num_regions; i++)
+		if (dev->mem[i].addr)
+			sys_munmap(dev->mem[i].addr, dev->mem[i].len);
+close_device:
+	sys_close(dev->device_fd);
+	return -1;
+}
+
 static void device_free(struct device *dev)
 {
 	for (unsigned i = 0; i < dev->num_regions; i++)
 		if (dev->mem[i].addr)
 			sys_munmap(dev->mem[i].addr, dev->mem[i].len);
 	sys_close(dev->device_fd);
-	sys_close(dev->group_fd);
+	if (dev->group_fd >= 0)
+		sys_close(dev->group_fd);
 	memset(dev, 0, sizeof(*dev));
 }
 
@@ -263,7 +392,9 @@ static void bench_setup_free(const char *op, const char *bus, const char *name, 
 	struct batch b = begin();
 
 	for (unsigned long i = 0; i < iters; i++) {
-		if (device_setup(bus, name, &dev) < 0)
+		int failed = bus ? device_setup(bus, name, &dev) : device_setup_iommufd(name, &dev);
+
+		if (failed < 0)
 			die(name);
 		device_free(&dev);
 	}
@@ -527,6 +658,14 @@ static void batch(const char *op, unsigned long iters, const char *edu_name, con
 		bench_setup_free(op, "pci", edu_name, iters);
 		return;
 	}
+	if (strcmp(op, "setup_free_edu_iommufd") == 0) {
+		if (iommufd < 0) {
+			fprintf(stderr, "baseline: no /dev/iommu for %s\n", op);
+			exit(2);
+		}
+		bench_setup_free(op, NULL, edu_name, iters);
+		return;
+	}
 	if (strcmp(op, "setup_free_pl031") == 0) {
 		bench_setup_free(op, "platform", pl031_name, iters);
 		return;
@@ -572,6 +711,15 @@ int main(int argc, char **argv)
 		die("/dev/vfio/vfio");
 	if (sys_ioctl_int(container, VFIO_GET_API_VERSION, 0) != VFIO_API_VERSION)
 		die("VFIO_GET_API_VERSION");
+	/* iommufd, where the kernel has it: one IO address space for the cdev rows. */
+	iommufd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
+	if (iommufd >= 0) {
+		struct base_ioas_alloc alloc = { .size = sizeof(alloc) };
+
+		if (ioctl(iommufd, BASE_IOMMU_IOAS_ALLOC, &alloc) < 0)
+			die("IOMMU_IOAS_ALLOC");
+		ioas = alloc.out_ioas_id;
+	}
 
 	while (scanf("%63s %lu", op, &iters) == 2) {
 		if (iters == 0 || (strcmp(op, "setup_free_pl031") == 0 && strcmp(argv[2], "-") == 0)) {

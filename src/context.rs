@@ -15,7 +15,7 @@ use crate::device::{Device, DeviceState, Placement};
 use crate::dma::{self, DmaBuffer, DmaDirection, DmaOptions, Domain, IommuInfo};
 use crate::error::{Error, ErrorKind};
 use crate::group::Group;
-use crate::iommufd::{self, Iommufd, Located};
+use crate::iommufd::{self, CdevOpen, Iommufd, Located};
 use crate::irq;
 #[cfg(feature = "capi")]
 use crate::kernel::Fd;
@@ -241,10 +241,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         if self.devices.is_full() {
             return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
         }
-        let (bus, group) = sysfs::locate(&self.kernel, &name, bus)?;
-        let at = Located { name, bus, group };
         let serial = self.next_serial;
-        let state = self.open_located(&at, serial).map_err(|e| sysfs::diagnose(&self.kernel, bus, &name, e))?;
+        let state = self.open_named(bus, name, serial)?;
         if let Err(state) = self.devices.push(state) {
             // Unreachable: fullness was checked first. Undo all the same.
             let _ = self.release_device(state);
@@ -255,34 +253,63 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         Ok(DeviceHandle { context: self.id, serial })
     }
 
-    /// Opens a located device through the interface [`Context::route`] picks.
-    fn open_located(&mut self, at: &Located, serial: u64) -> Result<DeviceState, Error> {
-        match self.route(at)? {
-            Route::Cdev(cdev) => match self.open_through_iommufd(at, cdev, serial) {
-                Ok(state) => Ok(state),
+    /// Opens the device: through its cdev when iommufd may take it and it has
+    /// one, else through its group. Whatever only explains a refusal (is the
+    /// device bound to VFIO at all?) is read on the error path.
+    fn open_named(&mut self, stated: Option<Bus>, name: DeviceName, serial: u64) -> Result<DeviceState, Error> {
+        let mut stated = stated;
+        if let Some((bus, cdev)) = self.cdev_to_take(&name, stated)? {
+            match self.open_through_iommufd(bus, name, cdev, serial) {
+                Ok(state) => return Ok(state),
+                // Listed without a node (noiommu): its group opens it.
+                Err(CdevOpen::NoNode) => stated = Some(bus),
                 // If the legacy path fails too, iommufd's refusal is the news.
-                Err(e) if self.may_fall_back(&e) => self.open_through_group(at, Ok(()), serial).map_err(|_| e),
-                Err(e) => Err(e),
-            },
-            Route::Group { iommu } => self.open_through_group(at, iommu, serial),
+                Err(CdevOpen::Failed(e)) if self.may_fall_back(&e) => {
+                    let (bus, group) = sysfs::locate(&self.kernel, &name, Some(bus)).map_err(|_| e)?;
+                    return self.open_through_group(&Located { name, bus, group }, Ok(()), serial).map_err(|_| e);
+                }
+                Err(CdevOpen::Failed(e)) => return Err(sysfs::diagnose(&self.kernel, bus, &name, e)),
+            }
         }
+        let (bus, group) = sysfs::locate(&self.kernel, &name, stated)?;
+        let iommu = match self.route(bus, None) {
+            Route::Group { iommu } => iommu,
+            Route::Cdev(_) => unreachable!("no cdev was given"),
+        };
+        self.open_through_group(&Located { name, bus, group }, iommu, serial)
+            .map_err(|e| sysfs::diagnose(&self.kernel, bus, &name, e))
     }
 
-    /// How to open the device (see [`Backend`]). The cdev is looked up only
-    /// when iommufd could be used.
-    fn route(&self, at: &Located) -> Result<Route, Error> {
-        let cdev = match (self.backend, &self.iommufd) {
-            (Backend::Legacy, _) | (Backend::Auto, None) => None,
-            _ => iommufd::find_cdev(&self.kernel, at.bus, &at.name)?,
+    /// The device's bus and cdev, if iommufd may take it (see [`Backend`])
+    /// and it has a cdev on the bus stated (or PCI, then platform). The
+    /// listing is skipped when the route would not take a cdev anyway.
+    fn cdev_to_take(&self, name: &DeviceName, stated: Option<Bus>) -> Result<Option<(Bus, u32)>, Error> {
+        let candidates: &[Bus] = match stated {
+            Some(Bus::Pci) => &[Bus::Pci],
+            Some(Bus::Platform) => &[Bus::Platform],
+            None => &[Bus::Pci, Bus::Platform],
         };
-        Ok(backend::route(RouteInputs {
+        for &bus in candidates {
+            if !matches!(self.route(bus, Some(0)), Route::Cdev(_)) {
+                return Ok(None);
+            }
+            if let Some(cdev) = iommufd::find_cdev(&self.kernel, bus, name)? {
+                return Ok(Some((bus, cdev)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// How to open a device on `bus` with cdev `cdev` (see [`Backend`]).
+    fn route(&self, bus: Bus, cdev: Option<u32>) -> Route {
+        backend::route(RouteInputs {
             asked: self.backend,
             iommufd: self.iommufd.is_some(),
             iommufd_in_use: self.iommufd_in_use(),
             legacy_in_use: self.legacy.as_ref().is_some_and(|c| c.groups() > 0),
             cdev,
-            bus: at.bus,
-        }))
+            bus,
+        })
     }
 
     /// Whether `Backend::Auto` tries the legacy path after iommufd refused a
@@ -308,12 +335,17 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
 
     /// Opens the device through its cdev, bound to the context's iommufd and
     /// attached to its IO address space.
-    fn open_through_iommufd(&mut self, at: &Located, cdev: u32, serial: u64) -> Result<DeviceState, Error> {
-        let iommufd = self.iommufd.as_mut().ok_or(Error::new(ErrorKind::NoIommufd))?;
-        let fd = iommufd.open_device(&self.kernel, cdev, at)?;
-        let placement =
-            Placement { name: at.name, bus: at.bus, group: at.group, noiommu: false, via: Backend::Iommufd, serial };
-        let state = DeviceState::open(&self.kernel, placement, fd)?;
+    fn open_through_iommufd(
+        &mut self,
+        bus: Bus,
+        name: DeviceName,
+        cdev: u32,
+        serial: u64,
+    ) -> Result<DeviceState, CdevOpen> {
+        let iommufd = self.iommufd.as_mut().ok_or(CdevOpen::Failed(Error::new(ErrorKind::NoIommufd)))?;
+        let (fd, group) = iommufd.open_device(&self.kernel, cdev, bus, &name)?;
+        let placement = Placement { name, bus, group, noiommu: false, via: Backend::Iommufd, serial };
+        let state = DeviceState::open(&self.kernel, placement, fd).map_err(CdevOpen::Failed)?;
         iommufd.device_attached();
         Ok(state)
     }

@@ -68,27 +68,31 @@ impl Iommufd {
     /// to this iommufd and attaches it to the IOAS. On error the cdev is
     /// closed (which undoes the bind). `dev`'s group serves to tell a
     /// non-viable group from a device open elsewhere when the bind is refused.
-    pub(crate) fn open_device<K: Kernel>(&self, kernel: &K, number: u32, dev: &Located) -> Result<Fd, Error> {
-        let path =
-            sys_path!("/dev/vfio/devices/vfio{number}").ok_or(Error::syscall(Step::OpenCdev, Errno::NAMETOOLONG))?;
+    pub(crate) fn open_device<K: Kernel>(
+        &self,
+        kernel: &K,
+        number: u32,
+        bus: Bus,
+        name: &DeviceName,
+    ) -> Result<(Fd, u32), CdevOpen> {
+        let path = sys_path!("/dev/vfio/devices/vfio{number}")
+            .ok_or(CdevOpen::Failed(Error::syscall(Step::OpenCdev, Errno::NAMETOOLONG)))?;
         let fd = kernel.open(&TOKEN, path.as_c_str()).map_err(|e| match e {
-            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission).with_errno(e),
-            _ => Error::syscall(Step::OpenCdev, e),
+            // Listed without a node: a noiommu device (Linux 6.12 lists those
+            // too), which only its group can open.
+            Errno::NOENT => CdevOpen::NoNode,
+            Errno::ACCESS | Errno::PERM => CdevOpen::Failed(Error::new(ErrorKind::Permission).with_errno(e)),
+            _ => CdevOpen::Failed(Error::syscall(Step::OpenCdev, e)),
         })?;
-        // Between the sysfs lookup and the open the device could have been
-        // unbound and `vfioN` given to another one (its node numbers too). An
-        // open cdev holds its device registered: if sysfs still lists `vfioN`
-        // under this device now, the fd is this device's.
-        let opened = match listed_cdev(kernel, dev.bus, &dev.name) {
-            Ok(Some(n)) if n == number => self.bind_and_attach(kernel, fd, dev),
-            Ok(_) => Err(Error::syscall(Step::OpenCdev, Errno::NODEV)),
-            Err(e) => Err(e),
-        };
+        let opened = cdev_group(kernel, number, bus, name).and_then(|group| {
+            let dev = Located { name: *name, bus, group };
+            self.bind_and_attach(kernel, fd, &dev).map(|()| group)
+        });
         match opened {
-            Ok(()) => Ok(fd),
+            Ok(group) => Ok((fd, group)),
             Err(e) => {
                 kernel.close(&TOKEN, fd);
-                Err(e)
+                Err(CdevOpen::Failed(e))
             }
         }
     }
@@ -143,38 +147,49 @@ fn bind_refusal<K: Kernel>(kernel: &K, dev: &Located, errno: Errno) -> Error {
     Error::new(kind).with_errno(errno)
 }
 
-/// The device's VFIO cdev number `N` (`/dev/vfio/devices/vfioN`), if the
-/// kernel made one with a device node: sysfs lists
-/// `/sys/bus/BUS/devices/DEV/vfio-dev/vfioN` with a `dev` attribute. Linux
-/// lists `vfioN` there since 6.1, before cdevs existed (6.6), and 6.12 lists
-/// noiommu devices with no node: those count as none.
-pub(crate) fn find_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<u32>, Error> {
-    let failed = |e| Error::syscall(Step::FindCdev, e);
-    let Some(number) = listed_cdev(kernel, bus, name)? else { return Ok(None) };
-    let node = sys_path!("/sys/bus/{}/devices/{}/vfio-dev/vfio{number}/dev", bus.sysfs_name(), name)
-        .ok_or(failed(Errno::NAMETOOLONG))?;
-    let mut buf = [0u8; 24];
-    match kernel.read_file(&TOKEN, node.as_c_str(), &mut buf) {
-        Ok(_) => Ok(Some(number)),
-        Err(Errno::NOENT) => Ok(None),
-        Err(e) => Err(failed(e)),
-    }
+/// Why a listed cdev was not opened.
+#[derive(Debug)]
+pub(crate) enum CdevOpen {
+    /// The cdev has no node in `/dev/vfio/devices` (a noiommu device).
+    NoNode,
+    /// Refused, or failed: the setup error.
+    Failed(Error),
 }
 
-/// The `N` of the `vfioN` entry under the device's `vfio-dev` in sysfs
-/// (`noiommu-vfioN` entries are not iommufd's).
-fn listed_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<u32>, Error> {
+/// The device's VFIO cdev number `N` (`vfio-dev/vfioN` in its sysfs
+/// directory), if it has one: one directory listing, which stops at the
+/// entry.
+pub(crate) fn find_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<u32>, Error> {
     let failed = |e| Error::syscall(Step::FindCdev, e);
     let dir = sys_path!("/sys/bus/{}/devices/{}/vfio-dev", bus.sysfs_name(), name).ok_or(failed(Errno::NAMETOOLONG))?;
     let mut found = None;
-    let listed = kernel.list_dir(&TOKEN, dir.as_c_str(), &mut |entry| {
-        if found.is_none() {
-            found = entry.strip_prefix(b"vfio").and_then(crate::sysfs::parse_group_number);
-        }
+    let listed = kernel.list_dir_while(&TOKEN, dir.as_c_str(), &mut |entry| {
+        found = entry.strip_prefix(b"vfio").and_then(crate::sysfs::parse_group_number);
+        found.is_none()
     });
     match listed {
         Ok(()) => Ok(found),
         Err(Errno::NOENT | Errno::NOTDIR) => Ok(None),
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// Once its node is open (which keeps the cdev from going to another
+/// device), checks cdev `number` is still this device's and reads its IOMMU
+/// group, with one `readlink` through the cdev's `device` link:
+/// `.../DEV/vfio-dev/vfioN/device/iommu_group` exists only while vfioN is
+/// DEV's.
+fn cdev_group<K: Kernel>(kernel: &K, number: u32, bus: Bus, name: &DeviceName) -> Result<u32, Error> {
+    let failed = |e| Error::syscall(Step::OpenCdev, e);
+    let link = sys_path!("/sys/bus/{}/devices/{}/vfio-dev/vfio{number}/device/iommu_group", bus.sysfs_name(), name)
+        .ok_or(failed(Errno::NAMETOOLONG))?;
+    const ROOM: usize = 64;
+    let mut buf = [0u8; ROOM];
+    match kernel.readlink(&TOKEN, link.as_c_str(), &mut buf) {
+        Ok(target) if target.len() < ROOM => crate::sysfs::parse_group_number(target).ok_or(failed(Errno::INVAL)),
+        Ok(_) => Err(failed(Errno::NAMETOOLONG)),
+        // The cdev opened is another device's now (this one was unbound meanwhile).
+        Err(Errno::NOENT) => Err(failed(Errno::NODEV)),
         Err(e) => Err(failed(e)),
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Most methods are one system call. Three are several, per `src/kernel/host.rs`:
 //! `write_file` is open, write, close; `read_file` is open, one read or more,
-//! close; `list_dir` is open, getdents64 until it returns 0, close. Where the
+//! close; `list_dir_while` is open, getdents64 until it returns 0 or the visitor
+//! stops, close. Where the
 //! number cannot be known from outside it is taken as the least possible and
 //! flagged inexact, so a table never shows a guess as exact. (Of these, the
 //! benchmarked operations use `list_dir` and `read_file` to find a device's
@@ -268,19 +269,22 @@ unsafe impl<K: Kernel> Kernel for Counting<K> {
         }
         result
     }
-    fn list_dir(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
+    fn list_dir_while(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         // The listing's size in getdents64 records (`.` and `..` included):
         // one that fits a small buffer comes in one getdents64, and a second
         // returns 0, so a successful listing is exactly open, 2 getdents64,
-        // close. (Host lists over a 2 KiB buffer; 1 KiB leaves room to spare.)
+        // close; one the visitor stops in its first buffer is open, one
+        // getdents64, close. (Host lists over a 2 KiB buffer; 1 KiB leaves
+        // room to spare.)
         let record = |name_len: usize| (19 + name_len + 1).next_multiple_of(8);
-        let mut bytes = record(1) + record(2);
-        let result = self.inner.list_dir(t, path, &mut |name| {
+        let (mut bytes, mut stopped) = (record(1) + record(2), false);
+        let result = self.inner.list_dir_while(t, path, &mut |name| {
             bytes += record(name.len());
-            visit(name)
+            stopped = !visit(name);
+            !stopped
         });
         match result {
-            Ok(()) => self.count_multi(Method::ListDir, 4, bytes <= 1024),
+            Ok(()) => self.count_multi(Method::ListDir, if stopped { 3 } else { 4 }, bytes <= 1024),
             // A failed open, or more.
             Err(_) => self.count_multi(Method::ListDir, 1, false),
         }

@@ -98,7 +98,7 @@ const ROWS: &[Row] = &[
     row(Op::DmaMap(MIB2), Legacy, "dma_map_2m", "DMA map + unmap 2 MiB (`dma_map_raw` + `dma_free`)"),
     row(Op::DmaAlloc(KIB4), Legacy, "dma_alloc_4k", "DMA alloc + free 4 KiB (`dma_alloc` + `dma_free`)"),
     row(Op::DmaAlloc(MIB2), Legacy, "dma_alloc_2m", "DMA alloc + free 2 MiB (`dma_alloc` + `dma_free`)"),
-    row(Op::SetupFreeEdu, Iommufd, "setup_free_edu", "setup + free, edu, crate through iommufd"),
+    row(Op::SetupFreeEdu, Iommufd, "setup_free_edu_iommufd", "setup + free, edu, both through iommufd (device cdev)"),
     row(Op::DmaMap(KIB4), Iommufd, "dma_map_4k", "DMA map + unmap 4 KiB, crate through iommufd"),
     row(Op::DmaMap(MIB2), Iommufd, "dma_map_2m", "DMA map + unmap 2 MiB, crate through iommufd"),
     row(Op::DmaAlloc(KIB4), Iommufd, "dma_alloc_4k", "DMA alloc + free 4 KiB, crate through iommufd"),

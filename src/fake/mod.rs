@@ -593,15 +593,21 @@ unsafe impl Kernel for FakeKernel {
         let target = s
             .devices
             .iter()
-            .find_map(|d| {
+            .enumerate()
+            .find_map(|(index, d)| {
                 let dir = format!("/sys/bus/{}/devices/{}", d.bus.sysfs_name(), d.name);
                 let rest = path.strip_prefix(dir.as_str())?;
+                let group_link = |g| format!("../../../../kernel/iommu_groups/{g}");
                 match rest {
                     "" => Some(format!("../../../devices/fake/{}", d.name)),
                     "/driver" => {
                         d.driver.as_ref().map(|drv| format!("../../../../bus/{}/drivers/{drv}", d.bus.sysfs_name()))
                     }
-                    "/iommu_group" => d.group.map(|g| format!("../../../../kernel/iommu_groups/{g}")),
+                    "/iommu_group" => d.group.map(group_link),
+                    // Through the cdev's `device` link, back to the device.
+                    _ if rest == format!("/vfio-dev/vfio{index}/device/iommu_group") => {
+                        s.list_vfio_dev(index).ok().and(d.group).map(group_link)
+                    }
                     _ => None,
                 }
             })
@@ -670,7 +676,7 @@ unsafe impl Kernel for FakeKernel {
         Ok(&buf[..n])
     }
 
-    fn list_dir(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
+    fn list_dir_while(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         let names = {
             let s = self.enter("getdents")?;
             let path = path.to_str().map_err(|_| Errno::NOENT)?;
@@ -681,7 +687,9 @@ unsafe impl Kernel for FakeKernel {
         };
         // The lock is released: the visitor may make system calls of its own.
         for name in names {
-            visit(name.as_bytes());
+            if !visit(name.as_bytes()) {
+                break;
+            }
         }
         Ok(())
     }

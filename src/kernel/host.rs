@@ -249,15 +249,15 @@ unsafe impl Kernel for Host {
         Ok(&buf[..len])
     }
 
-    fn list_dir(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
+    fn list_dir_while(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         let mut space = [MaybeUninit::<u8>::uninit(); 2048];
         let mut dir = RawDir::new(&fd, &mut space);
         while let Some(entry) = dir.next() {
             let entry = entry?;
             let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                visit(name);
+            if name != b"." && name != b".." && !visit(name) {
+                break;
             }
         }
         Ok(())

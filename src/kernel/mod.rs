@@ -284,8 +284,17 @@ pub unsafe trait Kernel {
 
     /// `open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)`, `getdents64` over a
     /// stack buffer, `close`: calls `visit` with each entry's name, `.` and
-    /// `..` excepted, in the directory's order. Nothing is allocated.
-    fn list_dir(&self, token: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno>;
+    /// `..` excepted, in the directory's order, and stops reading (no further
+    /// `getdents64`) once `visit` returns `false`. Nothing is allocated.
+    fn list_dir_while(&self, token: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno>;
+
+    /// [`Kernel::list_dir_while`] over every entry.
+    fn list_dir(&self, token: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
+        self.list_dir_while(token, path, &mut |name| {
+            visit(name);
+            true
+        })
+    }
 }
 
 // SAFETY: forwards to `K`, whose contract it inherits; `K` outlives the
@@ -340,7 +349,7 @@ unsafe impl<K: Kernel> Kernel for &K {
     fn read_file<'b>(&self, t: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         (**self).read_file(t, path, buf)
     }
-    fn list_dir(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
-        (**self).list_dir(t, path, visit)
+    fn list_dir_while(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
+        (**self).list_dir_while(t, path, visit)
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`status`]: every PCI and platform device with its driver, its IOMMU
 //!   group, whether it is ready for VFIO, and how many other devices of its
-//!   group block the group's viability.
+//!   group block the group's viability; [`status_for_vfio`]: only those that
+//!   matter for VFIO ([`DeviceStatus::matters_for_vfio`]).
 //! - [`bind`]: binds a device to `vfio-pci`/`vfio-platform` (or a named
 //!   driver) with `driver_override`; idempotent.
 //! - [`unbind`]: unbinds it, clears `driver_override` and re-probes, so the
@@ -52,6 +53,24 @@ pub struct DeviceStatus {
     /// Other devices of its group bound to a driver that is not VFIO's: while
     /// any is, the group is not viable and no device of it can be opened.
     pub blockers: u32,
+    /// A platform device whose device-tree node describes registers (its
+    /// `of_node/reg`): MMIO that `vfio-platform` can map. Always `false` for
+    /// PCI devices, and for platform devices without a device-tree node
+    /// (ACPI systems), whose resources sysfs does not show.
+    pub mmio: bool,
+}
+
+impl DeviceStatus {
+    /// Whether the device matters for VFIO: bound to a VFIO driver, or
+    /// bindable to one, that is in an IOMMU group (any bus) or a platform
+    /// device with MMIO registers ([`DeviceStatus::mmio`]; noiommu mode gives
+    /// it a group when it is bound). Devices that are neither (CPU timers,
+    /// firmware interfaces, devices of ACPI systems without an IOMMU) cannot
+    /// be used through VFIO.
+    pub fn matters_for_vfio(&self) -> bool {
+        let vfio = self.driver.is_some_and(|d| sysfs::is_vfio_driver(d.as_str().as_bytes()));
+        vfio || self.group.is_some() || self.mmio
+    }
 }
 
 /// What [`bind`] did.
@@ -112,6 +131,16 @@ pub fn status<K: Kernel>(kernel: &K, visit: &mut dyn FnMut(&DeviceStatus)) -> Re
         }
     }
     Ok(())
+}
+
+/// Like [`status`], but only the devices that
+/// [matter for VFIO](DeviceStatus::matters_for_vfio), in the same order.
+pub fn status_for_vfio<K: Kernel>(kernel: &K, visit: &mut dyn FnMut(&DeviceStatus)) -> Result<(), Error> {
+    status(kernel, &mut |d| {
+        if d.matters_for_vfio() {
+            visit(d)
+        }
+    })
 }
 
 /// Binds device `name` to `driver` (default: its bus's VFIO driver,
@@ -202,7 +231,22 @@ fn device_status<K: Kernel>(kernel: &K, bus: Bus, name: DeviceName) -> Result<De
         Some(group) => group_blockers(kernel, group, &name)?,
         None => 0,
     };
-    Ok(DeviceStatus { bus, name, driver, group, ready: vfio && group.is_some(), blockers })
+    let mmio = bus == Bus::Platform && has_registers(kernel, &name)?;
+    Ok(DeviceStatus { bus, name, driver, group, ready: vfio && group.is_some(), blockers, mmio })
+}
+
+/// Whether platform device `name`'s device-tree node has a `reg` property:
+/// the MMIO ranges Linux gives it as resources, which `vfio-platform` maps.
+/// A device without a node (or a node without `reg`) has none to show.
+fn has_registers<K: Kernel>(kernel: &K, name: &DeviceName) -> Result<bool, Error> {
+    let path = sys_path!("/sys/bus/platform/devices/{name}/of_node/reg").ok_or_else(too_long)?;
+    // One address cell is enough to tell an empty property from a range.
+    let mut cell = [0u8; 4];
+    match kernel.read_file(&TOKEN, path.as_c_str(), &mut cell) {
+        Ok(read) => Ok(!read.is_empty()),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(Error::syscall(Step::ReadSysfsFile, e)),
+    }
 }
 
 /// Devices of `group` other than `this` bound to a non-VFIO driver.

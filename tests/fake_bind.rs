@@ -1,10 +1,16 @@
-//! Binding against the fake kernel: `status`, `bind`, `unbind`, every bad
-//! input's error, and the failure walk (each system call of bind and unbind
-//! failing in turn leaves the device as it was).
+//! Binding against the fake kernel: `status` (and which devices matter for
+//! VFIO), `bind`, `unbind`, every bad input's error, and the failure walk
+//! (each system call of bind and unbind failing in turn leaves the device as
+//! it was).
+
+use core::ffi::CStr;
+use core::ptr::NonNull;
+use core::time::Duration;
 
 use dao_vfio::bind::{self, DeviceStatus};
 use dao_vfio::fake::{FakeDevice, FakeKernel};
-use dao_vfio::{Bus, Context, Errno, Error, ErrorKind, NameError, Step};
+use dao_vfio::kernel::{Emulation, Protection, Request, Token};
+use dao_vfio::{Bus, Context, Errno, Error, ErrorKind, Fd, Kernel, NameError, Step};
 
 const EDU: &str = "0000:00:02.0";
 const NIC: &str = "0000:00:03.0";
@@ -342,8 +348,135 @@ fn status_of_an_empty_system_and_its_failures() {
         let e = all_status(&k).unwrap_err();
         assert!(!k.failure_pending());
         assert_eq!(e.errno(), Some(Errno::IO), "call {n}");
-        assert!(matches!(e.kind(), ErrorKind::Syscall(Step::ListSysfs | Step::ReadSysfs)), "call {n}: {e}");
+        assert!(
+            matches!(e.kind(), ErrorKind::Syscall(Step::ListSysfs | Step::ReadSysfs | Step::ReadSysfsFile)),
+            "call {n}: {e}"
+        );
     }
+}
+
+/// The fake kernel, plus a device tree: platform devices named in `reg` have
+/// an `of_node/reg` property (MMIO registers), which the fake's sysfs lacks.
+struct WithDeviceTree<'a> {
+    fake: &'a FakeKernel,
+    reg: &'a [&'a str],
+}
+
+impl WithDeviceTree<'_> {
+    fn has_reg(&self, path: &CStr) -> bool {
+        let path = path.to_str().unwrap();
+        self.reg.iter().any(|n| path == format!("/sys/bus/platform/devices/{n}/of_node/reg"))
+    }
+}
+
+// SAFETY: forwards every call to the fake kernel, whose contract it inherits;
+// only reads of `of_node/reg` are answered here, from memory.
+unsafe impl Kernel for WithDeviceTree<'_> {
+    fn open(&self, t: &Token, path: &CStr) -> Result<Fd, Errno> {
+        self.fake.open(t, path)
+    }
+    fn close(&self, t: &Token, fd: Fd) {
+        self.fake.close(t, fd)
+    }
+    fn ioctl(&self, t: &Token, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
+        self.fake.ioctl(t, fd, request)
+    }
+    fn mmap(&self, t: &Token, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
+        self.fake.mmap(t, fd, offset, len, prot)
+    }
+    fn emulation(&self, t: &Token) -> Option<Emulation> {
+        self.fake.emulation(t)
+    }
+    unsafe fn munmap(&self, t: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+        // SAFETY: forwarded from this function's contract (the mapping is the fake's).
+        unsafe { self.fake.munmap(t, addr, len) }
+    }
+    fn pread(&self, t: &Token, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+        self.fake.pread(t, fd, buf, offset)
+    }
+    fn pwrite(&self, t: &Token, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
+        self.fake.pwrite(t, fd, buf, offset)
+    }
+    fn readlink<'b>(&self, t: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        self.fake.readlink(t, path, buf)
+    }
+    fn eventfd(&self, t: &Token) -> Result<Fd, Errno> {
+        self.fake.eventfd(t)
+    }
+    fn read_counter(&self, t: &Token, fd: Fd) -> Result<u64, Errno> {
+        self.fake.read_counter(t, fd)
+    }
+    fn poll_readable(&self, t: &Token, fd: Fd, timeout: Option<Duration>) -> Result<bool, Errno> {
+        self.fake.poll_readable(t, fd, timeout)
+    }
+    fn map_anonymous(&self, t: &Token, len: usize, huge_pages: bool) -> Result<NonNull<u8>, Errno> {
+        self.fake.map_anonymous(t, len, huge_pages)
+    }
+    fn lock(&self, t: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+        self.fake.lock(t, addr, len)
+    }
+    fn write_file(&self, t: &Token, path: &CStr, data: &[u8]) -> Result<usize, Errno> {
+        self.fake.write_file(t, path, data)
+    }
+    fn read_file<'b>(&self, t: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        if !self.has_reg(path) {
+            return self.fake.read_file(t, path, buf);
+        }
+        // reg = <0x0 0x9010000 0x0 0x1000>, big-endian cells, as Linux shows it.
+        let reg = [0u32, 0x901_0000, 0, 0x1000].map(u32::to_be_bytes).concat();
+        let n = reg.len().min(buf.len());
+        buf[..n].copy_from_slice(&reg[..n]);
+        Ok(&buf[..n])
+    }
+    fn list_dir(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
+        self.fake.list_dir(t, path, visit)
+    }
+}
+
+#[test]
+fn status_for_vfio_shows_bound_grouped_and_mmio_devices_only() {
+    const SATA: &str = "0000:00:05.0";
+    const UART: &str = "9000000.pl011";
+    const TIMER: &str = "alarmtimer.0.auto";
+    let k = FakeKernel::new();
+    k.add_device(FakeDevice::edu(EDU, 3).with_driver(None)); // in a group: bindable
+    k.add_device(FakeDevice::edu(SATA, 0).with_group(None).with_driver(Some("ahci"))); // no IOMMU
+    k.add_device(FakeDevice::platform(RTC, 0).with_group(None).with_driver(None)); // MMIO, unbound
+    k.add_device(FakeDevice::platform(UART, 0).with_group(None).with_driver(Some("uart-pl011"))); // MMIO
+    k.add_device(FakeDevice::platform(GPIO, 1)); // bound to vfio-platform
+    k.add_device(FakeDevice::platform(TIMER, 0).with_group(None).with_driver(Some("alarmtimer"))); // no MMIO
+    let dt = WithDeviceTree { fake: &k, reg: &[RTC, UART] };
+    let names = |all: bool| {
+        let mut out = Vec::new();
+        let list = if all { bind::status::<WithDeviceTree> } else { bind::status_for_vfio::<WithDeviceTree> };
+        list(&dt, &mut |d| out.push((d.name.as_str().to_string(), d.mmio, d.matters_for_vfio()))).unwrap();
+        out
+    };
+    let shown = names(false);
+    let expect = |n: &str, mmio: bool| (n.to_string(), mmio, true);
+    assert_eq!(shown, [expect(EDU, false), expect(RTC, true), expect(UART, true), expect(GPIO, false)]);
+    // --all: every device, the others marked as not mattering.
+    let all = names(true);
+    let hidden: Vec<&str> = all.iter().filter(|d| !d.2).map(|d| d.0.as_str()).collect();
+    assert_eq!(hidden, [SATA, TIMER]);
+    assert_eq!(all.len(), 6);
+    // Without a device tree (ACPI systems) platform devices show no MMIO:
+    // only the bound and grouped ones matter.
+    let mut plain = Vec::new();
+    bind::status_for_vfio(&k, &mut |d| plain.push(d.name.as_str().to_string())).unwrap();
+    assert_eq!(plain, [EDU, GPIO]);
+
+    // Bound to a VFIO driver matters even without a group; a group or MMIO
+    // registers make any device matter.
+    let mut statuses = Vec::new();
+    bind::status(&dt, &mut |d| statuses.push(*d)).unwrap();
+    let get = |n: &str| *statuses.iter().find(|d| d.name.as_str() == n).unwrap();
+    let (gpio, timer) = (get(GPIO), get(TIMER));
+    assert!(DeviceStatus { group: None, ..gpio }.matters_for_vfio());
+    assert!(DeviceStatus { group: Some(7), ..timer }.matters_for_vfio());
+    assert!(DeviceStatus { mmio: true, ..timer }.matters_for_vfio());
+    assert!(!timer.matters_for_vfio());
+    assert!(!DeviceStatus { driver: None, ..timer }.matters_for_vfio());
 }
 
 /// Runs `op` on a fresh system with system call `n` failing, for every `n`

@@ -61,7 +61,8 @@ board_qemu_machine() { # BOARD or ARCH
     esac
 }
 
-# The guest binds its devices with examples/vfio-bind.rs, built for the board's target;
+# The guest binds its devices with the vfio-bind tool (src/bin/vfio-bind.rs, feature `tools`),
+# built for the board's target;
 # `run` packs it into the initramfs as /bin/vfio-bind and takes its path from this variable.
 BIND_TOOL_VAR=DAO_VFIO_BIND_TOOL
 
@@ -71,9 +72,9 @@ board_build_bind_tool() { # ARCH (or BOARD) [PROFILE]
     local arch profile="${2:-dev}" dir
     arch="$(board_arch "$1")" || { echo "board: no such board: $1" >&2; exit 2; }
     [ "$profile" = dev ] && dir=debug || dir="$profile"
-    (cd "$REPO_DIR" && cargo build --quiet --profile "$profile" --target "$arch-unknown-linux-musl" --example vfio-bind) \
-        || { echo "board $arch: building the vfio-bind example failed" >&2; exit 1; }
-    export DAO_VFIO_BIND_TOOL="$REPO_DIR/target/$arch-unknown-linux-musl/$dir/examples/vfio-bind"
+    (cd "$REPO_DIR" && cargo build --quiet --profile "$profile" --target "$arch-unknown-linux-musl" --features tools --bin vfio-bind) \
+        || { echo "board $arch: building the vfio-bind tool failed" >&2; exit 1; }
+    export DAO_VFIO_BIND_TOOL="$REPO_DIR/target/$arch-unknown-linux-musl/$dir/vfio-bind"
 }
 
 board_check() { # BOARD

@@ -3,15 +3,29 @@
 //! interrupts) and frees it.
 //!
 //! ```text
-//! probe 0000:00:02.0 9010000.pl031
-//! probe --bus platform 9020000.fw-cfg
+//! vfio-probe 0000:00:02.0 9010000.pl031
+//! vfio-probe --bus platform 9020000.fw-cfg
 //! ```
 //! Run it as root on a board whose devices are bound to vfio-pci or
-//! vfio-platform. Exits 1 if any device could not be set up.
+//! vfio-platform (`vfio-bind bind DEV`). Exits 1 if any device could not be
+//! set up, 2 on bad usage. Installed with `cargo install dao-vfio --features tools`.
 
 use std::process::ExitCode;
 
 use dao_vfio::{Bus, Context, Device, Host, RegionKind};
+
+const USAGE: &str = "usage: vfio-probe [--bus pci|platform] DEVICE...   (e.g. vfio-probe 0000:00:02.0 9010000.pl031)";
+
+const HELP: &str = "\
+vfio-probe: sets up each device named through VFIO, prints what VFIO says about it (bus, IOMMU
+group, the kernel interface it was opened through, regions, interrupts) and frees it. Run as root;
+the devices must be bound to vfio-pci or vfio-platform first (vfio-bind bind DEV).
+
+  vfio-probe DEVICE...                      the bus of each found in sysfs
+  vfio-probe --bus pci|platform DEVICE...   on the bus stated
+  vfio-probe --help                         this text
+
+Exit status: 0 every device was set up and freed, 1 one was not (the message says why), 2 bad usage.";
 
 fn print_device(dev: &Device<'_, Host>) {
     let iommu = if dev.is_noiommu() { "noiommu" } else { "iommu" };
@@ -45,6 +59,10 @@ fn print_device(dev: &Device<'_, Host>) {
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1).peekable();
     let mut bus = None;
+    if matches!(args.peek().map(String::as_str), Some("--help" | "-h")) {
+        println!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
     if args.peek().map(String::as_str) == Some("--bus") {
         args.next();
         bus = match args.next().as_deref() {
@@ -58,7 +76,7 @@ fn main() -> ExitCode {
     }
     let names: Vec<String> = args.collect();
     if names.is_empty() {
-        eprintln!("usage: probe [--bus pci|platform] DEVICE...   (e.g. probe 0000:00:02.0 9010000.pl031)");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     }
     let mut vfio = match Context::open() {

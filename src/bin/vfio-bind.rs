@@ -1,7 +1,10 @@
 //! Binds devices to VFIO drivers and back, and shows what is ready for VFIO.
 //!
 //! ```text
-//! vfio-bind status                 every PCI and platform device: driver, IOMMU group, ready
+//! vfio-bind status                 the devices that matter for VFIO (bound to a VFIO driver,
+//!                                  in an IOMMU group, or platform devices with MMIO registers):
+//!                                  driver, IOMMU group, ready
+//! vfio-bind status --all           every PCI and platform device
 //! vfio-bind bind DEV [DRIVER]      bind DEV to DRIVER (default: vfio-pci or vfio-platform, by bus)
 //! vfio-bind unbind DEV             unbind DEV; its default driver, if any, takes it back;
 //!                                  refused, naming the process, while one holds DEV through VFIO
@@ -12,22 +15,45 @@
 //!
 //! Exit status: 0 done, 1 the operation failed (the message says what to do), 2 bad usage.
 //! Run as root. The virtual boards' init binds its devices with this tool.
+//! Installed with `cargo install dao-vfio --features tools`.
 
 use std::process::ExitCode;
 
 use dao_vfio::bind::{self, DeviceStatus};
 use dao_vfio::{Error, Host};
 
-const USAGE: &str = "usage: vfio-bind status | bind DEV [DRIVER] | unbind [--wait] DEV";
+const USAGE: &str = "usage: vfio-bind status [--all] | bind DEV [DRIVER] | unbind [--wait] DEV   (vfio-bind --help)";
+
+const HELP: &str = "\
+vfio-bind: binds devices to VFIO drivers and back, and shows what is ready for VFIO (run as root).
+
+  vfio-bind status               the devices that matter for VFIO: bound to a VFIO driver, in an
+                                 IOMMU group, or platform devices with MMIO registers; their
+                                 driver, IOMMU group, and whether they are ready
+  vfio-bind status --all         every PCI and platform device
+  vfio-bind bind DEV [DRIVER]    bind DEV to DRIVER (default: vfio-pci or vfio-platform, by bus)
+  vfio-bind unbind DEV           unbind DEV; its default driver, if any, takes it back; refused,
+                                 naming the process, while one holds DEV through VFIO
+  vfio-bind unbind --wait DEV    unbind DEV even while held: says which processes it waits for,
+                                 then waits until they free it (Linux signals their request
+                                 notifiers; the wait cannot be interrupted)
+  vfio-bind --help               this text
+
+DEV is a PCI address (0000:01:00.0) or a platform device name (9010000.pl031), as in
+/sys/bus/pci/devices and /sys/bus/platform/devices.
+Exit status: 0 done, 1 the operation failed (the message says what to do), 2 bad usage.";
 
 fn driver_str(driver: Option<dao_vfio::DriverName>) -> String {
     driver.map_or_else(|| "-".to_string(), |d| d.as_str().to_string())
 }
 
-fn print_status() -> Result<(), Error> {
+fn print_status(all: bool) -> Result<(), Error> {
     println!("{:<9} {:<24} {:<20} {:>6}  state", "bus", "device", "driver", "group");
     let mut warnings = Vec::new();
-    bind::status(&Host, &mut |d: &DeviceStatus| {
+    let list = if all { bind::status::<Host> } else { bind::status_for_vfio::<Host> };
+    let mut shown = 0;
+    list(&Host, &mut |d: &DeviceStatus| {
+        shown += 1;
         let group = d.group.map_or_else(|| "-".to_string(), |g| g.to_string());
         let state = match (d.ready, d.blockers) {
             (true, 0) => "ready",
@@ -49,13 +75,18 @@ fn print_status() -> Result<(), Error> {
     for w in warnings {
         println!("{w}");
     }
+    if shown == 0 && !all {
+        println!("no device is bound to VFIO or bindable (none in an IOMMU group, no platform device with MMIO registers): is the IOMMU on? `vfio-bind status --all` lists every device");
+    }
     Ok(())
 }
 
 fn run(args: &[String]) -> Result<Option<()>, Error> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["status"] => print_status()?,
+        ["--help"] | ["-h"] | ["help"] => println!("{HELP}"),
+        ["status"] => print_status(false)?,
+        ["status", "--all"] => print_status(true)?,
         ["bind", dev] | ["bind", dev, _] => {
             let driver = args.get(2).copied();
             let bound = bind::bind(&Host, dev, None, driver)?;

@@ -403,8 +403,8 @@ unsafe impl Kernel for WithDeviceTree<'_> {
     fn eventfd(&self, t: &Token) -> Result<Fd, Errno> {
         self.fake.eventfd(t)
     }
-    fn read_counter(&self, t: &Token, fd: Fd) -> Result<u64, Errno> {
-        self.fake.read_counter(t, fd)
+    fn read_counter(&self, t: &Token, fd: Fd, wait: bool) -> Result<u64, Errno> {
+        self.fake.read_counter(t, fd, wait)
     }
     fn poll_readable(&self, t: &Token, fd: Fd, timeout: Option<Duration>) -> Result<bool, Errno> {
         self.fake.poll_readable(t, fd, timeout)
@@ -428,8 +428,8 @@ unsafe impl Kernel for WithDeviceTree<'_> {
         buf[..n].copy_from_slice(&reg[..n]);
         Ok(&buf[..n])
     }
-    fn list_dir(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
-        self.fake.list_dir(t, path, visit)
+    fn list_dir_while(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
+        self.fake.list_dir_while(t, path, visit)
     }
 }
 

@@ -17,15 +17,16 @@ use crate::error::{Error, ErrorKind};
 use crate::group::Group;
 use crate::iommufd::{self, CdevOpen, Iommufd, Located};
 use crate::irq;
-#[cfg(feature = "capi")]
-use crate::kernel::Fd;
-use crate::kernel::{Host, Kernel};
+use crate::kernel::{Fd, Host, Kernel};
 use crate::name::{Bus, DeviceName};
 use crate::sys::IrqFlags;
 use crate::sysfs;
 
 /// Distinguishes contexts, so a handle cannot be used with another one.
 static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The id of a context that is not open (ids handed out start at 1).
+const UNOPENED: u64 = 0;
 
 /// Default capacity of the device table.
 pub const DEFAULT_DEVICES: usize = 8;
@@ -159,27 +160,81 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// [`Backend::Auto`] a kernel without a usable `/dev/iommu` gets the
     /// legacy container, whose errors then say what is missing.
     pub fn with_backend(kernel: K, backend: Backend) -> Result<Self, Error> {
-        let (legacy, iommufd) = match backend {
-            Backend::Legacy => (Some(Container::open(&kernel, IommuKind::Type1)?), None),
-            Backend::Iommufd => (None, Some(Iommufd::open(&kernel)?)),
-            Backend::Auto => match Iommufd::open(&kernel) {
-                Ok(iommufd) => (None, Some(iommufd)),
-                Err(_) => (Some(Container::open(&kernel, IommuKind::Type1)?), None),
-            },
-        };
-        Ok(Context {
+        let mut context = Self::unopened(kernel, backend);
+        context.open_in_place()?;
+        Ok(context)
+    }
+
+    /// A context that has opened nothing yet, with empty tables. `const`, so
+    /// that it can initialize a `static`: a context with large tables then
+    /// lives in static storage and never passes through the stack (its size
+    /// grows with `DEVICES`; see README's "Memory"). Open it with
+    /// [`Context::open_in_place`]; until then, [`Context::setup`] refuses
+    /// with [`ErrorKind::ContextNotOpen`].
+    ///
+    /// ```no_run
+    /// use std::sync::Mutex;
+    /// use dao_vfio::{Backend, Context, Host};
+    ///
+    /// static VFIO: Mutex<Context<Host, 64, 64, 8>> = Mutex::new(Context::unopened(Host, Backend::Auto));
+    ///
+    /// # fn f() -> Result<(), dao_vfio::Error> {
+    /// let mut vfio = VFIO.lock().unwrap();
+    /// vfio.open_in_place()?;
+    /// let edu = vfio.setup("0000:00:01.0")?;
+    /// vfio.free(edu)?;
+    /// vfio.close_in_place()?;
+    /// # Ok(()) }
+    /// ```
+    pub const fn unopened(kernel: K, backend: Backend) -> Self {
+        Context {
             kernel,
-            id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: UNOPENED,
             next_serial: 0,
             backend,
-            legacy,
-            iommufd,
+            legacy: None,
+            iommufd: None,
             noiommu: None,
             groups: heapless::Vec::new(),
             devices: heapless::Vec::new(),
             dma: dma::Table::new(),
             iommu_info: None,
-        })
+        }
+    }
+
+    /// Opens an [unopened](Context::unopened) context where it is, as
+    /// [`Context::with_backend`] opens a new one; an open context is left as
+    /// it is. On error nothing is opened.
+    pub fn open_in_place(&mut self) -> Result<(), Error> {
+        if self.id != UNOPENED {
+            return Ok(());
+        }
+        let kernel = &self.kernel;
+        let (legacy, iommufd) = match self.backend {
+            Backend::Legacy => (Some(Container::open(kernel, IommuKind::Type1)?), None),
+            Backend::Iommufd => (None, Some(Iommufd::open(kernel)?)),
+            Backend::Auto => match Iommufd::open(kernel) {
+                Ok(iommufd) => (None, Some(iommufd)),
+                Err(_) => (Some(Container::open(kernel, IommuKind::Type1)?), None),
+            },
+        };
+        (self.legacy, self.iommufd) = (legacy, iommufd);
+        self.id = NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Closes the context where it is, as [`Context::close`] does, leaving it
+    /// [unopened](Context::unopened) (it may be opened again). Refused while
+    /// devices are open ([`ErrorKind::DevicesOpen`]), changing nothing.
+    pub fn close_in_place(&mut self) -> Result<(), Error> {
+        if !self.devices.is_empty() {
+            return Err(Error::new(ErrorKind::DevicesOpen { count: self.devices.len() }));
+        }
+        self.release_all();
+        self.id = UNOPENED;
+        self.next_serial = 0;
+        self.iommu_info = None;
+        Ok(())
     }
 
     /// The kernel this context talks to.
@@ -235,6 +290,9 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     }
 
     fn setup_named(&mut self, bus: Option<Bus>, name: DeviceName) -> Result<DeviceHandle, Error> {
+        if self.id == UNOPENED {
+            return Err(Error::new(ErrorKind::ContextNotOpen));
+        }
         if self.devices.iter().any(|d| d.name == name) {
             return Err(Error::new(ErrorKind::AlreadyOpen));
         }
@@ -242,12 +300,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
         }
         let serial = self.next_serial;
-        let state = self.open_named(bus, name, serial)?;
-        if let Err(state) = self.devices.push(state) {
-            // Unreachable: fullness was checked first. Undo all the same.
-            let _ = self.release_device(state);
-            return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
-        }
+        self.open_named(bus, name, serial)?;
         self.next_serial = serial + 1; // u64: cannot wrap in practice
         self.iommu_info = None;
         Ok(DeviceHandle { context: self.id, serial })
@@ -256,11 +309,11 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// Opens the device: through its cdev when iommufd may take it and it has
     /// one, else through its group. Whatever only explains a refusal (is the
     /// device bound to VFIO at all?) is read on the error path.
-    fn open_named(&mut self, stated: Option<Bus>, name: DeviceName, serial: u64) -> Result<DeviceState, Error> {
+    fn open_named(&mut self, stated: Option<Bus>, name: DeviceName, serial: u64) -> Result<(), Error> {
         let mut stated = stated;
         if let Some((bus, cdev)) = self.cdev_to_take(&name, stated)? {
             match self.open_through_iommufd(bus, name, cdev, serial) {
-                Ok(state) => return Ok(state),
+                Ok(()) => return Ok(()),
                 // Listed without a node (noiommu): its group opens it.
                 Err(CdevOpen::NoNode) => stated = Some(bus),
                 // If the legacy path fails too, iommufd's refusal is the news.
@@ -335,29 +388,44 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
 
     /// Opens the device through its cdev, bound to the context's iommufd and
     /// attached to its IO address space.
-    fn open_through_iommufd(
-        &mut self,
-        bus: Bus,
-        name: DeviceName,
-        cdev: u32,
-        serial: u64,
-    ) -> Result<DeviceState, CdevOpen> {
-        let iommufd = self.iommufd.as_mut().ok_or(CdevOpen::Failed(Error::new(ErrorKind::NoIommufd)))?;
+    fn open_through_iommufd(&mut self, bus: Bus, name: DeviceName, cdev: u32, serial: u64) -> Result<(), CdevOpen> {
+        let iommufd = self.iommufd.as_ref().ok_or(CdevOpen::Failed(Error::new(ErrorKind::NoIommufd)))?;
         let (fd, group) = iommufd.open_device(&self.kernel, cdev, bus, &name)?;
         let placement = Placement { name, bus, group, noiommu: false, via: Backend::Iommufd, serial };
-        let state = DeviceState::open(&self.kernel, placement, fd).map_err(CdevOpen::Failed)?;
-        iommufd.device_attached();
-        Ok(state)
+        self.install(placement, fd).map_err(CdevOpen::Failed)?;
+        if let Some(iommufd) = self.iommufd.as_mut() {
+            iommufd.device_attached();
+        }
+        Ok(())
+    }
+
+    /// Puts a device just opened into the table and describes it there (a
+    /// device's state is kilobytes: built in place, it never passes through
+    /// setup's stack). On error the state is released (regions unmapped, fd
+    /// closed) and the table is as it was. The caller checked there is room.
+    fn install(&mut self, at: Placement, fd: Fd) -> Result<(), Error> {
+        if let Err(state) = self.devices.push(DeviceState::new(at, fd)) {
+            let _ = state.release(&self.kernel);
+            return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
+        }
+        let described = match self.devices.last_mut() {
+            Some(state) => state.describe(&self.kernel),
+            None => unreachable!("pushed just above"),
+        };
+        if let Err(e) = described {
+            if let Some(state) = self.devices.pop() {
+                // The setup error is the one that matters; a failing munmap
+                // during this unwind cannot be acted on either.
+                let _ = state.release(&self.kernel);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Opens the device from its group, which is opened (or shared) and
     /// attached to the right container first.
-    fn open_through_group(
-        &mut self,
-        at: &Located,
-        iommu: Result<(), ErrorKind>,
-        serial: u64,
-    ) -> Result<DeviceState, Error> {
+    fn open_through_group(&mut self, at: &Located, iommu: Result<(), ErrorKind>, serial: u64) -> Result<(), Error> {
         let had_noiommu_container = self.noiommu.is_some();
         let slot = self.acquire_group(at.group, iommu)?;
         let group = &self.groups[slot];
@@ -365,7 +433,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         let opened = group.device_fd(&self.kernel, &at.name).and_then(|fd| {
             let placement =
                 Placement { name: at.name, bus: at.bus, group: at.group, noiommu, via: Backend::Legacy, serial };
-            DeviceState::open(&self.kernel, placement, fd)
+            self.install(placement, fd)
         });
         if opened.is_err() {
             // Undo the group's share; the setup error is the one to report.
@@ -802,6 +870,14 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Dro
     /// iommufd. Never panics; errors are dropped (use [`Context::free`] to
     /// see them).
     fn drop(&mut self) {
+        self.release_all();
+    }
+}
+
+impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Context<K, DEVICES, GROUPS, DMA> {
+    /// Releases every device, group, container, the iommufd and the DMA
+    /// memory: a drop, or a close in place.
+    fn release_all(&mut self) {
         while let Some(state) = self.devices.pop() {
             let _ = self.release_device(state);
         }

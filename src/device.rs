@@ -74,11 +74,10 @@ pub(crate) struct Placement {
 }
 
 impl DeviceState {
-    /// Takes the device's fd (from its group or its cdev), reads its
-    /// description and maps its regions. On error everything it opened or
-    /// mapped is released, the fd included.
-    pub(crate) fn open<K: Kernel>(kernel: &K, at: Placement, fd: Fd) -> Result<Self, Error> {
-        let mut state = DeviceState {
+    /// A device just opened (its fd taken from its group or its cdev), not
+    /// yet described: see [`DeviceState::describe`].
+    pub(crate) fn new(at: Placement, fd: Fd) -> Self {
+        DeviceState {
             serial: at.serial,
             name: at.name,
             bus: at.bus,
@@ -91,19 +90,13 @@ impl DeviceState {
             num_irqs: 0,
             regions: heapless::Vec::new(),
             bound: heapless::Vec::new(),
-        };
-        match state.describe(kernel) {
-            Ok(()) => Ok(state),
-            Err(e) => {
-                // The error being returned is the one that matters; a failing
-                // munmap during this unwind cannot be acted on either.
-                let _ = state.release(kernel);
-                Err(e)
-            }
         }
     }
 
-    fn describe<K: Kernel>(&mut self, kernel: &K) -> Result<(), Error> {
+    /// Reads the device's description and maps its regions. On error the
+    /// caller releases the state (which unmaps what was mapped and closes the
+    /// fd).
+    pub(crate) fn describe<K: Kernel>(&mut self, kernel: &K) -> Result<(), Error> {
         let mut info = sys::DeviceInfo { argsz: sys::argsz::<sys::DeviceInfo>(), ..Default::default() };
         kernel
             .ioctl(&TOKEN, self.fd, Request::DeviceGetInfo(&mut info))

@@ -379,6 +379,10 @@ pub enum ErrorKind {
         /// Its capacity (the context's `GROUPS` parameter).
         capacity: usize,
     },
+    /// The context was made with [`Context::unopened`](crate::Context::unopened)
+    /// and not opened yet ([`Context::open_in_place`](crate::Context::open_in_place)),
+    /// or was closed in place.
+    ContextNotOpen,
     /// The context cannot close while devices are open.
     DevicesOpen {
         /// How many are open.
@@ -730,6 +734,9 @@ impl fmt::Display for Error {
                 f,
                 "the group table is full ({capacity} groups): free a device, or raise the context's GROUPS parameter"
             )?,
+            ErrorKind::ContextNotOpen => {
+                f.write_str("the context is not open: call Context::open_in_place first")?
+            }
             ErrorKind::DevicesOpen { count } => {
                 write!(f, "{count} device(s) are still open: free them before closing the context")?
             }

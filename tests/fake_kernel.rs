@@ -736,3 +736,29 @@ fn absent_interrupt_indexes_count_zero() {
     assert_eq!((err_irq.count(), err_irq.flags()), (0, sys::IrqFlags::empty()));
     ctx.free(edu).unwrap();
 }
+
+#[test]
+fn a_context_opens_and_closes_in_place() {
+    let k = board();
+    let mut ctx: Ctx = Context::unopened(&k, dao_vfio::Backend::Auto);
+    let calls = k.calls();
+    assert_eq!(ctx.setup(EDU).unwrap_err().kind(), ErrorKind::ContextNotOpen);
+    assert_eq!((k.calls(), k.open_fds()), (calls, 0), "an unopened context touches nothing");
+    ctx.open_in_place().unwrap();
+    ctx.open_in_place().unwrap(); // already open: nothing more
+    assert_eq!(k.open_fds(), 1, "the legacy container");
+    let edu = ctx.setup(EDU).unwrap();
+    assert_eq!(ctx.close_in_place().unwrap_err().kind(), ErrorKind::DevicesOpen { count: 1 });
+    assert_eq!(ctx.device(&edu).unwrap().region(0).unwrap().read32(0), Ok(0x010000ed));
+    ctx.free(edu).unwrap();
+    ctx.close_in_place().unwrap();
+    assert_eq!((k.open_fds(), k.live_mappings()), (0, 0));
+    assert_eq!(ctx.setup(EDU).unwrap_err().kind(), ErrorKind::ContextNotOpen);
+    // Opened again, it serves as before.
+    ctx.open_in_place().unwrap();
+    let rtc = ctx.setup(RTC).unwrap();
+    assert_eq!(ctx.device(&rtc).unwrap().name(), RTC);
+    ctx.free(rtc).unwrap();
+    drop(ctx);
+    assert_eq!(k.open_fds(), 0);
+}

@@ -4,7 +4,7 @@
 
 use rustix::io::Errno;
 
-use crate::error::{Error, ErrorKind, Step};
+use crate::error::{DevNode, Error, ErrorKind, Step};
 use crate::kernel::{Fd, Kernel, Request, TOKEN};
 use crate::name::{Bus, DeviceName};
 use crate::path::sys_path;
@@ -24,7 +24,7 @@ impl Iommufd {
     pub(crate) fn open<K: Kernel>(kernel: &K) -> Result<Self, Error> {
         let fd = kernel.open(&TOKEN, c"/dev/iommu").map_err(|e| match e {
             Errno::NOENT | Errno::NODEV | Errno::NXIO => Error::new(ErrorKind::NoIommufd).with_errno(e),
-            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission).with_errno(e),
+            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission { node: DevNode::Iommufd }).with_errno(e),
             _ => Error::syscall(Step::OpenIommufd, e),
         })?;
         let mut alloc = sys::IoasAlloc { size: sys::argsz::<sys::IoasAlloc>(), ..Default::default() };
@@ -72,7 +72,9 @@ impl Iommufd {
         let path =
             sys_path!("/dev/vfio/devices/vfio{number}").ok_or(Error::syscall(Step::OpenCdev, Errno::NAMETOOLONG))?;
         let fd = kernel.open(&TOKEN, path.as_c_str()).map_err(|e| match e {
-            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission).with_errno(e),
+            Errno::ACCESS | Errno::PERM => {
+                Error::new(ErrorKind::Permission { node: DevNode::Cdev(number) }).with_errno(e)
+            }
             _ => Error::syscall(Step::OpenCdev, e),
         })?;
         // Between the sysfs lookup and the open the device could have been

@@ -713,6 +713,9 @@ impl fmt::Display for Error {
                     "the device is already open through VFIO by another process or context (a device can be opened once): close it there first; if nothing else holds it, the IOMMU may lack DMA cache coherency, which iommufd refuses: use Backend::Legacy",
                 )?,
             },
+            ErrorKind::Permission { node: DevNode::Container } => f.write_str(
+                "permission denied on /dev/vfio/vfio: Linux creates it mode 0666, for every user (the legacy container holds no device); restore that (chmod 0666 /dev/vfio/vfio), or run as root",
+            )?,
             ErrorKind::Permission { node } => write!(
                 f,
                 "permission denied on {node}: give the device's nodes to the user that runs this program (as root: vfio-bind grant {dev} USER[:GROUP]; it owns /dev/vfio/N, and for iommufd /dev/iommu and /dev/vfio/devices/vfioN), or run as root"

@@ -651,7 +651,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         }
         let (domain, info) = self.domain_and_info()?;
         let unit = dma::allocation_unit(&info, &options);
-        let locked_before = self.dma.mlock_charge(domain, 0);
+        let locked_before = self.dma.mlock_charge(domain);
         let (base, len) = dma::allocate(&self.kernel, len, unit, &options, locked_before)?;
         let memory = dma::Memory {
             vaddr: base,

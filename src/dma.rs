@@ -463,11 +463,10 @@ impl<const N: usize> Table<N> {
         }
     }
 
-    /// What the process's locked memory holds of this table's, in `domain`,
-    /// once `len` more bytes (0: as it is) are mlocked: the locked buffers, and under type1
-    /// every pin too.
-    pub(crate) fn mlock_charge(&self, domain: Domain, len: u64) -> u64 {
-        let locked = self.locked_bytes(len, true);
+    /// What the process's locked memory holds of this table's, in `domain`:
+    /// the locked buffers, and under type1 every pin too.
+    pub(crate) fn mlock_charge(&self, domain: Domain) -> u64 {
+        let locked = self.locked_bytes(0, false);
         match domain {
             Domain::Type1(_) => self.mappings.iter().fold(locked, |sum, m| sum.saturating_add(m.len)),
             Domain::Ioas { .. } => locked,

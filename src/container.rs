@@ -4,7 +4,7 @@
 
 use rustix::io::Errno;
 
-use crate::error::{Error, ErrorKind, Step};
+use crate::error::{DevNode, Error, ErrorKind, Step};
 use crate::kernel::{Fd, Kernel, Request, TOKEN};
 use crate::sys;
 
@@ -35,7 +35,7 @@ impl Container {
     pub(crate) fn open<K: Kernel>(kernel: &K, kind: IommuKind) -> Result<Self, Error> {
         let fd = kernel.open(&TOKEN, c"/dev/vfio/vfio").map_err(|e| match e {
             Errno::NOENT => Error::new(ErrorKind::NoVfio).with_errno(e),
-            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission).with_errno(e),
+            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission { node: DevNode::Container }).with_errno(e),
             _ => Error::syscall(Step::OpenContainer, e),
         })?;
         match kernel.ioctl(&TOKEN, fd, Request::GetApiVersion) {

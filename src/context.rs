@@ -373,7 +373,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     fn may_fall_back(&self, e: &Error) -> bool {
         self.backend == Backend::Auto
             && !self.iommufd_in_use()
-            && (e.kind() == ErrorKind::Permission || e.errno() == Some(rustix::io::Errno::PERM))
+            && (matches!(e.kind(), ErrorKind::Permission { .. }) || e.errno() == Some(rustix::io::Errno::PERM))
     }
 
     /// Whether the iommufd address space is in use: devices are attached,
@@ -766,7 +766,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         }
         let (domain, info) = self.domain_and_info()?;
         let unit = dma::allocation_unit(&info, &options);
-        let (base, len) = dma::allocate(&self.kernel, len, unit, &options)?;
+        let locked_before = self.dma.mlock_charge(domain);
+        let (base, len) = dma::allocate(&self.kernel, len, unit, &options, locked_before)?;
         let memory = dma::Memory {
             vaddr: base,
             len,
@@ -774,6 +775,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             direction: options.direction,
             owned: true,
             align: unit as u64,
+            locked: options.locked,
         };
         // SAFETY: the memory is fresh, owned by the table from here on, and
         // released only after its mapping is removed.
@@ -813,7 +815,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         direction: DmaDirection,
     ) -> Result<DmaHandle, Error> {
         let (domain, info) = self.domain_and_info()?;
-        let memory = dma::Memory { vaddr, len: len as u64, iova, direction, owned: false, align: 0 };
+        let memory = dma::Memory { vaddr, len: len as u64, iova, direction, owned: false, align: 0, locked: false };
         // SAFETY: forwarded from this function's contract.
         let serial = unsafe { self.dma.map(&self.kernel, domain, &info, memory)? };
         Ok(DmaHandle { context: self.id, serial })

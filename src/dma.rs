@@ -19,7 +19,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use rustix::io::Errno;
 
 use crate::capchain;
-use crate::error::{Error, ErrorKind, Step};
+use crate::error::{Error, ErrorKind, MemlockCharge, Step};
 use crate::iova::{self, IovaRange};
 use crate::kernel::{Fd, Kernel, Request, TOKEN};
 use crate::region::AccessError;
@@ -115,6 +115,9 @@ pub(crate) struct Mapping {
     vaddr: NonNull<u8>,
     /// Memory the context allocated (and releases) rather than the caller's.
     owned: bool,
+    /// Locked with `mlock` ([`DmaOptions::locked`]): charged to the
+    /// process's locked memory besides the pin.
+    locked: bool,
     /// Its IOMMU domain could not be let go of (see [`Table::strand_all`]).
     stranded: bool,
 }
@@ -361,6 +364,8 @@ pub(crate) struct Memory {
     pub(crate) owned: bool,
     /// IOVA alignment wanted beyond the IOMMU page (huge pages).
     pub(crate) align: u64,
+    /// Locked with `mlock` already (see [`Mapping`]).
+    pub(crate) locked: bool,
 }
 
 /// The context's DMA mappings, at most `N`.
@@ -396,7 +401,7 @@ impl<const N: usize> Table<N> {
         info: &IommuInfo,
         memory: Memory,
     ) -> Result<u64, Error> {
-        let Memory { vaddr, len, iova, direction, owned, align } = memory;
+        let Memory { vaddr, len, iova, direction, owned, align, locked } = memory;
         if self.mappings.is_full() {
             return Err(Error::new(ErrorKind::DmaTableFull { capacity: N }));
         }
@@ -435,12 +440,43 @@ impl<const N: usize> Table<N> {
         // The kernel and the device will reach this memory by address:
         // expose its provenance, as for any pointer handed to another agent.
         let user_va = vaddr.as_ptr().expose_provenance() as u64;
-        map_iommu(kernel, domain, user_va, iova, len, direction)?;
+        if let Err(e) = map_iommu(kernel, domain, user_va, iova, len, direction) {
+            let (charge, needed) = self.pin_charge(domain, len, locked);
+            return Err(memlock_refusal(kernel, e, charge, needed));
+        }
         let serial = self.next_serial;
         self.next_serial += 1;
         // Cannot fail: fullness was checked first.
-        let _ = self.mappings.push(Mapping { serial, iova, len, vaddr, owned, stranded: false });
+        let _ = self.mappings.push(Mapping { serial, iova, len, vaddr, owned, locked, stranded: false });
         Ok(serial)
+    }
+
+    /// What the kernel charges for this table's mappings plus one of `len`
+    /// bytes (`locked`: mlocked too) in `domain`: type1 counts pins in the
+    /// process's locked memory, where mlock counts too; iommufd counts pins
+    /// apart (per user).
+    fn pin_charge(&self, domain: Domain, len: u64, locked: bool) -> (MemlockCharge, u64) {
+        let pinned = self.mappings.iter().fold(len, |sum, m| sum.saturating_add(m.len));
+        match domain {
+            Domain::Type1(_) => (MemlockCharge::Type1, pinned.saturating_add(self.locked_bytes(len, locked))),
+            Domain::Ioas { .. } => (MemlockCharge::Iommufd, pinned),
+        }
+    }
+
+    /// What the process's locked memory holds of this table's, in `domain`:
+    /// the locked buffers, and under type1 every pin too.
+    pub(crate) fn mlock_charge(&self, domain: Domain) -> u64 {
+        let locked = self.locked_bytes(0, false);
+        match domain {
+            Domain::Type1(_) => self.mappings.iter().fold(locked, |sum, m| sum.saturating_add(m.len)),
+            Domain::Ioas { .. } => locked,
+        }
+    }
+
+    /// Bytes of this table's locked buffers, plus `len` if `locked`.
+    fn locked_bytes(&self, len: u64, locked: bool) -> u64 {
+        let more = if locked { len } else { 0 };
+        self.mappings.iter().filter(|m| m.locked).fold(more, |sum, m| sum.saturating_add(m.len))
     }
 
     /// Removes a mapping from the IOMMU, then releases its memory if owned.
@@ -537,6 +573,21 @@ fn map_iommu<K: Kernel>(
     Ok(())
 }
 
+/// A pin or lock refused with `ENOMEM` (or an `mlock` with `EPERM`, which a
+/// zero limit gives) while `RLIMIT_MEMLOCK` is finite is the limit's doing:
+/// [`ErrorKind::MemlockLimit`], with what this context needs. Anything else
+/// stays as it was.
+pub(crate) fn memlock_refusal<K: Kernel>(kernel: &K, error: Error, charge: MemlockCharge, needed: u64) -> Error {
+    let limit_errno = match (error.errno(), charge) {
+        (Some(Errno::NOMEM), _) | (Some(Errno::PERM), MemlockCharge::Mlock) => error.errno(),
+        _ => None,
+    };
+    match (limit_errno, kernel.memlock_limit(&TOKEN)) {
+        (Some(errno), Some(limit)) => Error::new(ErrorKind::MemlockLimit { charge, needed, limit }).with_errno(errno),
+        _ => error,
+    }
+}
+
 /// Removes one mapping; the kernel's count of bytes removed must be the
 /// whole mapping.
 fn unmap_iommu<K: Kernel>(kernel: &K, domain: Domain, m: &Mapping) -> Result<(), Error> {
@@ -589,11 +640,14 @@ pub(crate) const HUGE_PAGE: usize = 2 << 20;
 /// Allocates anonymous memory for a buffer of at least `len` bytes, in whole
 /// `unit`s: returns the address and the rounded length. On error nothing
 /// stays mapped.
+/// `locked_before` is what the process's locked memory already holds of the
+/// context's (see [`Table::mlock_charge`]), for the error a refused `mlock` gives.
 pub(crate) fn allocate<K: Kernel>(
     kernel: &K,
     len: usize,
     unit: usize,
     opts: &DmaOptions,
+    locked_before: u64,
 ) -> Result<(NonNull<u8>, u64), Error> {
     let len = len
         .checked_next_multiple_of(unit)
@@ -604,7 +658,8 @@ pub(crate) fn allocate<K: Kernel>(
         if let Err(e) = kernel.lock(&TOKEN, base, len) {
             // SAFETY: mapped just above with this length, never shared.
             let _ = unsafe { kernel.munmap(&TOKEN, base, len) };
-            return Err(Error::syscall(Step::LockMemory, e));
+            let needed = locked_before.saturating_add(len as u64);
+            return Err(memlock_refusal(kernel, Error::syscall(Step::LockMemory, e), MemlockCharge::Mlock, needed));
         }
     }
     Ok((base, len as u64))

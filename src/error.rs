@@ -5,6 +5,7 @@ use core::fmt;
 use rustix::io::Errno;
 
 use crate::name::{Bus, DeviceName, NameError};
+pub use crate::privilege::{DevNode, MemlockCharge};
 use crate::region::AccessError;
 
 /// The system call or kernel request that failed.
@@ -92,6 +93,12 @@ pub enum Step {
     BindIommufd,
     /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
     AttachIoas,
+    /// `stat` of a device node ([`crate::grant`]).
+    StatNode(DevNode),
+    /// `chown` of a device node ([`crate::grant`]).
+    Chown(DevNode),
+    /// Reading `/etc/passwd` or `/etc/group` ([`crate::grant`]).
+    ReadAccounts,
 }
 
 impl fmt::Display for Step {
@@ -137,6 +144,11 @@ impl fmt::Display for Step {
             Step::OpenCdev => f.write_str("opening the device's VFIO cdev (/dev/vfio/devices/vfioN)"),
             Step::BindIommufd => f.write_str("VFIO_DEVICE_BIND_IOMMUFD"),
             Step::AttachIoas => f.write_str("VFIO_DEVICE_ATTACH_IOMMUFD_PT"),
+            Step::StatNode(node) => write!(f, "stat of {node}"),
+            Step::Chown(node) => {
+                write!(f, "changing the owner of {node} (only root may give a node away: run vfio-bind as root)")
+            }
+            Step::ReadAccounts => f.write_str("reading /etc/passwd or /etc/group"),
         }
     }
 }
@@ -313,8 +325,43 @@ pub enum ErrorKind {
     /// another process or context holds a device of its group (or the
     /// platform cannot isolate MSIs). The message says which.
     DeviceClaimed,
-    /// Permission to a `/dev/vfio` node was denied.
-    Permission,
+    /// Permission to a device node was denied (`EACCES`, or `EPERM` where
+    /// it is not [`ErrorKind::NoiommuNeedsRawio`]).
+    Permission {
+        /// The node refused.
+        node: DevNode,
+    },
+    /// A noiommu group's node (`/dev/vfio/noiommu-N`) refused the open with
+    /// `EPERM`: Linux opens noiommu groups only for a process with `CAP_SYS_RAWIO`.
+    NoiommuNeedsRawio {
+        /// The group number.
+        group: u32,
+    },
+    /// A DMA mapping (or the `mlock` of a locked buffer) was refused with
+    /// `ENOMEM` while `RLIMIT_MEMLOCK` is finite: the pinned memory would
+    /// exceed it. Nothing was mapped.
+    MemlockLimit {
+        /// The account the kernel charges ([`MemlockCharge`]).
+        charge: MemlockCharge,
+        /// What this context's mappings, with this one, make the kernel
+        /// count, in bytes (for [`MemlockCharge::Type1`] and
+        /// [`MemlockCharge::Mlock`] its locked buffers count twice). A lower
+        /// bound: other pins and locks of the process (type1) or of the
+        /// user's other processes (iommufd) count as well.
+        needed: u64,
+        /// The soft `RLIMIT_MEMLOCK`, in bytes.
+        limit: u64,
+    },
+    /// [`crate::grant`] was given a user name that `/etc/passwd` does not have.
+    NoSuchUser {
+        /// The name given.
+        name: Label,
+    },
+    /// [`crate::grant`] was given a group name that `/etc/group` does not have.
+    NoSuchGroup {
+        /// The name given.
+        name: Label,
+    },
     /// The kernel speaks a VFIO API version this crate does not know.
     ApiVersion {
         /// The version the kernel reported.
@@ -670,9 +717,35 @@ impl fmt::Display for Error {
                     "the device is already open through VFIO by another process or context (a device can be opened once): close it there first; if nothing else holds it, the IOMMU may lack DMA cache coherency, which iommufd refuses: use Backend::Legacy",
                 )?,
             },
-            ErrorKind::Permission => f.write_str(
-                "permission denied on /dev/vfio or /dev/iommu: run as root, or give your user the nodes (chown USER /dev/vfio/N; for iommufd /dev/iommu and /dev/vfio/devices/vfioN) and raise RLIMIT_MEMLOCK",
+            ErrorKind::Permission { node: DevNode::Container } => f.write_str(
+                "permission denied on /dev/vfio/vfio: Linux creates it mode 0666, for every user (the legacy container holds no device); restore that (chmod 0666 /dev/vfio/vfio), or run as root",
             )?,
+            ErrorKind::Permission { node } => write!(
+                f,
+                "permission denied on {node}: give the device's nodes to the user that runs this program (as root: vfio-bind grant {dev} USER[:GROUP]; it owns /dev/vfio/N, and for iommufd /dev/iommu and /dev/vfio/devices/vfioN), or run as root"
+            )?,
+            ErrorKind::NoiommuNeedsRawio { group } => write!(
+                f,
+                "/dev/vfio/noiommu-{group} is a noiommu group (no IOMMU: the device can DMA anywhere in memory), which Linux opens only for a process with CAP_SYS_RAWIO: give the program that capability (setcap cap_sys_rawio+ep PROGRAM, or AmbientCapabilities=CAP_SYS_RAWIO in its systemd unit), or run as root"
+            )?,
+            ErrorKind::MemlockLimit { charge, needed, limit } => {
+                let kib = needed.div_ceil(1024);
+                if needed > limit {
+                    write!(f, "RLIMIT_MEMLOCK ({limit} bytes) is too low: this context's DMA mappings, with this one, need {needed} bytes ({kib} KiB) of it")?;
+                } else {
+                    write!(f, "RLIMIT_MEMLOCK ({limit} bytes) is used up: this context's DMA mappings, with this one, need {needed} bytes ({kib} KiB) of it, and the kernel counts more pinned or locked memory besides")?;
+                }
+                write!(
+                    f,
+                    "; {charge}. Raise the limit to at least that: `ulimit -l {kib}` in the shell that starts the program (its hard limit must allow it), `prlimit --pid PID --memlock={needed}:{needed}`, or `USER - memlock {kib}` in /etc/security/limits.conf (LimitMEMLOCK= in a systemd unit); CAP_IPC_LOCK lifts the limit"
+                )?
+            }
+            ErrorKind::NoSuchUser { name } => {
+                write!(f, "no user {name} in /etc/passwd: give a user name it lists, or a numeric uid")?
+            }
+            ErrorKind::NoSuchGroup { name } => {
+                write!(f, "no group {name} in /etc/group: give a group name it lists, or a numeric gid")?
+            }
             ErrorKind::ApiVersion { found } => write!(
                 f,
                 "the kernel's VFIO API version is {found}; this crate speaks version {}",

@@ -4,7 +4,7 @@
 use rustix::io::Errno;
 
 use crate::container::IommuKind;
-use crate::error::{Error, ErrorKind, Step};
+use crate::error::{DevNode, Error, ErrorKind, Step};
 use crate::kernel::{Fd, Kernel, Request, TOKEN};
 use crate::name::DeviceName;
 use crate::path::sys_path;
@@ -42,9 +42,14 @@ impl Group {
     }
 
     fn open_node<K: Kernel>(kernel: &K, number: u32) -> Result<(Fd, IommuKind), Error> {
-        let failed = |e: Errno| match e {
-            Errno::BUSY => Error::new(ErrorKind::GroupBusy { group: number }).with_errno(e),
-            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission).with_errno(e),
+        // File modes refuse with EACCES; the VFIO group's own open refuses
+        // a noiommu group with EPERM to a process without CAP_SYS_RAWIO.
+        let failed = |e: Errno, node: DevNode| match (e, node) {
+            (Errno::BUSY, _) => Error::new(ErrorKind::GroupBusy { group: number }).with_errno(e),
+            (Errno::PERM, DevNode::NoiommuGroup(_)) => {
+                Error::new(ErrorKind::NoiommuNeedsRawio { group: number }).with_errno(e)
+            }
+            (Errno::ACCESS | Errno::PERM, _) => Error::new(ErrorKind::Permission { node }).with_errno(e),
             _ => Error::syscall(Step::OpenGroup, e),
         };
         let too_long = || Error::syscall(Step::OpenGroup, Errno::NAMETOOLONG);
@@ -52,7 +57,7 @@ impl Group {
         match kernel.open(&TOKEN, iommu.as_c_str()) {
             Ok(fd) => return Ok((fd, IommuKind::Type1)),
             Err(Errno::NOENT) => {}
-            Err(e) => return Err(failed(e)),
+            Err(e) => return Err(failed(e, DevNode::Group(number))),
         }
         let noiommu = sys_path!("/dev/vfio/noiommu-{number}").ok_or_else(too_long)?;
         match kernel.open(&TOKEN, noiommu.as_c_str()) {
@@ -60,7 +65,7 @@ impl Group {
             Err(Errno::NOENT) => {
                 Err(Error::new(ErrorKind::GroupNodeMissing { group: number }).with_errno(Errno::NOENT))
             }
-            Err(e) => Err(failed(e)),
+            Err(e) => Err(failed(e, DevNode::NoiommuGroup(number))),
         }
     }
 

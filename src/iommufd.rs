@@ -4,7 +4,7 @@
 
 use rustix::io::Errno;
 
-use crate::error::{Error, ErrorKind, Step};
+use crate::error::{DevNode, Error, ErrorKind, Step};
 use crate::kernel::{Fd, Kernel, Request, TOKEN};
 use crate::name::{Bus, DeviceName};
 use crate::path::sys_path;
@@ -24,7 +24,7 @@ impl Iommufd {
     pub(crate) fn open<K: Kernel>(kernel: &K) -> Result<Self, Error> {
         let fd = kernel.open(&TOKEN, c"/dev/iommu").map_err(|e| match e {
             Errno::NOENT | Errno::NODEV | Errno::NXIO => Error::new(ErrorKind::NoIommufd).with_errno(e),
-            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission).with_errno(e),
+            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission { node: DevNode::Iommufd }).with_errno(e),
             _ => Error::syscall(Step::OpenIommufd, e),
         })?;
         let mut alloc = sys::IoasAlloc { size: sys::argsz::<sys::IoasAlloc>(), ..Default::default() };
@@ -81,7 +81,9 @@ impl Iommufd {
             // Listed without a node: a noiommu device (Linux 6.12 lists those
             // too), which only its group can open.
             Errno::NOENT => CdevOpen::NoNode,
-            Errno::ACCESS | Errno::PERM => CdevOpen::Failed(Error::new(ErrorKind::Permission).with_errno(e)),
+            Errno::ACCESS | Errno::PERM => {
+                CdevOpen::Failed(Error::new(ErrorKind::Permission { node: DevNode::Cdev(number) }).with_errno(e))
+            }
             _ => CdevOpen::Failed(Error::syscall(Step::OpenCdev, e)),
         })?;
         let opened = cdev_group(kernel, number, bus, name).and_then(|group| {

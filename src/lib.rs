@@ -70,6 +70,7 @@ pub mod dma;
 mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod grant;
 mod group;
 mod holders;
 mod iommufd;
@@ -81,6 +82,7 @@ pub mod notify;
 mod path;
 pub mod pci;
 pub mod pci_caps;
+mod privilege;
 pub mod regblock;
 pub mod region;
 pub mod sys;
@@ -94,7 +96,9 @@ pub use container::IommuKind;
 pub use context::{Context, DeviceHandle, DmaHandle};
 pub use device::{Device, IrqIndex, MAX_REGIONS};
 pub use dma::{DmaBuffer, DmaDirection, DmaOptions, IommuInfo};
-pub use error::{Blocker, DriverName, Error, ErrorKind, Label, Step, LABEL_LEN, MAX_DRIVER_LEN};
+pub use error::{
+    Blocker, DevNode, DriverName, Error, ErrorKind, Label, MemlockCharge, Step, LABEL_LEN, MAX_DRIVER_LEN,
+};
 pub use iova::IovaRange;
 pub use irq::Interrupt;
 pub use kernel::{Fd, Host, Kernel};

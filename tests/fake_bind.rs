@@ -9,7 +9,7 @@ use core::time::Duration;
 
 use dao_vfio::bind::{self, DeviceStatus};
 use dao_vfio::fake::{FakeDevice, FakeKernel};
-use dao_vfio::kernel::{Emulation, Protection, Request, Token};
+use dao_vfio::kernel::{Emulation, NodeOwner, Protection, Request, Token};
 use dao_vfio::{Bus, Context, Errno, Error, ErrorKind, Fd, Kernel, NameError, Step};
 
 const EDU: &str = "0000:00:02.0";
@@ -431,6 +431,18 @@ unsafe impl Kernel for WithDeviceTree<'_> {
     fn list_dir_while(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         self.fake.list_dir_while(t, path, visit)
     }
+    fn memlock_limit(&self, t: &Token) -> Option<u64> {
+        Kernel::memlock_limit(self.fake, t)
+    }
+    fn node_owner(&self, t: &Token, path: &CStr) -> Result<NodeOwner, Errno> {
+        Kernel::node_owner(self.fake, t, path)
+    }
+    fn chown(&self, t: &Token, path: &CStr, uid: u32, gid: Option<u32>) -> Result<(), Errno> {
+        Kernel::chown(self.fake, t, path, uid, gid)
+    }
+    fn read_file_at<'b>(&self, t: &Token, path: &CStr, offset: u64, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        self.fake.read_file_at(t, path, offset, buf)
+    }
 }
 
 #[test]
@@ -539,4 +551,154 @@ fn error_messages_say_what_to_do() {
     k.set_driver_loaded(Bus::Platform, "vfio-platform", false);
     let missing = bind::bind(&k, RTC, None, None).unwrap_err().to_string();
     assert!(missing.contains("reset_required=0"), "{missing}");
+}
+
+mod grant {
+    //! `grant` and `revoke` (issue 14): exactly the nodes a device needs on
+    //! the interfaces the kernel offers, users and groups from the account
+    //! files, refused (changing nothing) when not run as root, and each
+    //! system call failing in turn.
+
+    use dao_vfio::fake::{FakeDevice, FakeKernel};
+    use dao_vfio::grant::{self, Owner};
+    use dao_vfio::kernel::NodeOwner;
+    use dao_vfio::{DevNode, Errno, ErrorKind, Step};
+
+    const EDU: &str = "0000:00:02.0";
+    const EDU2: &str = "0000:00:03.0";
+    const RTC: &str = "9010000.pl031";
+    const NODES: [&str; 5] =
+        ["/dev/vfio/3", "/dev/vfio/4", "/dev/iommu", "/dev/vfio/devices/vfio0", "/dev/vfio/devices/vfio1"];
+
+    fn system(iommufd: bool) -> FakeKernel {
+        let k = FakeKernel::new();
+        k.set_iommufd(iommufd, iommufd);
+        k.add_device(FakeDevice::edu(EDU, 3));
+        k.add_device(FakeDevice::edu(EDU2, 4));
+        k.add_device(FakeDevice::platform(RTC, 0));
+        k.set_file("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\ndao:x:1000:1001:dao:/home/dao:/bin/sh\n");
+        k.set_file("/etc/group", "root:x:0:\nvfio:x:2000:dao\n");
+        k
+    }
+
+    fn owners(k: &FakeKernel) -> Vec<Option<(u32, u32)>> {
+        NODES.iter().map(|n| k.node_owner(n).map(|o| (o.uid, o.gid))).collect()
+    }
+
+    #[test]
+    fn grants_exactly_the_nodes_of_each_interface_and_revokes_them() {
+        let k = system(true);
+        let owner = grant::parse_owner(&k, "dao").unwrap();
+        assert_eq!(owner, Owner { uid: 1000, gid: Some(1001) });
+        let nodes = grant::grant(&k, EDU, None, owner).unwrap();
+        assert_eq!(nodes.iter().collect::<Vec<_>>(), [DevNode::Group(3), DevNode::Iommufd, DevNode::Cdev(0)]);
+        assert_eq!(nodes.container, Some(NodeOwner { uid: 0, gid: 0, mode: 0o666 }), "shared, not changed");
+        let mine = Some((1000, 1001));
+        let root = Some((0, 0));
+        assert_eq!(owners(&k), [mine, root, mine, mine, root], "edu's nodes only (EDU2 is in group 4, vfio1)");
+        assert_eq!(k.node_owner("/dev/vfio/vfio").unwrap().uid, 0);
+        // A second device: /dev/iommu stays while either is granted.
+        grant::grant(&k, EDU2, None, owner).unwrap();
+        let nodes = grant::revoke(&k, EDU, None).unwrap();
+        assert_eq!(nodes.iter().collect::<Vec<_>>(), [DevNode::Group(3), DevNode::Cdev(0)], "/dev/iommu kept");
+        assert_eq!(owners(&k), [Some((0, 0)), mine, mine, Some((0, 0)), mine]);
+        grant::revoke(&k, EDU2, None).unwrap();
+        assert!(owners(&k).iter().flatten().all(|&o| o == (0, 0)), "{:?}", owners(&k));
+    }
+
+    #[test]
+    fn the_legacy_interface_needs_the_group_node_and_noiommu_its_own() {
+        let k = system(false);
+        let nodes = grant::grant(&k, EDU, None, Owner { uid: 1000, gid: None }).unwrap();
+        assert_eq!(nodes.iter().collect::<Vec<_>>(), [DevNode::Group(3)]);
+        assert_eq!(k.node_owner("/dev/vfio/3").unwrap(), NodeOwner { uid: 1000, gid: 0, mode: 0o600 }, "group kept");
+        let nodes = grant::grant(&k, RTC, None, Owner { uid: 1000, gid: None }).unwrap();
+        assert_eq!(nodes.iter().collect::<Vec<_>>(), [DevNode::NoiommuGroup(0)]);
+        assert_eq!(k.node_owner("/dev/vfio/noiommu-0").unwrap().uid, 1000);
+    }
+
+    #[test]
+    fn owners_are_numbers_or_names_from_the_account_files() {
+        let k = system(false);
+        let parse = |s: &str| grant::parse_owner(&k, s);
+        assert_eq!(parse("1000").unwrap(), Owner { uid: 1000, gid: None });
+        assert_eq!(parse("1000:7").unwrap(), Owner { uid: 1000, gid: Some(7) });
+        assert_eq!(parse("dao:vfio").unwrap(), Owner { uid: 1000, gid: Some(2000) });
+        assert_eq!(parse("root").unwrap(), Owner { uid: 0, gid: Some(0) });
+        let e = parse("nobody").unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::NoSuchUser { name } if name.as_str() == "nobody"), "{e}");
+        assert!(e.to_string().contains("/etc/passwd"), "{e}");
+        let e = parse("dao:wheel").unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::NoSuchGroup { name } if name.as_str() == "wheel"), "{e}");
+        // -1 means "unchanged" to chown: not a user.
+        assert!(matches!(parse("4294967295").unwrap_err().kind(), ErrorKind::NoSuchUser { .. }));
+        // Lines longer than the reader's buffer are passed over, and a line
+        // across two reads is found.
+        let long = format!("{}:x:5:5::/:/bin/sh\n", "l".repeat(3000));
+        let pad = "p".repeat(1000);
+        k.set_file("/etc/passwd", &format!("{long}{pad}:x:6:6::/:/bin/sh\nlate:x:4242:42::/:/bin/sh\n"));
+        assert_eq!(parse("late").unwrap(), Owner { uid: 4242, gid: Some(42) });
+        assert_eq!(parse(&pad).unwrap(), Owner { uid: 6, gid: Some(6) });
+        assert!(matches!(parse(&"l".repeat(3000)).unwrap_err().kind(), ErrorKind::NoSuchUser { .. }));
+        k.set_file("/etc/passwd", "last:x:9:9::/:/bin/sh");
+        assert_eq!(parse("last").unwrap(), Owner { uid: 9, gid: Some(9) }, "no final newline");
+    }
+
+    #[test]
+    fn an_unprivileged_grant_or_revoke_is_refused_and_changes_nothing() {
+        let k = system(true);
+        k.set_user(1000, 1000);
+        let before = owners(&k);
+        let e = grant::grant(&k, EDU, None, Owner { uid: 1000, gid: None }).unwrap_err();
+        assert_eq!((e.kind(), e.errno()), (ErrorKind::Syscall(Step::Chown(DevNode::Group(3))), Some(Errno::PERM)));
+        assert!(e.to_string().contains("run vfio-bind as root"), "{e}");
+        assert_eq!(owners(&k), before);
+        let e = grant::revoke(&k, EDU, None).unwrap_err();
+        assert_eq!(e.errno(), Some(Errno::PERM));
+        assert_eq!(owners(&k), before);
+    }
+
+    #[test]
+    fn bad_devices_are_refused() {
+        let k = system(true);
+        let to = Owner { uid: 1000, gid: None };
+        assert!(matches!(grant::grant(&k, "../x", None, to).unwrap_err().kind(), ErrorKind::InvalidName(_)));
+        assert!(matches!(
+            grant::grant(&k, "0000:00:09.0", None, to).unwrap_err().kind(),
+            ErrorKind::NoSuchDevice { .. }
+        ));
+        k.bind(0, None);
+        assert!(matches!(grant::grant(&k, EDU, None, to).unwrap_err().kind(), ErrorKind::NotBound { .. }));
+        assert!(owners(&k).iter().flatten().all(|&o| o == (0, 0)));
+    }
+
+    /// Each system call of a grant, then of a revoke, fails in turn: the
+    /// error is reported and every node keeps its owner.
+    #[test]
+    fn every_grant_and_revoke_failure_point_changes_nothing() {
+        let to = Owner { uid: 1000, gid: Some(1000) };
+        for revoking in [false, true] {
+            let mut n = 1;
+            loop {
+                let k = system(true);
+                if revoking {
+                    grant::grant(&k, EDU, None, to).unwrap();
+                }
+                let before = owners(&k);
+                k.fail_call(n, Errno::IO);
+                let result = if revoking { grant::revoke(&k, EDU, None) } else { grant::grant(&k, EDU, None, to) };
+                if !k.failure_pending() {
+                    let e = result.unwrap_err();
+                    assert_eq!(e.errno(), Some(Errno::IO), "call {n}: {e}");
+                    assert_eq!(owners(&k), before, "revoking {revoking}, call {n} failed: {:?}", k.trace());
+                    n += 1;
+                    continue;
+                }
+                k.clear_failure();
+                result.unwrap();
+                assert!(n > 8, "only {n} calls");
+                break;
+            }
+        }
+    }
 }

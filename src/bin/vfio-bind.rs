@@ -11,6 +11,10 @@
 //! vfio-bind unbind --wait DEV      unbind DEV even while held: says which processes it waits
 //!                                  for, then waits until they free it (Linux signals their
 //!                                  request notifiers; the wait cannot be interrupted)
+//! vfio-bind grant DEV USER[:GROUP] give DEV's VFIO nodes to USER (a uid or a name from
+//!                                  /etc/passwd): /dev/vfio/N, and /dev/iommu and
+//!                                  /dev/vfio/devices/vfioN where the kernel has iommufd
+//! vfio-bind revoke DEV             give them back to root
 //! ```
 //!
 //! Exit status: 0 done, 1 the operation failed (the message says what to do), 2 bad usage.
@@ -20,9 +24,9 @@
 use std::process::ExitCode;
 
 use dao_vfio::bind::{self, DeviceStatus};
-use dao_vfio::{Error, Host};
+use dao_vfio::{grant, DevNode, Error, Host};
 
-const USAGE: &str = "usage: vfio-bind status [--all] | bind DEV [DRIVER] | unbind [--wait] DEV   (vfio-bind --help)";
+const USAGE: &str = "usage: vfio-bind status [--all] | bind DEV [DRIVER] | unbind [--wait] DEV | grant DEV USER[:GROUP] | revoke DEV   (vfio-bind --help)";
 
 const HELP: &str = "\
 vfio-bind: binds devices to VFIO drivers and back, and shows what is ready for VFIO (run as root).
@@ -37,11 +41,35 @@ vfio-bind: binds devices to VFIO drivers and back, and shows what is ready for V
   vfio-bind unbind --wait DEV    unbind DEV even while held: says which processes it waits for,
                                  then waits until they free it (Linux signals their request
                                  notifiers; the wait cannot be interrupted)
+  vfio-bind grant DEV USER[:GROUP]
+                                 give USER (a name or a number) the nodes DEV needs on the interface
+                                 the kernel offers: its group node, and /dev/iommu and its cdev where
+                                 iommufd is; nothing else (/dev/vfio/vfio is for every user already)
+  vfio-bind revoke DEV           give those nodes back to root
   vfio-bind --help               this text
 
 DEV is a PCI address (0000:01:00.0) or a platform device name (9010000.pl031), as in
 /sys/bus/pci/devices and /sys/bus/platform/devices.
 Exit status: 0 done, 1 the operation failed (the message says what to do), 2 bad usage.";
+
+/// Says which nodes changed hands, and what else an unprivileged program needs.
+fn print_nodes(dev: &str, nodes: &grant::DeviceNodes, to: &str) {
+    let list: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+    println!("{dev}: {} now {to}", list.join(" "));
+    match nodes.container {
+        Some(c) if c.mode & 0o006 == 0o006 => {
+            println!("/dev/vfio/vfio: mode {:04o}, every user may open it (not changed)", c.mode)
+        }
+        Some(c) => println!(
+            "warning: /dev/vfio/vfio is mode {:04o}: the legacy interface needs it readable and writable by the user (chmod 0666 /dev/vfio/vfio)",
+            c.mode
+        ),
+        None => {}
+    }
+    if nodes.iter().any(|n| matches!(n, DevNode::NoiommuGroup(_))) {
+        println!("{dev}: a noiommu group: Linux opens it only for a process with CAP_SYS_RAWIO");
+    }
+}
 
 fn driver_str(driver: Option<dao_vfio::DriverName>) -> String {
     driver.map_or_else(|| "-".to_string(), |d| d.as_str().to_string())
@@ -110,6 +138,16 @@ fn run(args: &[String]) -> Result<Option<()>, Error> {
             })?;
             let unbound = bind::unbind_wait(&Host, dev, None)?;
             println!("{dev}: unbound from {}; now bound to {}", driver_str(unbound.previous), driver_str(unbound.now));
+        }
+        ["grant", dev, user] => {
+            let owner = grant::parse_owner(&Host, user)?;
+            let nodes = grant::grant(&Host, dev, None, owner)?;
+            let gid = owner.gid.map_or_else(String::new, |g| format!(" gid {g}"));
+            print_nodes(dev, &nodes, &format!("owned by uid {}{gid}", owner.uid));
+        }
+        ["revoke", dev] => {
+            let nodes = grant::revoke(&Host, dev, None)?;
+            print_nodes(dev, &nodes, "owned by root");
         }
         _ => return Ok(None),
     }

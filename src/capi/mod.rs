@@ -180,7 +180,7 @@ fn errno_of(e: &Error) -> c_int {
         ErrorKind::InvalidName(NameError::TooLong(_)) => Errno::NAMETOOLONG,
         ErrorKind::InvalidName(_) => Errno::INVAL,
         ErrorKind::NoVfio => Errno::NOENT,
-        ErrorKind::Permission => Errno::ACCESS,
+        ErrorKind::Permission { .. } => Errno::ACCESS,
         ErrorKind::NoSuchDevice { .. } | ErrorKind::NoIommuGroup { .. } | ErrorKind::NotBound { .. } => Errno::NODEV,
         ErrorKind::WrongDriver { .. } | ErrorKind::GroupBusy { .. } => Errno::BUSY,
         ErrorKind::GroupNotViable { .. } => Errno::PERM,

@@ -34,7 +34,7 @@ impl State {
     }
 
     /// Whether device `index` has a cdev: `Some(noiommu)` if it has one.
-    fn has_cdev(&self, index: usize) -> Option<bool> {
+    pub(super) fn has_cdev(&self, index: usize) -> Option<bool> {
         let d = self.devices.get(index)?;
         let visible = self.cdevs && d.bound_to_vfio() && d.group.is_some() && (!d.noiommu || self.noiommu_mode);
         visible.then_some(d.noiommu)
@@ -139,6 +139,8 @@ impl State {
         }
         let last = map.iova.checked_add(map.length - 1).ok_or(Errno::OVERFLOW)?;
         let allowed = self.ioas_ranges(fd, map.ioas_id);
+        // Linux pins last, after the range and overlap checks.
+        let pinned = self.charge_pin(false, map.length);
         let dma = self.ioas_of(fd, map.ioas_id)?;
         if !allowed.iter().any(|&(s, e)| map.iova >= s && last <= e) {
             return Err(Errno::INVAL);
@@ -146,6 +148,7 @@ impl State {
         if dma.iter().any(|m| map.iova < m.iova + m.size && m.iova < map.iova + map.length) {
             return Err(Errno::EXIST);
         }
+        pinned?;
         dma.push(DmaEntry { iova: map.iova, size: map.length, vaddr: map.user_va });
         Ok(0)
     }

@@ -45,6 +45,7 @@ mod device;
 mod iommufd;
 mod memory;
 mod model;
+mod privilege;
 mod procfs;
 mod sysfs;
 
@@ -63,7 +64,7 @@ pub use device::{FakeDevice, FakeRegion};
 use memory::{Backing, PAGE};
 use model::{Object, State};
 
-use crate::kernel::{Emulation, Fd, Kernel, MmioAccess, Protection, Request, Token};
+use crate::kernel::{Emulation, Fd, Kernel, MmioAccess, NodeOwner, Protection, Request, Token};
 use crate::name::Bus;
 use crate::sys::RegionFlags;
 
@@ -472,6 +473,7 @@ unsafe impl Kernel for FakeKernel {
     fn open(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
         let mut s = self.enter("open")?;
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
+        s.check_open(path)?;
         if path == "/dev/vfio/vfio" {
             if !s.vfio_loaded {
                 return Err(Errno::NOENT);
@@ -553,6 +555,7 @@ unsafe impl Kernel for FakeKernel {
         if views.is_empty() {
             s.mappings.remove(&key);
             s.anonymous.remove(&key);
+            s.unlock(key);
             // Unmapped: no block over it is left, any thread may map it anew.
             if !s.mappings.values().flatten().any(|&(_, d, i)| (d, i) == (device, index)) {
                 s.pinned.retain(|&(r, _)| r != (device, index));
@@ -680,9 +683,10 @@ unsafe impl Kernel for FakeKernel {
         let names = {
             let s = self.enter("getdents")?;
             let path = path.to_str().map_err(|_| Errno::NOENT)?;
-            match s.list_proc(path) {
-                Some(entries) => entries?,
-                None => s.list_sysfs(path)?,
+            match (s.list_proc(path), s.list_dev(path)) {
+                (Some(entries), _) => entries?,
+                (None, Some(entries)) => entries,
+                (None, None) => s.list_sysfs(path)?,
             }
         };
         // The lock is released: the visitor may make system calls of its own.
@@ -695,13 +699,34 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn lock(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
-        let s = self.enter("mlock")?;
+        let mut s = self.enter("mlock")?;
         let start = addr.as_ptr() as usize;
         let covered = s.anonymous.range(..=start).next_back().is_some_and(|(&base, m)| start + len <= base + m.len());
         if covered {
-            Ok(())
+            s.charge_mlock(start, len)
         } else {
             Err(Errno::NOMEM)
         }
+    }
+
+    fn memlock_limit(&self, _: &Token) -> Option<u64> {
+        // getrlimit: a system call that cannot fail.
+        self.enter("prlimit64").map_or(None, |s| s.memlock_limit())
+    }
+
+    fn node_owner(&self, _: &Token, path: &CStr) -> Result<NodeOwner, Errno> {
+        let s = self.enter("stat")?;
+        s.owner_of(path.to_str().map_err(|_| Errno::NOENT)?).ok_or(Errno::NOENT)
+    }
+
+    fn chown(&self, _: &Token, path: &CStr, uid: u32, gid: Option<u32>) -> Result<(), Errno> {
+        let mut s = self.enter("chown")?;
+        s.chown(path.to_str().map_err(|_| Errno::NOENT)?, uid, gid)
+    }
+
+    fn read_file_at<'b>(&self, _: &Token, path: &CStr, offset: u64, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        let s = self.enter("pread")?;
+        let n = s.file_at(path.to_str().map_err(|_| Errno::NOENT)?, offset, buf)?;
+        Ok(&buf[..n])
     }
 }

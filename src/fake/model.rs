@@ -112,6 +112,8 @@ pub(super) struct State {
     pub(super) drivers: Vec<(crate::name::Bus, std::string::String)>,
     /// Per device, in device order.
     pub(super) sysfs: Vec<DeviceSysfs>,
+    /// Credentials, node owners, memlock (`privilege.rs`).
+    pub(super) privilege: super::privilege::Privilege,
 }
 
 impl State {
@@ -200,6 +202,7 @@ impl State {
                 (crate::name::Bus::Platform, std::string::String::from("vfio-platform")),
             ],
             sysfs: Vec::new(),
+            privilege: super::privilege::Privilege::new(),
         }
     }
 
@@ -688,6 +691,8 @@ impl State {
             return Err(Errno::INVAL);
         }
         let limit = self.dma_limit as usize;
+        // Linux pins last, after the overlap and count checks.
+        let pinned = self.charge_pin(true, map.size);
         let dma = self.dma_of(fd);
         if dma.iter().any(|m| map.iova < m.iova + m.size && m.iova < map.iova + map.size) {
             return Err(Errno::EXIST);
@@ -695,6 +700,7 @@ impl State {
         if dma.len() >= limit {
             return Err(Errno::NOSPC);
         }
+        pinned?;
         dma.push(DmaEntry { iova: map.iova, size: map.size, vaddr: map.vaddr });
         Ok(0)
     }

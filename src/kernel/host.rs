@@ -13,7 +13,7 @@ use rustix::io::Errno;
 use rustix::ioctl::{Ioctl, IoctlOutput, Opcode};
 use rustix::mm::{MapFlags, ProtFlags};
 
-use super::{Emulation, Fd, Kernel, Protection, Request, Token};
+use super::{Emulation, Fd, Kernel, NodeOwner, Protection, Request, Token};
 use crate::sys;
 
 /// The running Linux kernel. A zero-sized handle: copying it is free.
@@ -261,6 +261,33 @@ unsafe impl Kernel for Host {
             }
         }
         Ok(())
+    }
+
+    fn memlock_limit(&self, _: &Token) -> Option<u64> {
+        rustix::process::getrlimit(rustix::process::Resource::Memlock).current
+    }
+
+    fn node_owner(&self, _: &Token, path: &CStr) -> Result<NodeOwner, Errno> {
+        let st = rustix::fs::stat(path)?;
+        Ok(NodeOwner { uid: st.st_uid, gid: st.st_gid, mode: st.st_mode & 0o7777 })
+    }
+
+    fn chown(&self, _: &Token, path: &CStr, uid: u32, gid: Option<u32>) -> Result<(), Errno> {
+        // -1 would mean "unchanged" to chown: `grant` never passes it.
+        let (uid, gid) = (rustix::fs::Uid::from_raw(uid), gid.map(rustix::fs::Gid::from_raw));
+        rustix::fs::chown(path, Some(uid), gid)
+    }
+
+    fn read_file_at<'b>(&self, _: &Token, path: &CStr, offset: u64, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        let mut len = 0;
+        while len < buf.len() {
+            match rustix::io::retry_on_intr(|| rustix::io::pread(&fd, &mut buf[len..], offset + len as u64))? {
+                0 => break,
+                n => len += n,
+            }
+        }
+        Ok(&buf[..len])
     }
 }
 

@@ -36,6 +36,17 @@ impl Fd {
     }
 }
 
+/// Who owns a file and its permission bits, from `stat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeOwner {
+    /// The owning user.
+    pub uid: u32,
+    /// The owning group.
+    pub gid: u32,
+    /// The permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+}
+
 /// Memory protection of a mapping, derived from a region's READ/WRITE flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Protection {
@@ -295,6 +306,21 @@ pub unsafe trait Kernel {
             true
         })
     }
+
+    /// `getrlimit(RLIMIT_MEMLOCK)`: the soft limit in bytes, `None` when
+    /// unlimited.
+    fn memlock_limit(&self, token: &Token) -> Option<u64>;
+
+    /// `stat(path)`: the owner, group and permission bits of a file.
+    fn node_owner(&self, token: &Token, path: &CStr) -> Result<NodeOwner, Errno>;
+
+    /// `chown(path, uid, gid)` (`gid` `None`: the group is left as it is).
+    fn chown(&self, token: &Token, path: &CStr, uid: u32, gid: Option<u32>) -> Result<(), Errno>;
+
+    /// `open(path, O_RDONLY | O_CLOEXEC)`, `pread` from `offset` until end of
+    /// file or until `buf` is full, `close`: reads a piece of a file too
+    /// large for one buffer (`/etc/passwd`).
+    fn read_file_at<'b>(&self, token: &Token, path: &CStr, offset: u64, buf: &'b mut [u8]) -> Result<&'b [u8], Errno>;
 }
 
 // SAFETY: forwards to `K`, whose contract it inherits; `K` outlives the
@@ -351,5 +377,17 @@ unsafe impl<K: Kernel> Kernel for &K {
     }
     fn list_dir_while(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         (**self).list_dir_while(t, path, visit)
+    }
+    fn memlock_limit(&self, t: &Token) -> Option<u64> {
+        (**self).memlock_limit(t)
+    }
+    fn node_owner(&self, t: &Token, path: &CStr) -> Result<NodeOwner, Errno> {
+        (**self).node_owner(t, path)
+    }
+    fn chown(&self, t: &Token, path: &CStr, uid: u32, gid: Option<u32>) -> Result<(), Errno> {
+        (**self).chown(t, path, uid, gid)
+    }
+    fn read_file_at<'b>(&self, t: &Token, path: &CStr, offset: u64, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        (**self).read_file_at(t, path, offset, buf)
     }
 }

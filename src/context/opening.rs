@@ -1,0 +1,238 @@
+//! How a context opens a device: through its cdev when iommufd may take it,
+//! else through its group (opened or shared, and attached to the right
+//! container), and how the new device is described in place in the table.
+
+use super::Context;
+use crate::backend::{self, Backend, Route, RouteInputs};
+use crate::container::{Container, IommuKind};
+use crate::device::{DeviceState, Placement};
+use crate::error::{Error, ErrorKind};
+use crate::group::Group;
+use crate::iommufd::{self, CdevOpen, Located};
+use crate::kernel::{Fd, Kernel};
+use crate::name::{Bus, DeviceName};
+use crate::sysfs;
+
+impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Context<K, DEVICES, GROUPS, DMA> {
+    /// Opens the device: through its cdev when iommufd may take it and it has
+    /// one, else through its group. Whatever only explains a refusal (is the
+    /// device bound to VFIO at all?) is read on the error path.
+    pub(super) fn open_named(&mut self, stated: Option<Bus>, name: DeviceName, serial: u64) -> Result<(), Error> {
+        let mut stated = stated;
+        if let Some((bus, cdev)) = self.cdev_to_take(&name, stated)? {
+            match self.open_through_iommufd(bus, name, cdev, serial) {
+                Ok(()) => return Ok(()),
+                // Listed without a node (noiommu): its group opens it.
+                Err(CdevOpen::NoNode) => stated = Some(bus),
+                // If the legacy path fails too, iommufd's refusal is the news.
+                Err(CdevOpen::Failed(e)) if self.may_fall_back(&e) => {
+                    let (bus, group) = sysfs::locate(&self.kernel, &name, Some(bus)).map_err(|_| e)?;
+                    return self.open_through_group(&Located { name, bus, group }, Ok(()), serial).map_err(|_| e);
+                }
+                Err(CdevOpen::Failed(e)) => return Err(sysfs::diagnose(&self.kernel, bus, &name, e)),
+            }
+        }
+        let (bus, group) = sysfs::locate(&self.kernel, &name, stated)?;
+        let iommu = match self.route(bus, None) {
+            Route::Group { iommu } => iommu,
+            Route::Cdev(_) => unreachable!("no cdev was given"),
+        };
+        self.open_through_group(&Located { name, bus, group }, iommu, serial)
+            .map_err(|e| sysfs::diagnose(&self.kernel, bus, &name, e))
+    }
+
+    /// The device's bus and cdev, if iommufd may take it (see [`Backend`])
+    /// and it has a cdev on the bus stated (or PCI, then platform). The
+    /// listing is skipped when the route would not take a cdev anyway.
+    pub(super) fn cdev_to_take(&self, name: &DeviceName, stated: Option<Bus>) -> Result<Option<(Bus, u32)>, Error> {
+        let candidates: &[Bus] = match stated {
+            Some(Bus::Pci) => &[Bus::Pci],
+            Some(Bus::Platform) => &[Bus::Platform],
+            None => &[Bus::Pci, Bus::Platform],
+        };
+        for &bus in candidates {
+            if !matches!(self.route(bus, Some(0)), Route::Cdev(_)) {
+                return Ok(None);
+            }
+            if let Some(cdev) = iommufd::find_cdev(&self.kernel, bus, name)? {
+                return Ok(Some((bus, cdev)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// How to open a device on `bus` with cdev `cdev` (see [`Backend`]).
+    pub(super) fn route(&self, bus: Bus, cdev: Option<u32>) -> Route {
+        backend::route(RouteInputs {
+            asked: self.backend,
+            iommufd: self.iommufd.is_some(),
+            iommufd_in_use: self.iommufd_in_use(),
+            legacy_in_use: self.legacy.as_ref().is_some_and(|c| c.groups() > 0),
+            cdev,
+            bus,
+        })
+    }
+
+    /// Whether `Backend::Auto` tries the legacy path after iommufd refused a
+    /// device: while no device uses iommufd yet, for a cdev the user may not
+    /// open (access given on the group node only) or a bind the IOMMU
+    /// refuses with `EPERM` (no MSI isolation, which the legacy backend may
+    /// be configured to accept). Other refusals would recur there.
+    pub(super) fn may_fall_back(&self, e: &Error) -> bool {
+        self.backend == Backend::Auto
+            && !self.iommufd_in_use()
+            && (matches!(e.kind(), ErrorKind::Permission { .. }) || e.errno() == Some(rustix::io::Errno::PERM))
+    }
+
+    /// Whether the iommufd address space is in use: devices are attached,
+    /// or it keeps mappings the kernel would not remove (the table then holds
+    /// them with no IOMMU-backed device open; the legacy path always lets go
+    /// of its own). Its next IOMMU-backed device must then be attached there.
+    pub(super) fn iommufd_in_use(&self) -> bool {
+        let attached = self.iommufd.as_ref().is_some_and(|i| i.devices() > 0);
+        let kept = self.dma.len() > 0 && self.active_backend().is_none();
+        attached || kept
+    }
+
+    /// Opens the device through its cdev, bound to the context's iommufd and
+    /// attached to its IO address space.
+    pub(super) fn open_through_iommufd(
+        &mut self,
+        bus: Bus,
+        name: DeviceName,
+        cdev: u32,
+        serial: u64,
+    ) -> Result<(), CdevOpen> {
+        let iommufd = self.iommufd.as_ref().ok_or(CdevOpen::Failed(Error::new(ErrorKind::NoIommufd)))?;
+        let (fd, group) = iommufd.open_device(&self.kernel, cdev, bus, &name)?;
+        let placement = Placement { name, bus, group, noiommu: false, via: Backend::Iommufd, serial };
+        self.install(placement, fd).map_err(CdevOpen::Failed)?;
+        if let Some(iommufd) = self.iommufd.as_mut() {
+            iommufd.device_attached();
+        }
+        Ok(())
+    }
+
+    /// Puts a device just opened into the table and describes it there (a
+    /// device's state is kilobytes: built in place, it never passes through
+    /// setup's stack). On error the state is released (regions unmapped, fd
+    /// closed) and the table is as it was. The caller checked there is room.
+    pub(super) fn install(&mut self, at: Placement, fd: Fd) -> Result<(), Error> {
+        if let Err(state) = self.devices.push(DeviceState::new(at, fd)) {
+            let _ = state.release(&self.kernel);
+            return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
+        }
+        let described = match self.devices.last_mut() {
+            Some(state) => state.describe(&self.kernel),
+            None => unreachable!("pushed just above"),
+        };
+        if let Err(e) = described {
+            if let Some(state) = self.devices.pop() {
+                // The setup error is the one that matters; a failing munmap
+                // during this unwind cannot be acted on either.
+                let _ = state.release(&self.kernel);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Opens the device from its group, which is opened (or shared) and
+    /// attached to the right container first.
+    pub(super) fn open_through_group(
+        &mut self,
+        at: &Located,
+        iommu: Result<(), ErrorKind>,
+        serial: u64,
+    ) -> Result<(), Error> {
+        let had_noiommu_container = self.noiommu.is_some();
+        let slot = self.acquire_group(at.group, iommu)?;
+        let group = &self.groups[slot];
+        let noiommu = group.kind() == IommuKind::NoIommu;
+        let opened = group.device_fd(&self.kernel, &at.name).and_then(|fd| {
+            let placement =
+                Placement { name: at.name, bus: at.bus, group: at.group, noiommu, via: Backend::Legacy, serial };
+            self.install(placement, fd)
+        });
+        if opened.is_err() {
+            // Undo the group's share; the setup error is the one to report.
+            let _ = self.release_group(at.group);
+            if noiommu && !had_noiommu_container {
+                self.close_idle_noiommu_container();
+            }
+        }
+        opened
+    }
+
+    /// Closes the noiommu container if no group uses it: a failed setup
+    /// takes back the one it opened.
+    pub(super) fn close_idle_noiommu_container(&mut self) {
+        if self.noiommu.as_ref().is_some_and(|c| c.groups() == 0) {
+            if let Some(container) = self.noiommu.take() {
+                container.close(&self.kernel);
+            }
+        }
+    }
+
+    /// Finds or opens group `number` and takes a share of it for one device.
+    /// Returns its slot in the group table. A group behind an IOMMU is
+    /// refused with `iommu`'s error, if it is one.
+    pub(super) fn acquire_group(&mut self, number: u32, iommu: Result<(), ErrorKind>) -> Result<usize, Error> {
+        if let Some(slot) = self.groups.iter().position(|g| g.number() == number) {
+            if self.groups[slot].kind() == IommuKind::Type1 {
+                iommu.map_err(Error::new)?;
+            }
+            self.groups[slot].device_opened();
+            return Ok(slot);
+        }
+        if self.groups.is_full() {
+            return Err(Error::new(ErrorKind::GroupTableFull { capacity: GROUPS }));
+        }
+        let mut group = Group::open(&self.kernel, number)?;
+        let kernel = &self.kernel;
+        let kind = group.kind();
+        if let (IommuKind::Type1, Err(refusal)) = (kind, iommu) {
+            let _ = group.close(kernel, false);
+            return Err(Error::new(refusal));
+        }
+        let slot = match kind {
+            IommuKind::Type1 => &mut self.legacy,
+            IommuKind::NoIommu => &mut self.noiommu,
+        };
+        let opened_container = slot.is_none();
+        if opened_container {
+            match Container::open(kernel, kind) {
+                Ok(container) => *slot = Some(container),
+                Err(e) => {
+                    let _ = group.close(kernel, false);
+                    return Err(e);
+                }
+            }
+        }
+        let joined = match slot.as_mut() {
+            Some(container) => match group.attach(kernel, container.fd()) {
+                Ok(()) => container.group_joined(kernel).map_err(|e| (e, true)),
+                Err(e) => Err((e, false)),
+            },
+            None => unreachable!("opened just above"),
+        };
+        if let Err((e, attached)) = joined {
+            let _ = group.close(kernel, attached);
+            if opened_container {
+                if let Some(container) = slot.take() {
+                    container.close(kernel);
+                }
+            }
+            return Err(e);
+        }
+        group.device_opened();
+        match self.groups.push(group) {
+            Ok(()) => Ok(self.groups.len() - 1),
+            Err(group) => {
+                // Unreachable: fullness was checked first. Undo all the same.
+                let _ = self.detach(group);
+                Err(Error::new(ErrorKind::GroupTableFull { capacity: GROUPS }))
+            }
+        }
+    }
+}

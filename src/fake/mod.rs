@@ -41,12 +41,15 @@
 //! assert_eq!(kernel.open_fds(), 0);
 //! ```
 
+mod behaviour;
+mod builder;
 mod device;
 mod iommufd;
 mod memory;
 mod model;
 mod procfs;
 mod sysfs;
+mod trace;
 
 use core::ffi::CStr;
 use core::ptr::NonNull;
@@ -59,13 +62,18 @@ use std::vec::Vec;
 
 use rustix::io::Errno;
 
+pub use behaviour::{DeviceContext, DeviceModel, DmaFault, RegisterFile};
+pub use builder::{FakeBar, PciDeviceBuilder, PlatformDeviceBuilder};
 pub use device::{FakeDevice, FakeRegion};
 use memory::{Backing, PAGE};
 use model::{Object, State};
+pub use trace::Call;
+use trace::StepFailure;
 
 use crate::kernel::{Emulation, Fd, Kernel, MmioAccess, Protection, Request, Token};
 use crate::name::Bus;
 use crate::sys::RegionFlags;
+use crate::Step;
 
 /// The fake kernel. Share it by reference (`Context<&FakeKernel>`) to inspect
 /// it while a context uses it.
@@ -104,11 +112,38 @@ impl FakeKernel {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a device; returns its index.
+    /// Adds a device whose registers are plain memory; returns its index.
+    ///
+    /// # Panics
+    /// If a region's initial contents are longer than the region (a test
+    /// set-up bug: the bytes would be lost).
     pub fn add_device(&self, device: FakeDevice) -> usize {
+        self.add(device, None)
+    }
+
+    /// Adds a device whose registers are `model`'s (see [`DeviceModel`]:
+    /// every region but a PCI device's config space); returns its index.
+    ///
+    /// # Panics
+    /// As [`FakeKernel::add_device`].
+    pub fn add_modelled_device(&self, device: FakeDevice, model: impl DeviceModel + 'static) -> usize {
+        self.add(device, Some(Box::new(model)))
+    }
+
+    fn add(&self, device: FakeDevice, model: Option<Box<dyn DeviceModel>>) -> usize {
+        for (i, r) in device.regions.iter().enumerate() {
+            assert!(
+                r.contents.len() as u64 <= r.size,
+                "fake device {}: region {i} is {:#x} bytes but its contents (FakeRegion::with_contents) are {:#x}: make the region larger or the contents shorter",
+                device.name,
+                r.size,
+                r.contents.len()
+            );
+        }
         let mut s = self.state();
         s.backing.push(device.regions.iter().map(|r| Backing::new(r.size, &r.contents)).collect());
         s.devices.push(device);
+        s.models.push(model);
         s.resets.push(0);
         let index = s.devices.len() - 1;
         s.add_sysfs(index);
@@ -254,14 +289,32 @@ impl FakeKernel {
         s.fail_at.push((at, errno));
     }
 
+    /// Makes the `nth` call of `step` from now (1 = the next one) fail with
+    /// `errno`, doing nothing else: `fail_step(Step::SetIrqs(pci_irq::MSI),
+    /// 2, Errno::NOSPC)` fails the second `VFIO_DEVICE_SET_IRQS` for MSI.
+    /// Each call is classified as the [`Step`] the crate's error would name
+    /// (see [`Call::step`]; [`FakeKernel::trace`] shows them). Several
+    /// failures may be pending at once, beside those of
+    /// [`FakeKernel::fail_call`].
+    ///
+    /// # Panics
+    /// If `nth` is 0.
+    pub fn fail_step(&self, step: Step, nth: u32, errno: Errno) {
+        assert!(nth > 0, "fail_step counts from 1 (the next call of the step)");
+        self.state().fail_steps.push(StepFailure { step, nth, errno });
+    }
+
     /// Whether an injected failure is still pending (it was never reached).
     pub fn failure_pending(&self) -> bool {
-        !self.state().fail_at.is_empty()
+        let s = self.state();
+        !s.fail_at.is_empty() || !s.fail_steps.is_empty()
     }
 
     /// Clears every pending failure.
     pub fn clear_failure(&self) {
-        self.state().fail_at.clear();
+        let mut s = self.state();
+        s.fail_at.clear();
+        s.fail_steps.clear();
     }
 
     /// System calls made so far (not counting `close`).
@@ -372,8 +425,10 @@ impl FakeKernel {
     }
 
     /// The device raises vector `vector` of interrupt `index`: its eventfd is
-    /// signalled unless it is unbound or masked; an automasked (level)
-    /// interrupt masks itself. Returns whether it was delivered.
+    /// signalled unless it is unbound or masked, or it is a PCI device's MSI
+    /// or MSI-X and bus mastering is off in its command register (as on
+    /// hardware: an MSI is a memory write); an automasked (level) interrupt
+    /// masks itself. Returns whether it was delivered.
     pub fn raise_irq(&self, device: &str, index: u32, vector: u32) -> bool {
         let mut s = self.state();
         let d = Self::device_index(&s, device);
@@ -407,21 +462,24 @@ impl FakeKernel {
         s.resets[Self::device_index(&s, device)]
     }
 
-    /// The names of the system calls made, in order (for failure reports).
-    pub fn trace(&self) -> Vec<&'static str> {
+    /// The system calls made, in order, each with its step and, for the
+    /// ones an injected failure hit, the errno (`close` is not listed).
+    pub fn trace(&self) -> Vec<Call> {
         self.state().trace.clone()
     }
 
-    /// Enters a system call: counts it and applies an injected failure.
-    fn enter(&self, name: &'static str) -> Result<MutexGuard<'_, State>, Errno> {
+    /// The last call an injected failure hit: after a failure the crate
+    /// cleans up, so this, not the end of the trace, is the call that failed.
+    pub fn failed_call(&self) -> Option<Call> {
+        self.state().trace.iter().rev().find(|c| c.failed.is_some()).copied()
+    }
+
+    /// Enters a system call: counts and records it, and applies an injected
+    /// failure. `step` classifies it (it may look at the state).
+    fn enter(&self, name: &'static str, step: impl FnOnce(&State) -> Step) -> Result<MutexGuard<'_, State>, Errno> {
         let mut s = self.state();
-        s.calls += 1;
-        s.trace.push(name);
-        let now = s.calls;
-        if let Some(i) = s.fail_at.iter().position(|&(at, _)| at == now) {
-            let (_, errno) = s.fail_at.swap_remove(i);
-            return Err(errno);
-        }
+        let step = step(&s);
+        s.enter_call(name, step)?;
         Ok(s)
     }
 }
@@ -438,6 +496,17 @@ unsafe fn region_access(context: NonNull<()>, what: MmioAccess) -> u64 {
     let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
     let (MmioAccess::Read { addr, .. } | MmioAccess::Write { addr, .. } | MmioAccess::Block { addr, .. }) = what;
     let region = s.region_at(addr.as_ptr() as usize).expect("an emulated access outside every fake region");
+    if s.modelled(region.0, region.1) {
+        // The model answers; its memory is never touched. A block's plain
+        // accesses would bypass the model: refused (non-zero).
+        let base = s.backing[region.0][region.1 as usize].ptr().as_ptr() as usize;
+        let offset = (addr.as_ptr() as usize - base) as u64;
+        return match what {
+            MmioAccess::Read { width, .. } => s.model_access(region.0, region.1, offset, width, None),
+            MmioAccess::Write { width, value, .. } => s.model_access(region.0, region.1, offset, width, Some(value)),
+            MmioAccess::Block { .. } => 1,
+        };
+    }
     s.claim(region, matches!(what, MmioAccess::Block { .. }));
     // SAFETY: every read and write here is inside a live region, aligned for
     // its width (the contract), and made under the lock, which every other
@@ -470,7 +539,7 @@ unsafe fn region_access(context: NonNull<()>, what: MmioAccess) -> u64 {
 // `emulation` makes the crate reach it through `region_access` only.
 unsafe impl Kernel for FakeKernel {
     fn open(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
-        let mut s = self.enter("open")?;
+        let mut s = self.enter("open", |_| trace::open_step(path))?;
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
         if path == "/dev/vfio/vfio" {
             if !s.vfio_loaded {
@@ -504,7 +573,8 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn ioctl(&self, _: &Token, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
-        self.enter("ioctl")?.ioctl(fd, request)
+        let step = trace::ioctl_step(&request);
+        self.enter("ioctl", |_| step)?.ioctl(fd, request)
     }
 
     fn emulation(&self, _: &Token) -> Option<Emulation> {
@@ -519,7 +589,7 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn mmap(&self, _: &Token, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
-        let mut s = self.enter("mmap")?;
+        let mut s = self.enter("mmap", |_| Step::Mmap(trace::region_of(offset)))?;
         let device = s.device_of(fd).map_err(|_| Errno::BADF)?;
         let (index, within) = s.locate(device, offset)?;
         let region = &s.devices[device].regions[index as usize];
@@ -541,7 +611,7 @@ unsafe impl Kernel for FakeKernel {
     }
 
     unsafe fn munmap(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
-        let mut s = self.enter("munmap")?;
+        let mut s = self.enter("munmap", |s| s.munmap_step(addr.as_ptr() as usize))?;
         let key = addr.as_ptr() as usize;
         if s.dma_covers(key, len) {
             // Linux would let the device keep writing freed memory: record it.
@@ -562,7 +632,7 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn pread(&self, _: &Token, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
-        let mut s = self.enter("pread")?;
+        let mut s = self.enter("pread", |_| Step::Pread(trace::region_of(offset)))?;
         let device = s.device_of(fd)?;
         let (index, within) = s.locate(device, offset)?;
         let region = &s.devices[device].regions[index as usize];
@@ -570,12 +640,16 @@ unsafe impl Kernel for FakeKernel {
             return Err(Errno::INVAL);
         }
         let n = (region.size.saturating_sub(within) as usize).min(buf.len());
+        if s.modelled(device, index) {
+            s.model_transfer(device, index, within, Some(&mut buf[..n]), &[]);
+            return Ok(n);
+        }
         s.claim((device, index), false);
         Ok(s.backing[device][index as usize].read(within as usize, &mut buf[..n]))
     }
 
     fn pwrite(&self, _: &Token, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
-        let mut s = self.enter("pwrite")?;
+        let mut s = self.enter("pwrite", |_| Step::Pwrite(trace::region_of(offset)))?;
         let device = s.device_of(fd)?;
         let (index, within) = s.locate(device, offset)?;
         let region = &s.devices[device].regions[index as usize];
@@ -583,12 +657,16 @@ unsafe impl Kernel for FakeKernel {
             return Err(Errno::INVAL);
         }
         let n = (region.size.saturating_sub(within) as usize).min(buf.len());
+        if s.modelled(device, index) {
+            s.model_transfer(device, index, within, None, &buf[..n]);
+            return Ok(n);
+        }
         s.claim((device, index), false);
         Ok(s.backing[device][index as usize].write(within as usize, &buf[..n]))
     }
 
     fn readlink<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
-        let s = self.enter("readlink")?;
+        let s = self.enter("readlink", |_| Step::ReadSysfs)?;
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
         let target = s
             .devices
@@ -614,11 +692,12 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn eventfd(&self, _: &Token) -> Result<Fd, Errno> {
-        Ok(self.enter("eventfd")?.new_fd(Object::EventFd { count: 0 }))
+        Ok(self.enter("eventfd", |_| Step::Eventfd)?.new_fd(Object::EventFd { count: 0 }))
     }
 
     fn read_counter(&self, _: &Token, fd: Fd) -> Result<u64, Errno> {
-        let mut s = self.enter("read")?;
+        let mut s = self.enter("read", |_| Step::ReadEventfd)?;
+        s.run_model_for(fd);
         match s.fds.get_mut(&fd.raw()) {
             Some(Object::EventFd { count: 0 }) => Err(Errno::AGAIN),
             Some(Object::EventFd { count }) => Ok(core::mem::take(count)),
@@ -628,7 +707,8 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn poll_readable(&self, _: &Token, fd: Fd, timeout: Option<Duration>) -> Result<bool, Errno> {
-        let s = self.enter("poll")?;
+        let mut s = self.enter("poll", |_| Step::Poll)?;
+        s.run_model_for(fd);
         match (s.fds.get(&fd.raw()), timeout) {
             (Some(Object::EventFd { count: 0 }), None) => Err(Errno::DEADLK),
             (Some(Object::EventFd { count }), _) => Ok(*count > 0),
@@ -638,7 +718,7 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn map_anonymous(&self, _: &Token, len: usize, huge_pages: bool) -> Result<NonNull<u8>, Errno> {
-        let mut s = self.enter("mmap")?;
+        let mut s = self.enter("mmap", |_| Step::MapMemory)?;
         if len == 0 {
             return Err(Errno::INVAL);
         }
@@ -653,13 +733,13 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn write_file(&self, _: &Token, path: &CStr, data: &[u8]) -> Result<usize, Errno> {
-        let mut s = self.enter("write")?;
+        let mut s = self.enter("write", |_| Step::WriteSysfs)?;
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
         s.write_sysfs(path, data)
     }
 
     fn read_file<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
-        let s = self.enter("read")?;
+        let s = self.enter("read", |_| Step::ReadSysfsFile)?;
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
         let text = s.read_sysfs(path)?;
         let n = text.len().min(buf.len());
@@ -669,7 +749,7 @@ unsafe impl Kernel for FakeKernel {
 
     fn list_dir(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
         let names = {
-            let s = self.enter("getdents")?;
+            let s = self.enter("getdents", |_| trace::list_step(path))?;
             let path = path.to_str().map_err(|_| Errno::NOENT)?;
             match s.list_proc(path) {
                 Some(entries) => entries?,
@@ -684,7 +764,7 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn lock(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
-        let s = self.enter("mlock")?;
+        let s = self.enter("mlock", |_| Step::LockMemory)?;
         let start = addr.as_ptr() as usize;
         let covered = s.anonymous.range(..=start).next_back().is_some_and(|(&base, m)| start + len <= base + m.len());
         if covered {

@@ -1,62 +1,4 @@
 //! Device behaviour: what a fake device does when its driver touches it.
-//!
-//! A test describes a device (IDs, BARs, interrupts, capabilities: see
-//! [`PciDeviceBuilder`](super::PciDeviceBuilder) and
-//! [`PlatformDeviceBuilder`](super::PlatformDeviceBuilder)) and implements
-//! [`DeviceModel`] for what its registers do, then adds both with
-//! [`FakeKernel::add_modelled_device`](super::FakeKernel::add_modelled_device).
-//!
-//! # Design: the device runs when the driver touches it
-//! The model is called synchronously, on the driver's thread, under the
-//! fake's lock:
-//! - for every register access through the region API ([`Region::read32`],
-//!   [`Region::write64`]..., and `pread`/`pwrite` through
-//!   [`Device::read_region`]/[`write_region`]): the model answers the read or
-//!   takes the write, and may raise an interrupt or do DMA from inside it;
-//! - whenever the driver reads or polls one of the device's interrupt
-//!   eventfds ([`Interrupt::take`], [`wait`], [`wait_timeout`]):
-//!   [`DeviceModel::tick`] lets work the device left pending finish then.
-//!
-//! Why not a device thread over shared memory, as hardware is? Because the
-//! fake's registers are ordinary memory: a driver's plain loads and stores
-//! racing with a device thread's would be a data race (undefined behaviour,
-//! which Miri reports), and the order in which the thread ran would make
-//! tests flaky. Run synchronously, every access is serialized by the lock
-//! (threads may share a modelled region, as with any fake region), nothing
-//! races, and a test is deterministic: the same driver run gives the same
-//! sequence of accesses, interrupts and DMA every time. The price is that
-//! the device only progresses when the driver looks at it, which is what a
-//! driver that rings a doorbell and then polls a status register or waits
-//! for an interrupt does anyway. A model that wants latency (a DMA done after
-//! three polls of the status register) counts the accesses itself.
-//!
-//! # Register blocks
-//! A typed register block ([`Region::block`]) is made of plain volatile
-//! cells: its loads and stores reach memory without the fake seeing them, so
-//! no model could react to them. On a modelled region `block` is therefore
-//! refused with [`AccessError::NotEmulable`]; a driver meant to be tested
-//! against a model reaches its registers with the offset accessors (one
-//! bounds check and one access on hardware too). A PCI device's config
-//! space is not modelled: it stays memory the fake keeps (its command
-//! register decides bus mastering).
-//!
-//! # What the fake enforces
-//! A PCI device's MSI and MSI-X are delivered, and its DMA done, only while
-//! bus mastering is on in its command register, as on hardware; DMA goes
-//! through the fake IOMMU and is refused ([`DmaFault`]) where no mapping
-//! covers it. What a register reads back is the model's answer: a
-//! write-only doorbell reads as the model says (often 0), not as the last
-//! value written.
-//!
-//! [`Region::read32`]: crate::Region::read32
-//! [`Region::write64`]: crate::Region::write64
-//! [`Region::block`]: crate::Region::block
-//! [`Device::read_region`]: crate::Device::read_region
-//! [`write_region`]: crate::Device::write_region
-//! [`Interrupt::take`]: crate::Interrupt::take
-//! [`wait`]: crate::Interrupt::wait
-//! [`wait_timeout`]: crate::Interrupt::wait_timeout
-//! [`AccessError::NotEmulable`]: crate::AccessError::NotEmulable
 
 use core::fmt;
 use std::vec;
@@ -67,11 +9,69 @@ use crate::sys::pci_irq;
 use crate::PciCommand;
 
 /// What a fake device does. Called under the fake's lock, on the thread of
-/// the driver's access; see the [module docs](self) for when.
+/// the driver's access.
 ///
 /// Widths are 1, 2, 4 or 8 bytes, offsets aligned to them and inside the
 /// region (the crate checked). Values are little-endian register values,
 /// zero-extended.
+///
+/// A test describes a device (IDs, BARs, interrupts, capabilities: see
+/// [`PciDeviceBuilder`](super::PciDeviceBuilder) and
+/// [`PlatformDeviceBuilder`](super::PlatformDeviceBuilder)) and implements
+/// [`DeviceModel`] for what its registers do, then adds both with
+/// [`FakeKernel::add_modelled_device`](super::FakeKernel::add_modelled_device).
+///
+/// # Design: the device runs when the driver touches it
+/// The model is called synchronously, on the driver's thread, under the
+/// fake's lock:
+/// - for every register access through the region API ([`Region::read32`],
+///   [`Region::write64`]..., and `pread`/`pwrite` through
+///   [`Device::read_region`]/[`write_region`]): the model answers the read or
+///   takes the write, and may raise an interrupt or do DMA from inside it;
+/// - whenever the driver reads or polls one of the device's interrupt
+///   eventfds ([`Interrupt::take`], [`wait`], [`wait_timeout`]):
+///   [`DeviceModel::tick`] lets work the device left pending finish then.
+///
+/// Why not a device thread over shared memory, as hardware is? Because the
+/// fake's registers are ordinary memory: a driver's plain loads and stores
+/// racing with a device thread's would be a data race (undefined behaviour,
+/// which Miri reports), and the order in which the thread ran would make
+/// tests flaky. Run synchronously, every access is serialized by the lock
+/// (threads may share a modelled region, as with any fake region), nothing
+/// races, and a test is deterministic: the same driver run gives the same
+/// sequence of accesses, interrupts and DMA every time. The price is that
+/// the device only progresses when the driver looks at it, which is what a
+/// driver that rings a doorbell and then polls a status register or waits
+/// for an interrupt does anyway. A model that wants latency (a DMA done after
+/// three polls of the status register) counts the accesses itself.
+///
+/// # Register blocks
+/// A typed register block ([`Region::block`]) is made of plain volatile
+/// cells: its loads and stores reach memory without the fake seeing them, so
+/// no model could react to them. On a modelled region `block` is therefore
+/// refused with [`AccessError::NotEmulable`]; a driver meant to be tested
+/// against a model reaches its registers with the offset accessors (one
+/// bounds check and one access on hardware too). A PCI device's config
+/// space is not modelled: it stays memory the fake keeps (its command
+/// register decides bus mastering).
+///
+/// # What the fake enforces
+/// A PCI device's MSI and MSI-X are delivered, and its DMA done, only while
+/// bus mastering is on in its command register, as on hardware; DMA goes
+/// through the fake IOMMU and is refused ([`DmaFault`]) where no mapping
+/// covers it. What a register reads back is the model's answer: a
+/// write-only doorbell reads as the model says (often 0), not as the last
+/// value written.
+///
+/// [`Region::read32`]: crate::Region::read32
+/// [`Region::write64`]: crate::Region::write64
+/// [`Region::block`]: crate::Region::block
+/// [`Device::read_region`]: crate::Device::read_region
+/// [`write_region`]: crate::Device::write_region
+/// [`Interrupt::take`]: crate::Interrupt::take
+/// [`wait`]: crate::Interrupt::wait
+/// [`wait_timeout`]: crate::Interrupt::wait_timeout
+/// [`AccessError::NotEmulable`]: crate::AccessError::NotEmulable
 pub trait DeviceModel: Send {
     /// The driver reads `width` bytes at `offset` of region `region`:
     /// return what the register reads as.

@@ -40,6 +40,98 @@
 //! drop(vfio);
 //! assert_eq!(kernel.open_fds(), 0);
 //! ```
+//!
+//! # Testing your driver
+//! A driver is unit-tested against the fake in four steps; `examples/edu/`
+//! is a complete driver written this way, and `tests/fake_edu.rs` its tests
+//! against an edu model.
+//!
+//! 1. **Describe the device**: [`PciDeviceBuilder`] (IDs, class, BARs with
+//!    their sizes and flags, INTx, MSI, MSI-X, capabilities: config space
+//!    is written as vfio-pci shows it) or [`PlatformDeviceBuilder`]
+//!    (regions, level or edge interrupts). [`FakeDevice::edu`] and
+//!    [`FakeDevice::platform`] are presets matching the virtual boards.
+//! 2. **Give it behaviour**: implement [`DeviceModel`] (what a register read
+//!    returns, what a write does; raise interrupts and do DMA through the
+//!    [`DeviceContext`]) and add it with [`FakeKernel::add_modelled_device`].
+//!    The model runs synchronously when the driver touches a register or
+//!    reads or polls an interrupt eventfd: deterministic, and free of data
+//!    races (see [`DeviceModel`] for why). A device added with
+//!    [`FakeKernel::add_device`] has plain memory for registers instead.
+//! 3. **Write the driver generic over the kernel**: `struct Driver<K: Kernel>
+//!    { vfio: Context<K>, dev: DeviceHandle, .. }`, built from a context the
+//!    caller opens (`Context::open()` in the program,
+//!    `Context::with_kernel(&kernel)` in the test). What the data plane
+//!    touches borrows from the context, so it lives in a second struct
+//!    made once (`driver.data_plane()?`: the region, checked once to be
+//!    mapped and large enough, the `Interrupt`, the DMA views), and the
+//!    loop then makes register accesses only. Reach a modelled device's
+//!    registers with the offset accessors (`read32`, `write64`...): a typed
+//!    register block's plain loads and stores cannot be seen by a model, so
+//!    [`Region::block`](crate::Region::block) over one is refused with
+//!    [`AccessError::NotEmulable`](crate::AccessError::NotEmulable).
+//! 4. **Break it**: [`FakeKernel::fail_step`] makes the n-th call of a step
+//!    fail (`fail_step(Step::Mmap(0), 1, Errno::NOMEM)`: the next mmap of
+//!    BAR 0), [`FakeKernel::fail_call`] the n-th system call from now; then
+//!    check the error, and that nothing leaked: [`FakeKernel::open_fds`],
+//!    [`FakeKernel::live_mappings`], [`FakeKernel::dma_mappings`].
+//!    [`FakeKernel::trace`] lists every call with its step (the ioctl's
+//!    name, the region of an mmap) and marks the one that failed;
+//!    [`FakeKernel::failed_call`] finds it (the trace ends with the clean-up).
+//!
+//! The annotation: `let vfio: Context<&FakeKernel> = Context::with_kernel(&kernel)?;`.
+//! `Context` has three capacity parameters (`DEVICES`, `GROUPS`, `DMA`)
+//! with defaults, and Rust uses defaults only where a type is written, never
+//! to infer one: without the annotation, `Context::with_kernel(&kernel)`
+//! leaves them unknown and fails with E0284 ("type annotations needed").
+//! Passing the context straight to a function that takes `Context<K>`, as
+//! `Driver::open(Context::with_kernel(&kernel)?, name)` does, fixes them too.
+//!
+//! What the fake enforces, as hardware does, so that a driver bug fails the
+//! test: a PCI device's MSI and MSI-X are not delivered, and its DMA is
+//! refused, while bus mastering is off in its command register; DMA outside
+//! the IOMMU's mappings faults; a write-only register reads as the model
+//! says; contents longer than their region are a set-up bug
+//! ([`FakeKernel::add_device`] panics, saying so); a poll without timeout
+//! on an eventfd nothing will signal fails with `EDEADLK` instead of hanging.
+//!
+//! ```
+//! use dao_vfio::fake::{DeviceContext, DeviceModel, FakeBar, FakeKernel, PciDeviceBuilder};
+//! use dao_vfio::sys::pci_irq;
+//! use dao_vfio::{Context, PciCommand};
+//!
+//! /// A device with a doorbell at 0x0 (write-only) and a status at 0x4:
+//! /// ringing it completes one job and sends an MSI.
+//! #[derive(Default)]
+//! struct Doorbell { done: u32 }
+//!
+//! impl DeviceModel for Doorbell {
+//!     fn read(&mut self, _: &mut DeviceContext<'_>, _: u32, offset: u64, _: usize) -> u64 {
+//!         if offset == 4 { u64::from(self.done) } else { 0 }
+//!     }
+//!     fn write(&mut self, ctx: &mut DeviceContext<'_>, _: u32, offset: u64, _: usize, _: u64) {
+//!         if offset == 0 {
+//!             self.done += 1;
+//!             ctx.raise_irq(pci_irq::MSI, 0);
+//!         }
+//!     }
+//! }
+//!
+//! let kernel = FakeKernel::new();
+//! let dev = PciDeviceBuilder::new("0000:00:05.0", 4).ids(0x1af4, 0x10f0).bar(0, FakeBar::memory32(0x1000)).msi(1);
+//! kernel.add_modelled_device(dev.build(), Doorbell::default());
+//!
+//! let mut vfio: Context<&FakeKernel> = Context::with_kernel(&kernel).unwrap();
+//! let h = vfio.setup("0000:00:05.0").unwrap();
+//! vfio.device(&h).unwrap().pci_command_set(PciCommand::MEMORY_SPACE | PciCommand::BUS_MASTER).unwrap();
+//! vfio.irq_enable(&h, pci_irq::MSI, 1).unwrap();
+//! let dev = vfio.device(&h).unwrap();
+//! let (bar, msi) = (dev.region(0).unwrap(), dev.interrupt(pci_irq::MSI, 0).unwrap());
+//! bar.write32(0, 1).unwrap();
+//! assert_eq!(msi.wait().unwrap(), 1);
+//! assert_eq!((bar.read32(4).unwrap(), bar.read32(0).unwrap()), (1, 0));
+//! vfio.free(h).unwrap();
+//! ```
 
 mod behaviour;
 mod builder;

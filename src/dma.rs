@@ -430,8 +430,11 @@ impl<const N: usize> Table<N> {
         }
         let iova = match iova {
             Some(at) if !at.is_multiple_of(page) => return Err(bad_range),
-            Some(at) if !iova::inside(&info.ranges, at, len) || iova::overlaps(&taken, at, len) => {
-                return Err(Error::new(ErrorKind::NoIova { len }));
+            Some(at) if !iova::inside(&info.ranges, at, len) => {
+                return Err(Error::new(ErrorKind::IovaUnusable { iova: at, len, reserved: true }));
+            }
+            Some(at) if iova::overlaps(&taken, at, len) => {
+                return Err(Error::new(ErrorKind::IovaUnusable { iova: at, len, reserved: false }));
             }
             Some(at) => at,
             None => iova::choose_iova(&info.ranges, &taken, len, align, IOVA_FLOOR)

@@ -101,8 +101,39 @@ pub enum Step {
     ReadAccounts,
 }
 
-impl fmt::Display for Step {
+/// How a region is named in a message: PCI's region indices are fixed
+/// (vfio-pci: BARs 0-5, ROM 6, config space 7, VGA 8), a platform device's
+/// are its resources in order.
+struct RegionName {
+    index: u32,
+    /// `Some(true)`: a PCI device; `Some(false)`: not one; `None`: unknown.
+    pci: Option<bool>,
+}
+
+impl fmt::Display for RegionName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pci_name = match self.index {
+            0..=5 => Some("BAR"),
+            6 => Some("the expansion ROM"),
+            7 => Some("config space"),
+            8 => Some("the VGA region"),
+            _ => None,
+        };
+        match (self.pci, pci_name) {
+            (Some(true), Some("BAR")) => write!(f, "BAR {}", self.index),
+            (Some(true), Some(name)) => write!(f, "{name} (region {})", self.index),
+            (None, Some("BAR")) => write!(f, "region {0} (BAR {0} on a PCI device)", self.index),
+            (None, Some(name)) => write!(f, "region {} ({name} on a PCI device)", self.index),
+            _ => write!(f, "region {}", self.index),
+        }
+    }
+}
+
+impl Step {
+    /// Writes the step, naming regions as the device's bus does (`pci`:
+    /// whether the device is a PCI device, if known).
+    fn write(&self, f: &mut fmt::Formatter<'_>, pci: Option<bool>) -> fmt::Result {
+        let region = |index| RegionName { index, pci };
         match *self {
             Step::OpenContainer => f.write_str("opening /dev/vfio/vfio"),
             Step::ApiVersion => f.write_str("VFIO_GET_API_VERSION"),
@@ -115,12 +146,12 @@ impl fmt::Display for Step {
             Step::UnsetContainer => f.write_str("VFIO_GROUP_UNSET_CONTAINER"),
             Step::GetDeviceFd => f.write_str("VFIO_GROUP_GET_DEVICE_FD"),
             Step::DeviceInfo => f.write_str("VFIO_DEVICE_GET_INFO"),
-            Step::RegionInfo(i) => write!(f, "VFIO_DEVICE_GET_REGION_INFO for region {i}"),
+            Step::RegionInfo(i) => write!(f, "VFIO_DEVICE_GET_REGION_INFO for {}", region(i)),
             Step::IrqInfo(i) => write!(f, "VFIO_DEVICE_GET_IRQ_INFO for interrupt index {i}"),
-            Step::Mmap(i) => write!(f, "mmap of region {i}"),
-            Step::Munmap(i) => write!(f, "munmap of region {i}"),
-            Step::Pread(i) => write!(f, "pread from region {i}"),
-            Step::Pwrite(i) => write!(f, "pwrite to region {i}"),
+            Step::Mmap(i) => write!(f, "mmap of {}", region(i)),
+            Step::Munmap(i) => write!(f, "munmap of {}", region(i)),
+            Step::Pread(i) => write!(f, "pread from {}", region(i)),
+            Step::Pwrite(i) => write!(f, "pwrite to {}", region(i)),
             Step::Eventfd => f.write_str("eventfd"),
             Step::SetIrqs(i) => write!(f, "VFIO_DEVICE_SET_IRQS for interrupt index {i}"),
             Step::ReadEventfd => f.write_str("reading the interrupt's eventfd"),
@@ -150,6 +181,12 @@ impl fmt::Display for Step {
             }
             Step::ReadAccounts => f.write_str("reading /etc/passwd or /etc/group"),
         }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, None)
     }
 }
 
@@ -496,6 +533,18 @@ pub enum ErrorKind {
         /// The length asked for.
         len: u64,
     },
+    /// The IOVA chosen in [`DmaOptions`](crate::DmaOptions) cannot be used:
+    /// it is outside the IOMMU's usable ranges (`reserved`: inside a
+    /// reserved range such as the MSI window, or past the end), or overlaps
+    /// one of this context's mappings.
+    IovaUnusable {
+        /// The IOVA asked for.
+        iova: u64,
+        /// The length asked for.
+        len: u64,
+        /// Outside the usable ranges (else: overlapping a mapping).
+        reserved: bool,
+    },
     /// The memory given to [`Context::dma_map_raw`](crate::Context::dma_map_raw)
     /// overlaps memory this context already maps for DMA (its mapping is
     /// named): one piece of memory has one mapping, so one view at a time.
@@ -637,31 +686,79 @@ impl From<NameError> for Error {
     }
 }
 
-/// A short name for the errnos VFIO setups meet, to make messages greppable.
+/// The name of an errno, to make messages greppable: every errno Linux's
+/// system calls can return to this crate (the generic numbering, which
+/// x86_64 and aarch64 share).
 fn errno_name(e: Errno) -> Option<&'static str> {
     Some(match e {
         Errno::PERM => "EPERM",
         Errno::NOENT => "ENOENT",
+        Errno::SRCH => "ESRCH",
+        Errno::INTR => "EINTR",
         Errno::IO => "EIO",
         Errno::NXIO => "ENXIO",
+        Errno::TOOBIG => "E2BIG",
+        Errno::NOEXEC => "ENOEXEC",
         Errno::BADF => "EBADF",
+        Errno::CHILD => "ECHILD",
+        Errno::AGAIN => "EAGAIN",
         Errno::NOMEM => "ENOMEM",
         Errno::ACCESS => "EACCES",
         Errno::FAULT => "EFAULT",
+        Errno::NOTBLK => "ENOTBLK",
         Errno::BUSY => "EBUSY",
         Errno::EXIST => "EEXIST",
+        Errno::XDEV => "EXDEV",
         Errno::NODEV => "ENODEV",
+        Errno::NOTDIR => "ENOTDIR",
+        Errno::ISDIR => "EISDIR",
         Errno::INVAL => "EINVAL",
-        Errno::NOSPC => "ENOSPC",
+        Errno::NFILE => "ENFILE",
+        Errno::MFILE => "EMFILE",
         Errno::NOTTY => "ENOTTY",
-        Errno::NOSYS => "ENOSYS",
-        Errno::OPNOTSUPP => "EOPNOTSUPP",
+        Errno::TXTBSY => "ETXTBSY",
+        Errno::FBIG => "EFBIG",
+        Errno::NOSPC => "ENOSPC",
+        Errno::SPIPE => "ESPIPE",
+        Errno::ROFS => "EROFS",
+        Errno::MLINK => "EMLINK",
+        Errno::PIPE => "EPIPE",
+        Errno::DOM => "EDOM",
+        Errno::RANGE => "ERANGE",
+        Errno::DEADLK => "EDEADLK",
         Errno::NAMETOOLONG => "ENAMETOOLONG",
+        Errno::NOLCK => "ENOLCK",
+        Errno::NOSYS => "ENOSYS",
+        Errno::NOTEMPTY => "ENOTEMPTY",
+        Errno::LOOP => "ELOOP",
+        Errno::NOMSG => "ENOMSG",
+        Errno::IDRM => "EIDRM",
+        Errno::NOSTR => "ENOSTR",
+        Errno::NODATA => "ENODATA",
+        Errno::TIME => "ETIME",
+        Errno::NOLINK => "ENOLINK",
+        Errno::PROTO => "EPROTO",
+        Errno::BADMSG => "EBADMSG",
+        Errno::OVERFLOW => "EOVERFLOW",
+        Errno::ILSEQ => "EILSEQ",
+        Errno::OPNOTSUPP => "EOPNOTSUPP",
+        Errno::ADDRINUSE => "EADDRINUSE",
+        Errno::NOBUFS => "ENOBUFS",
+        Errno::TIMEDOUT => "ETIMEDOUT",
+        Errno::ALREADY => "EALREADY",
+        Errno::INPROGRESS => "EINPROGRESS",
+        Errno::STALE => "ESTALE",
+        Errno::DQUOT => "EDQUOT",
+        Errno::CANCELED => "ECANCELED",
+        Errno::OWNERDEAD => "EOWNERDEAD",
+        Errno::NOTRECOVERABLE => "ENOTRECOVERABLE",
+        Errno::HWPOISON => "EHWPOISON",
         _ => return None,
     })
 }
 
-struct ErrnoDisplay(Errno);
+/// An errno as messages print it: its name and number (`EDEADLK (errno 35)`).
+pub(crate) struct ErrnoDisplay(pub(crate) Errno);
 
 impl fmt::Display for ErrnoDisplay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -826,7 +923,7 @@ impl fmt::Display for Error {
                 write!(f, "interrupt index {index} is already enabled: disable it first")?
             }
             ErrorKind::IrqNotEnabled { index, vector } => {
-                write!(f, "interrupt {index}/{vector} has no eventfd: enable the index first (Context::irq_enable)")?
+                write!(f, "interrupt index {index}, vector {vector} has no eventfd: enable the index first (Context::irq_enable(handle, {index}, count) with count > {vector})")?
             }
             ErrorKind::NotMaskable { index } => write!(f, "interrupt index {index} cannot be masked")?,
             ErrorKind::NoNotification { which } => write!(
@@ -850,6 +947,16 @@ impl fmt::Display for Error {
                 "the DMA mapping table is full ({capacity} mappings): free one, or raise the context's DMA parameter"
             )?,
             ErrorKind::NoIova { len } => write!(f, "no free IOVA range of {len:#x} bytes is left")?,
+            ErrorKind::IovaUnusable { iova, len, reserved: true } => write!(
+                f,
+                "the IOVA range {iova:#x}..{:#x} chosen is not usable: it is outside the IOMMU's usable ranges (inside a reserved range such as the MSI window, or past the end; Context::iommu_info lists them): choose an IOVA inside one, or let dma_alloc choose",
+                iova.saturating_add(len)
+            )?,
+            ErrorKind::IovaUnusable { iova, len, reserved: false } => write!(
+                f,
+                "the IOVA range {iova:#x}..{:#x} chosen overlaps a DMA mapping of this context: choose another, or let dma_alloc choose",
+                iova.saturating_add(len)
+            )?,
             ErrorKind::DmaMemoryMapped { iova, len } => write!(
                 f,
                 "this memory is already mapped for DMA (the mapping at IOVA {iova:#x}, {len:#x} bytes, covers some of it): use that mapping's handle, or free it first"
@@ -870,9 +977,13 @@ impl fmt::Display for Error {
             }
             ErrorKind::Access(error) => write!(f, "region access refused: {error}")?,
             ErrorKind::ShortTransfer { region, done, wanted } => {
-                write!(f, "region {region}: moved {done} of {wanted} bytes")?
+                let pci = self.device.as_ref().map(DeviceName::looks_like_pci);
+                write!(f, "{}: moved {done} of {wanted} bytes", RegionName { index: region, pci })?
             }
-            ErrorKind::Syscall(step) => write!(f, "{step} failed")?,
+            ErrorKind::Syscall(step) => {
+                step.write(f, self.device.as_ref().map(DeviceName::looks_like_pci))?;
+                f.write_str(" failed")?
+            }
             ErrorKind::InvalidDriverName(NameError::TooLong(len)) => {
                 write!(f, "bad driver name: it is {len} bytes long; driver names are at most {MAX_DRIVER_LEN} bytes")?
             }

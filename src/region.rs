@@ -74,6 +74,10 @@ pub enum AccessError {
     NotReadable,
     /// The region's flags do not allow writing.
     NotWritable,
+    /// A register block over a fake device model's region (`dao_vfio::fake`):
+    /// a block's plain loads and stores would bypass the model. Use the
+    /// offset accessors (`read32`, `write32`...), which the model sees.
+    NotEmulable,
 }
 
 impl fmt::Display for AccessError {
@@ -90,6 +94,9 @@ impl fmt::Display for AccessError {
             }
             AccessError::NotReadable => f.write_str("the region is not readable"),
             AccessError::NotWritable => f.write_str("the region is not writable"),
+            AccessError::NotEmulable => f.write_str(
+                "a register block cannot be placed over a fake device model's region: its plain loads and stores would bypass the model; use the offset accessors (read32, write32...), which the model answers",
+            ),
         }
     }
 }
@@ -505,8 +512,11 @@ impl Region {
                     Some(p) => {
                         if let Some((via, _)) = emulated {
                             // The block's accesses bypass the kernel: it keeps
-                            // other threads off this memory from now on.
-                            via.access(MmioAccess::Block { addr: p, len: width });
+                            // other threads off this memory from now on, or
+                            // refuses (a device model must see every access).
+                            if via.access(MmioAccess::Block { addr: p, len: width }) != 0 {
+                                return Err(AccessError::NotEmulable);
+                            }
                         }
                         // SAFETY: as above, inside one live read/write mapping
                         // (an area of a sparse region, or an emulated one).

@@ -46,7 +46,7 @@ fn state(k: &FakeKernel, dev: &str) -> State {
 }
 
 fn writes(k: &FakeKernel) -> usize {
-    k.trace().iter().filter(|c| **c == "write").count()
+    k.trace().iter().filter(|c| c.name == "write").count()
 }
 
 fn all_status(k: &FakeKernel) -> Result<Vec<DeviceStatus>, Error> {
@@ -125,7 +125,7 @@ fn binds_platform_devices_through_the_drivers_bind_file() {
     let bound = bind::bind(&k, RTC, None, None).unwrap();
     assert_eq!(bound.bus, Bus::Platform);
     assert_eq!(bound.driver.as_str(), "vfio-platform");
-    assert!(k.trace().contains(&"write"));
+    assert!(k.trace().iter().any(|c| c.name == "write"));
     assert_eq!(k.driver(RTC).as_deref(), Some("vfio-platform"));
     let mut vfio: Context<&FakeKernel> = Context::with_kernel(&k).unwrap();
     let rtc = vfio.setup(RTC).unwrap();
@@ -508,7 +508,7 @@ fn failure_walk(dev: &str, prepare: impl Fn(&FakeKernel), op: impl Fn(&FakeKerne
         }
         let e = result.expect_err(&format!(
             "{dev}: call {n} ({}) failed but the operation succeeded",
-            k.trace()[(start + n - 1) as usize]
+            k.trace()[(start + n - 1) as usize].name
         ));
         assert_eq!(e.device(), Some(dev));
         assert_eq!(state(&k, dev), before, "{dev}: call {n} failed: {e}; trace {:?}", &k.trace()[start as usize..]);

@@ -182,7 +182,7 @@ fn auto_falls_back_to_the_group_when_the_cdev_is_refused() {
     // getdents (the cdev's listing), then the cdev's open.
     k.fail_call(2, Errno::ACCESS);
     let edu = ctx.setup(EDU).unwrap();
-    assert_eq!(k.trace()[calls as usize + 1], "open");
+    assert_eq!(k.trace()[calls as usize + 1].name, "open");
     assert!(!k.failure_pending());
     assert_eq!((ctx.device(&edu).unwrap().backend(), ctx.active_backend()), (Backend::Legacy, Some(Backend::Legacy)));
     // One address space: the next device follows the legacy container.

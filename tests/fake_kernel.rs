@@ -375,7 +375,7 @@ fn setup_walk_step(names: &[&str], extra: &[FakeDevice], (iommufd, cdevs): (bool
         ctx.free(handle).unwrap();
         return false;
     }
-    let failed_call = k.trace()[(calls_before + n - 1) as usize];
+    let failed_call = k.trace()[(calls_before + n - 1) as usize].name;
     let err = match result {
         Err(e) => e,
         Ok(_) => panic!("setup of {last} succeeded although call {n} ({failed_call}) failed"),
@@ -478,7 +478,7 @@ fn with_call_failing<T>(k: &FakeKernel, n: u64, op: impl FnOnce() -> T) -> Resul
         k.clear_failure();
         return Err(result);
     }
-    Ok((k.trace()[(calls_before + n - 1) as usize], result))
+    Ok((k.trace()[(calls_before + n - 1) as usize].name, result))
 }
 
 #[test]

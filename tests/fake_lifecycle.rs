@@ -95,7 +95,7 @@ fn a_group_that_keeps_its_container_still_reports_einval() {
         c.free(e).unwrap();
         let trace = k2.trace();
         // The detach is the free's last ioctl.
-        (start as usize..trace.len()).rev().find(|&i| trace[i] == "ioctl").unwrap() as u64 - start + 1
+        (start as usize..trace.len()).rev().find(|&i| trace[i].name == "ioctl").unwrap() as u64 - start + 1
     };
     assert_eq!(k.calls(), before);
     k.fail_call(free_calls, Errno::INVAL);
@@ -140,7 +140,7 @@ fn every_failure_point_of_a_free_during_an_unbind_leaves_nothing_behind() {
             result.unwrap();
             break;
         }
-        let failed = k.trace()[(calls + n - 1) as usize];
+        let failed = k.trace()[(calls + n - 1) as usize].name;
         // Whatever failed, the fds, the slot and the group are let go of, the
         // unbind completed, and only a region whose munmap failed stays.
         assert_eq!((k.open_fds(), ctx.device_count(), ctx.group_count()), (fds_before, 0, 0), "call {n} ({failed})");

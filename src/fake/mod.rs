@@ -40,7 +40,101 @@
 //! drop(vfio);
 //! assert_eq!(kernel.open_fds(), 0);
 //! ```
+//!
+//! # Testing your driver
+//! A driver is unit-tested against the fake in four steps; `examples/edu/`
+//! is a complete driver written this way, and `tests/fake_edu.rs` its tests
+//! against an edu model.
+//!
+//! 1. **Describe the device**: [`PciDeviceBuilder`] (IDs, class, BARs with
+//!    their sizes and flags, INTx, MSI, MSI-X, capabilities: config space
+//!    is written as vfio-pci shows it) or [`PlatformDeviceBuilder`]
+//!    (regions, level or edge interrupts). [`FakeDevice::edu`] and
+//!    [`FakeDevice::platform`] are presets matching the virtual boards.
+//! 2. **Give it behaviour**: implement [`DeviceModel`] (what a register read
+//!    returns, what a write does; raise interrupts and do DMA through the
+//!    [`DeviceContext`]) and add it with [`FakeKernel::add_modelled_device`].
+//!    The model runs synchronously when the driver touches a register or
+//!    reads or polls an interrupt eventfd: deterministic, and free of data
+//!    races (see [`DeviceModel`] for why). A device added with
+//!    [`FakeKernel::add_device`] has plain memory for registers instead.
+//! 3. **Write the driver generic over the kernel**: `struct Driver<K: Kernel>
+//!    { vfio: Context<K>, dev: DeviceHandle, .. }`, built from a context the
+//!    caller opens (`Context::open()` in the program,
+//!    `Context::with_kernel(&kernel)` in the test). What the data plane
+//!    touches borrows from the context, so it lives in a second struct
+//!    made once (`driver.data_plane()?`: the region, checked once to be
+//!    mapped and large enough, the `Interrupt`, the DMA views), and the
+//!    loop then makes register accesses only. Reach a modelled device's
+//!    registers with the offset accessors (`read32`, `write64`...): a typed
+//!    register block's plain loads and stores cannot be seen by a model, so
+//!    [`Region::block`](crate::Region::block) over one is refused with
+//!    [`AccessError::NotEmulable`](crate::AccessError::NotEmulable).
+//! 4. **Break it**: [`FakeKernel::fail_step`] makes the n-th call of a step
+//!    fail (`fail_step(Step::Mmap(0), 1, Errno::NOMEM)`: the next mmap of
+//!    BAR 0), [`FakeKernel::fail_call`] the n-th system call from now; then
+//!    check the error, and that nothing leaked: [`FakeKernel::open_fds`],
+//!    [`FakeKernel::live_mappings`], [`FakeKernel::dma_mappings`].
+//!    [`FakeKernel::trace`] lists every call with its step (the ioctl's
+//!    name, the region of an mmap) and marks the one that failed;
+//!    [`FakeKernel::failed_call`] finds it (the trace ends with the clean-up).
+//!
+//! The annotation: `let vfio: Context<&FakeKernel> = Context::with_kernel(&kernel)?;`.
+//! `Context` has three capacity parameters (`DEVICES`, `GROUPS`, `DMA`)
+//! with defaults, and Rust uses defaults only where a type is written, never
+//! to infer one: without the annotation, `Context::with_kernel(&kernel)`
+//! leaves them unknown and fails with E0284 ("type annotations needed").
+//! Passing the context straight to a function that takes `Context<K>`, as
+//! `Driver::open(Context::with_kernel(&kernel)?, name)` does, fixes them too.
+//!
+//! What the fake enforces, as hardware does, so that a driver bug fails the
+//! test: a PCI device's MSI and MSI-X are not delivered, and its DMA is
+//! refused, while bus mastering is off in its command register; DMA outside
+//! the IOMMU's mappings faults; a write-only register reads as the model
+//! says; contents longer than their region are a set-up bug
+//! ([`FakeKernel::add_device`] panics, saying so); a poll without timeout
+//! on an eventfd nothing will signal fails with `EDEADLK` instead of hanging.
+//!
+//! ```
+//! use dao_vfio::fake::{DeviceContext, DeviceModel, FakeBar, FakeKernel, PciDeviceBuilder};
+//! use dao_vfio::sys::pci_irq;
+//! use dao_vfio::{Context, PciCommand};
+//!
+//! /// A device with a doorbell at 0x0 (write-only) and a status at 0x4:
+//! /// ringing it completes one job and sends an MSI.
+//! #[derive(Default)]
+//! struct Doorbell { done: u32 }
+//!
+//! impl DeviceModel for Doorbell {
+//!     fn read(&mut self, _: &mut DeviceContext<'_>, _: u32, offset: u64, _: usize) -> u64 {
+//!         if offset == 4 { u64::from(self.done) } else { 0 }
+//!     }
+//!     fn write(&mut self, ctx: &mut DeviceContext<'_>, _: u32, offset: u64, _: usize, _: u64) {
+//!         if offset == 0 {
+//!             self.done += 1;
+//!             ctx.raise_irq(pci_irq::MSI, 0);
+//!         }
+//!     }
+//! }
+//!
+//! let kernel = FakeKernel::new();
+//! let dev = PciDeviceBuilder::new("0000:00:05.0", 4).ids(0x1af4, 0x10f0).bar(0, FakeBar::memory32(0x1000)).msi(1);
+//! kernel.add_modelled_device(dev.build(), Doorbell::default());
+//!
+//! let mut vfio: Context<&FakeKernel> = Context::with_kernel(&kernel).unwrap();
+//! let h = vfio.setup("0000:00:05.0").unwrap();
+//! vfio.device(&h).unwrap().pci_command_set(PciCommand::MEMORY_SPACE | PciCommand::BUS_MASTER).unwrap();
+//! vfio.irq_enable(&h, pci_irq::MSI, 1).unwrap();
+//! let dev = vfio.device(&h).unwrap();
+//! let (bar, msi) = (dev.region(0).unwrap(), dev.interrupt(pci_irq::MSI, 0).unwrap());
+//! bar.write32(0, 1).unwrap();
+//! assert_eq!(msi.wait().unwrap(), 1);
+//! assert_eq!((bar.read32(4).unwrap(), bar.read32(0).unwrap()), (1, 0));
+//! vfio.free(h).unwrap();
+//! ```
 
+mod behaviour;
+mod builder;
 mod device;
 mod iommufd;
 mod memory;
@@ -48,6 +142,7 @@ mod model;
 mod privilege;
 mod procfs;
 mod sysfs;
+mod trace;
 
 use core::ffi::CStr;
 use core::ptr::NonNull;
@@ -60,20 +155,31 @@ use std::vec::Vec;
 
 use rustix::io::Errno;
 
+pub use behaviour::{DeviceContext, DeviceModel, DmaFault, RegisterFile};
+pub use builder::{FakeBar, PciDeviceBuilder, PlatformDeviceBuilder};
 pub use device::{FakeDevice, FakeRegion};
 use memory::{Backing, PAGE};
 use model::{Object, State};
+pub use trace::Call;
+use trace::StepFailure;
 
 use crate::kernel::{Emulation, Fd, Kernel, MmioAccess, NodeOwner, Protection, Request, Token};
 use crate::name::Bus;
 use crate::sys::RegionFlags;
+use crate::Step;
+
+/// How many times a device model ticks during one blocking wait on its
+/// eventfd before the fake decides nothing will come (`EDEADLK`).
+const WAIT_TICKS: u32 = 1_000;
 
 /// The fake kernel. Share it by reference (`Context<&FakeKernel>`) to inspect
 /// it while a context uses it.
 ///
-/// It never blocks: a poll with a timeout answers at once, and a poll without
-/// one on an eventfd with nothing pending fails with `EDEADLK` (it would wait
-/// forever), so a test that waits for an interrupt nobody raised fails.
+/// It never blocks: a poll with a timeout answers at once, and a blocking
+/// read ([`Interrupt::wait`](crate::Interrupt::wait)) or a poll without a
+/// timeout on an eventfd with nothing pending fails with `EDEADLK` (it would
+/// wait forever; a device model ticks up to 1,000 times first), so a test
+/// that waits for an interrupt nobody raises fails.
 pub struct FakeKernel {
     /// Boxed: region accesses reach it by address ([`FakeKernel::emulation`]),
     /// which must not change when the kernel value moves.
@@ -105,11 +211,38 @@ impl FakeKernel {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a device; returns its index.
+    /// Adds a device whose registers are plain memory; returns its index.
+    ///
+    /// # Panics
+    /// If a region's initial contents are longer than the region (a test
+    /// set-up bug: the bytes would be lost).
     pub fn add_device(&self, device: FakeDevice) -> usize {
+        self.add(device, None)
+    }
+
+    /// Adds a device whose registers are `model`'s (see [`DeviceModel`]:
+    /// every region but a PCI device's config space); returns its index.
+    ///
+    /// # Panics
+    /// As [`FakeKernel::add_device`].
+    pub fn add_modelled_device(&self, device: FakeDevice, model: impl DeviceModel + 'static) -> usize {
+        self.add(device, Some(Box::new(model)))
+    }
+
+    fn add(&self, device: FakeDevice, model: Option<Box<dyn DeviceModel>>) -> usize {
+        for (i, r) in device.regions.iter().enumerate() {
+            assert!(
+                r.contents.len() as u64 <= r.size,
+                "fake device {}: region {i} is {:#x} bytes but its contents (FakeRegion::with_contents) are {:#x}: make the region larger or the contents shorter",
+                device.name,
+                r.size,
+                r.contents.len()
+            );
+        }
         let mut s = self.state();
         s.backing.push(device.regions.iter().map(|r| Backing::new(r.size, &r.contents)).collect());
         s.devices.push(device);
+        s.models.push(model);
         s.resets.push(0);
         let index = s.devices.len() - 1;
         s.add_sysfs(index);
@@ -255,14 +388,32 @@ impl FakeKernel {
         s.fail_at.push((at, errno));
     }
 
+    /// Makes the `nth` call of `step` from now (1 = the next one) fail with
+    /// `errno`, doing nothing else: `fail_step(Step::SetIrqs(pci_irq::MSI),
+    /// 2, Errno::NOSPC)` fails the second `VFIO_DEVICE_SET_IRQS` for MSI.
+    /// Each call is classified as the [`Step`] the crate's error would name
+    /// (see [`Call::step`]; [`FakeKernel::trace`] shows them). Several
+    /// failures may be pending at once, beside those of
+    /// [`FakeKernel::fail_call`].
+    ///
+    /// # Panics
+    /// If `nth` is 0.
+    pub fn fail_step(&self, step: Step, nth: u32, errno: Errno) {
+        assert!(nth > 0, "fail_step counts from 1 (the next call of the step)");
+        self.state().fail_steps.push(StepFailure { step, nth, errno });
+    }
+
     /// Whether an injected failure is still pending (it was never reached).
     pub fn failure_pending(&self) -> bool {
-        !self.state().fail_at.is_empty()
+        let s = self.state();
+        !s.fail_at.is_empty() || !s.fail_steps.is_empty()
     }
 
     /// Clears every pending failure.
     pub fn clear_failure(&self) {
-        self.state().fail_at.clear();
+        let mut s = self.state();
+        s.fail_at.clear();
+        s.fail_steps.clear();
     }
 
     /// System calls made so far (not counting `close`).
@@ -373,8 +524,10 @@ impl FakeKernel {
     }
 
     /// The device raises vector `vector` of interrupt `index`: its eventfd is
-    /// signalled unless it is unbound or masked; an automasked (level)
-    /// interrupt masks itself. Returns whether it was delivered.
+    /// signalled unless it is unbound or masked, or it is a PCI device's MSI
+    /// or MSI-X and bus mastering is off in its command register (as on
+    /// hardware: an MSI is a memory write); an automasked (level) interrupt
+    /// masks itself. Returns whether it was delivered.
     pub fn raise_irq(&self, device: &str, index: u32, vector: u32) -> bool {
         let mut s = self.state();
         let d = Self::device_index(&s, device);
@@ -408,21 +561,24 @@ impl FakeKernel {
         s.resets[Self::device_index(&s, device)]
     }
 
-    /// The names of the system calls made, in order (for failure reports).
-    pub fn trace(&self) -> Vec<&'static str> {
+    /// The system calls made, in order, each with its step and, for the
+    /// ones an injected failure hit, the errno (`close` is not listed).
+    pub fn trace(&self) -> Vec<Call> {
         self.state().trace.clone()
     }
 
-    /// Enters a system call: counts it and applies an injected failure.
-    fn enter(&self, name: &'static str) -> Result<MutexGuard<'_, State>, Errno> {
+    /// The last call an injected failure hit: after a failure the crate
+    /// cleans up, so this, not the end of the trace, is the call that failed.
+    pub fn failed_call(&self) -> Option<Call> {
+        self.state().trace.iter().rev().find(|c| c.failed.is_some()).copied()
+    }
+
+    /// Enters a system call: counts and records it, and applies an injected
+    /// failure. `step` classifies it (it may look at the state).
+    fn enter(&self, name: &'static str, step: impl FnOnce(&State) -> Step) -> Result<MutexGuard<'_, State>, Errno> {
         let mut s = self.state();
-        s.calls += 1;
-        s.trace.push(name);
-        let now = s.calls;
-        if let Some(i) = s.fail_at.iter().position(|&(at, _)| at == now) {
-            let (_, errno) = s.fail_at.swap_remove(i);
-            return Err(errno);
-        }
+        let step = step(&s);
+        s.enter_call(name, step)?;
         Ok(s)
     }
 }
@@ -439,6 +595,17 @@ unsafe fn region_access(context: NonNull<()>, what: MmioAccess) -> u64 {
     let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
     let (MmioAccess::Read { addr, .. } | MmioAccess::Write { addr, .. } | MmioAccess::Block { addr, .. }) = what;
     let region = s.region_at(addr.as_ptr() as usize).expect("an emulated access outside every fake region");
+    if s.modelled(region.0, region.1) {
+        // The model answers; its memory is never touched. A block's plain
+        // accesses would bypass the model: refused (non-zero).
+        let base = s.backing[region.0][region.1 as usize].ptr().as_ptr() as usize;
+        let offset = (addr.as_ptr() as usize - base) as u64;
+        return match what {
+            MmioAccess::Read { width, .. } => s.model_access(region.0, region.1, offset, width, None),
+            MmioAccess::Write { width, value, .. } => s.model_access(region.0, region.1, offset, width, Some(value)),
+            MmioAccess::Block { .. } => 1,
+        };
+    }
     s.claim(region, matches!(what, MmioAccess::Block { .. }));
     // SAFETY: every read and write here is inside a live region, aligned for
     // its width (the contract), and made under the lock, which every other
@@ -471,7 +638,7 @@ unsafe fn region_access(context: NonNull<()>, what: MmioAccess) -> u64 {
 // `emulation` makes the crate reach it through `region_access` only.
 unsafe impl Kernel for FakeKernel {
     fn open(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
-        let mut s = self.enter("open")?;
+        let mut s = self.enter("open", |_| trace::open_step(path))?;
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
         s.check_open(path)?;
         if path == "/dev/vfio/vfio" {
@@ -506,7 +673,8 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn ioctl(&self, _: &Token, fd: Fd, request: Request<'_>) -> Result<i32, Errno> {
-        self.enter("ioctl")?.ioctl(fd, request)
+        let step = trace::ioctl_step(&request);
+        self.enter("ioctl", |_| step)?.ioctl(fd, request)
     }
 
     fn emulation(&self, _: &Token) -> Option<Emulation> {
@@ -521,7 +689,7 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn mmap(&self, _: &Token, fd: Fd, offset: u64, len: usize, prot: Protection) -> Result<NonNull<u8>, Errno> {
-        let mut s = self.enter("mmap")?;
+        let mut s = self.enter("mmap", |_| Step::Mmap(trace::region_of(offset)))?;
         let device = s.device_of(fd).map_err(|_| Errno::BADF)?;
         let (index, within) = s.locate(device, offset)?;
         let region = &s.devices[device].regions[index as usize];
@@ -543,7 +711,7 @@ unsafe impl Kernel for FakeKernel {
     }
 
     unsafe fn munmap(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
-        let mut s = self.enter("munmap")?;
+        let mut s = self.enter("munmap", |s| s.munmap_step(addr.as_ptr() as usize))?;
         let key = addr.as_ptr() as usize;
         if s.dma_covers(key, len) {
             // Linux would let the device keep writing freed memory: record it.
@@ -565,7 +733,7 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn pread(&self, _: &Token, fd: Fd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
-        let mut s = self.enter("pread")?;
+        let mut s = self.enter("pread", |_| Step::Pread(trace::region_of(offset)))?;
         let device = s.device_of(fd)?;
         let (index, within) = s.locate(device, offset)?;
         let region = &s.devices[device].regions[index as usize];
@@ -573,12 +741,16 @@ unsafe impl Kernel for FakeKernel {
             return Err(Errno::INVAL);
         }
         let n = (region.size.saturating_sub(within) as usize).min(buf.len());
+        if s.modelled(device, index) {
+            s.model_transfer(device, index, within, Some(&mut buf[..n]), &[]);
+            return Ok(n);
+        }
         s.claim((device, index), false);
         Ok(s.backing[device][index as usize].read(within as usize, &mut buf[..n]))
     }
 
     fn pwrite(&self, _: &Token, fd: Fd, buf: &[u8], offset: u64) -> Result<usize, Errno> {
-        let mut s = self.enter("pwrite")?;
+        let mut s = self.enter("pwrite", |_| Step::Pwrite(trace::region_of(offset)))?;
         let device = s.device_of(fd)?;
         let (index, within) = s.locate(device, offset)?;
         let region = &s.devices[device].regions[index as usize];
@@ -586,12 +758,16 @@ unsafe impl Kernel for FakeKernel {
             return Err(Errno::INVAL);
         }
         let n = (region.size.saturating_sub(within) as usize).min(buf.len());
+        if s.modelled(device, index) {
+            s.model_transfer(device, index, within, None, &buf[..n]);
+            return Ok(n);
+        }
         s.claim((device, index), false);
         Ok(s.backing[device][index as usize].write(within as usize, &buf[..n]))
     }
 
     fn readlink<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
-        let s = self.enter("readlink")?;
+        let s = self.enter("readlink", |_| Step::ReadSysfs)?;
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
         let target = s
             .devices
@@ -623,11 +799,21 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn eventfd(&self, _: &Token) -> Result<Fd, Errno> {
-        Ok(self.enter("eventfd")?.new_fd(Object::EventFd { count: 0 }))
+        Ok(self.enter("eventfd", |_| Step::Eventfd)?.new_fd(Object::EventFd { count: 0 }))
     }
 
     fn read_counter(&self, _: &Token, fd: Fd, wait: bool) -> Result<u64, Errno> {
-        let mut s = self.enter(if wait { "read" } else { "preadv2" })?;
+        let mut s = self.enter(if wait { "read" } else { "preadv2" }, |_| Step::ReadEventfd)?;
+        s.run_model_for(fd);
+        // A blocking read lets time pass: the device keeps working until it
+        // interrupts, or until it plainly never will.
+        let pending = |s: &State| matches!(s.fds.get(&fd.raw()), Some(Object::EventFd { count }) if *count > 0);
+        for _ in 1..if wait { WAIT_TICKS } else { 1 } {
+            if pending(&s) {
+                break;
+            }
+            s.run_model_for(fd);
+        }
         match s.fds.get_mut(&fd.raw()) {
             // Nothing else could raise it while the caller blocks here: a
             // wait on a zero counter would never end.
@@ -640,7 +826,8 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn poll_readable(&self, _: &Token, fd: Fd, timeout: Option<Duration>) -> Result<bool, Errno> {
-        let s = self.enter("poll")?;
+        let mut s = self.enter("poll", |_| Step::Poll)?;
+        s.run_model_for(fd);
         match (s.fds.get(&fd.raw()), timeout) {
             (Some(Object::EventFd { count: 0 }), None) => Err(Errno::DEADLK),
             (Some(Object::EventFd { count }), _) => Ok(*count > 0),
@@ -650,7 +837,7 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn map_anonymous(&self, _: &Token, len: usize, huge_pages: bool) -> Result<NonNull<u8>, Errno> {
-        let mut s = self.enter("mmap")?;
+        let mut s = self.enter("mmap", |_| Step::MapMemory)?;
         if len == 0 {
             return Err(Errno::INVAL);
         }
@@ -665,13 +852,13 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn write_file(&self, _: &Token, path: &CStr, data: &[u8]) -> Result<usize, Errno> {
-        let mut s = self.enter("write")?;
+        let mut s = self.enter("write", |_| Step::WriteSysfs)?;
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
         s.write_sysfs(path, data)
     }
 
     fn read_file<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
-        let s = self.enter("read")?;
+        let s = self.enter("read", |_| Step::ReadSysfsFile)?;
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
         let text = s.read_sysfs(path)?;
         let n = text.len().min(buf.len());
@@ -681,7 +868,7 @@ unsafe impl Kernel for FakeKernel {
 
     fn list_dir_while(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         let names = {
-            let s = self.enter("getdents")?;
+            let s = self.enter("getdents", |_| trace::list_step(path))?;
             let path = path.to_str().map_err(|_| Errno::NOENT)?;
             match (s.list_proc(path), s.list_dev(path)) {
                 (Some(entries), _) => entries?,
@@ -699,7 +886,7 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn lock(&self, _: &Token, addr: NonNull<u8>, len: usize) -> Result<(), Errno> {
-        let mut s = self.enter("mlock")?;
+        let mut s = self.enter("mlock", |_| Step::LockMemory)?;
         let start = addr.as_ptr() as usize;
         let covered = s.anonymous.range(..=start).next_back().is_some_and(|(&base, m)| start + len <= base + m.len());
         if covered {
@@ -711,21 +898,21 @@ unsafe impl Kernel for FakeKernel {
 
     fn memlock_limit(&self, _: &Token) -> Option<u64> {
         // getrlimit: a system call that cannot fail.
-        self.enter("prlimit64").map_or(None, |s| s.memlock_limit())
+        self.enter("prlimit64", |_| Step::MapDma).map_or(None, |s| s.memlock_limit())
     }
 
     fn node_owner(&self, _: &Token, path: &CStr) -> Result<NodeOwner, Errno> {
-        let s = self.enter("stat")?;
+        let s = self.enter("stat", |_| Step::StatNode(trace::node_of(path)))?;
         s.owner_of(path.to_str().map_err(|_| Errno::NOENT)?).ok_or(Errno::NOENT)
     }
 
     fn chown(&self, _: &Token, path: &CStr, uid: u32, gid: Option<u32>) -> Result<(), Errno> {
-        let mut s = self.enter("chown")?;
+        let mut s = self.enter("chown", |_| Step::Chown(trace::node_of(path)))?;
         s.chown(path.to_str().map_err(|_| Errno::NOENT)?, uid, gid)
     }
 
     fn read_file_at<'b>(&self, _: &Token, path: &CStr, offset: u64, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
-        let s = self.enter("pread")?;
+        let s = self.enter("pread", |_| Step::ReadAccounts)?;
         let n = s.file_at(path.to_str().map_err(|_| Errno::NOENT)?, offset, buf)?;
         Ok(&buf[..n])
     }

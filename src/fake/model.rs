@@ -107,7 +107,11 @@ pub(super) struct State {
     pub(super) fail_at: Vec<(u64, Errno)>,
     pub(super) bad_closes: u32,
     pub(super) freed_while_mapped: u32,
-    pub(super) trace: Vec<&'static str>,
+    pub(super) trace: Vec<super::trace::Call>,
+    /// Pending injected failures by step.
+    pub(super) fail_steps: Vec<super::trace::StepFailure>,
+    /// Per device, in device order: its behaviour, if it has one.
+    pub(super) models: Vec<Option<std::boxed::Box<dyn super::behaviour::DeviceModel>>>,
     /// Loaded drivers: (bus, name).
     pub(super) drivers: Vec<(crate::name::Bus, std::string::String)>,
     /// Per device, in device order.
@@ -123,7 +127,7 @@ impl State {
         let s = self;
         let key = (d, index, vector);
         let Some(&efd) = s.irq_bindings.get(&key) else { return false };
-        if s.irq_masked.contains(&key) {
+        if s.irq_masked.contains(&key) || s.msi_blocked(d, index) {
             return false;
         }
         let automasked = s.devices[d]
@@ -197,6 +201,8 @@ impl State {
             bad_closes: 0,
             freed_while_mapped: 0,
             trace: Vec::new(),
+            fail_steps: Vec::new(),
+            models: Vec::new(),
             drivers: vec![
                 (crate::name::Bus::Pci, std::string::String::from("vfio-pci")),
                 (crate::name::Bus::Platform, std::string::String::from("vfio-platform")),

@@ -135,7 +135,9 @@ pub enum MmioAccess {
     /// its cells are then read and written directly (volatile accesses the
     /// kernel does not see), from the calling thread only (a block is not
     /// `Sync`). The kernel must make sure no other thread accesses that
-    /// memory from then on, or refuse by panicking.
+    /// memory from then on, or refuse: by returning non-zero (the block is
+    /// then refused with [`AccessError::NotEmulable`](crate::AccessError::NotEmulable):
+    /// a device model must see every access) or by panicking. Zero allows it.
     Block {
         /// Inside a mapping the kernel returned.
         addr: NonNull<u8>,

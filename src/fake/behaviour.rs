@@ -83,7 +83,7 @@ pub trait DeviceModel: Send {
 
     /// The driver reads or polls one of the device's interrupt eventfds:
     /// pending work may finish (and interrupt) now. A blocking wait
-    /// ([`Interrupt::wait`]) ticks until the device interrupts (up to 1,000
+    /// ([`Interrupt::wait`](crate::Interrupt::wait)) ticks until the device interrupts (up to 1,000
     /// times). Does nothing by default.
     fn tick(&mut self, ctx: &mut DeviceContext<'_>) {
         let _ = ctx;

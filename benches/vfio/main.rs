@@ -342,6 +342,16 @@ fn irq_round_trips<K: Kernel>(
     Ok(t.stop(vfio, n))
 }
 
+/// CLOCK_MONOTONIC in nanoseconds, read as the C baseline reads it (libc's
+/// `clock_gettime`, the vDSO), so both sides' samples carry the same clock
+/// overhead (`Instant` adds its own arithmetic).
+fn now_ns() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec to write; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 /// One crate tail batch: `n` operations, each timed on its own (the clock
 /// read is inside every sample, on both sides alike).
 fn crate_tail(target: &Target, op: Tail, n: usize) -> Result<Percentiles> {
@@ -359,29 +369,29 @@ fn crate_tail(target: &Target, op: Tail, n: usize) -> Result<Percentiles> {
         match op {
             Tail::Read => {
                 for _ in 0..n {
-                    let t = Instant::now();
+                    let t = now_ns();
                     sum = sum.wrapping_add(regs.id.read());
-                    ns.push(t.elapsed().as_nanos() as u64);
+                    ns.push(now_ns() - t);
                 }
                 check(black_box(sum) == EDU_ID.wrapping_mul(n as u32), "edu's id register read back wrong")?;
             }
             Tail::Write => {
                 for i in 0..n {
-                    let t = Instant::now();
+                    let t = now_ns();
                     // SAFETY: edu's liveness register only stores the value.
                     unsafe { regs.liveness.write(i as u32) };
-                    ns.push(t.elapsed().as_nanos() as u64);
+                    ns.push(now_ns() - t);
                 }
             }
             Tail::Irq => {
                 let irq = dev.interrupt(pci_irq::MSI, 0)?;
                 for _ in 0..n {
-                    let t = Instant::now();
+                    let t = now_ns();
                     (target.raise)(regs);
                     irq.wait()?;
                     // SAFETY: edu's interrupt acknowledge only clears its status bits.
                     unsafe { regs.irq_ack.write(1) };
-                    ns.push(t.elapsed().as_nanos() as u64);
+                    ns.push(now_ns() - t);
                 }
             }
         }

@@ -176,6 +176,40 @@ static void die(const char *what)
 	exit(1);
 }
 
+/* Describes the device's regions and maps those the kernel allows; on
+ * failure, unmaps what it mapped. */
+static int map_regions(struct device *dev, unsigned num_regions)
+{
+	dev->num_regions = num_regions < MAX_REGIONS ? num_regions : MAX_REGIONS;
+	for (unsigned i = 0; i < dev->num_regions; i++) {
+		struct vfio_region_info reg = { .argsz = sizeof(reg), .index = i };
+		void *addr;
+		int prot = 0;
+
+		if (sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_REGION_INFO, &reg) < 0)
+			continue; /* EINVAL: no such region (VGA) */
+		dev->mem[i].len = reg.size;
+		dev->mem[i].offset = reg.offset;
+		if (reg.size == 0 || !(reg.flags & VFIO_REGION_INFO_FLAG_MMAP))
+			continue;
+		if (reg.flags & VFIO_REGION_INFO_FLAG_READ)
+			prot |= PROT_READ;
+		if (reg.flags & VFIO_REGION_INFO_FLAG_WRITE)
+			prot |= PROT_WRITE;
+		addr = sys_mmap(reg.size, prot, MAP_SHARED, dev->device_fd, (off_t)reg.offset);
+		if (addr == MAP_FAILED)
+			goto unmap;
+		dev->mem[i].addr = addr;
+	}
+	return 0;
+
+unmap:
+	for (unsigned i = 0; i < dev->num_regions; i++)
+		if (dev->mem[i].addr)
+			sys_munmap(dev->mem[i].addr, dev->mem[i].len);
+	return -1;
+}
+
 /* bus: "pci" or "platform" (DAO's caller states it in pdev->type). */
 static int device_setup(const char *bus, const char *name, struct device *dev)
 {
@@ -221,33 +255,10 @@ static int device_setup(const char *bus, const char *name, struct device *dev)
 		goto close_group;
 	if (sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_INFO, &info) < 0)
 		goto close_device;
-	dev->num_regions = info.num_regions < MAX_REGIONS ? info.num_regions : MAX_REGIONS;
-	for (unsigned i = 0; i < dev->num_regions; i++) {
-		struct vfio_region_info reg = { .argsz = sizeof(reg), .index = i };
-		void *addr;
-		int prot = 0;
-
-		if (sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_REGION_INFO, &reg) < 0)
-			continue; /* EINVAL: no such region (VGA) */
-		dev->mem[i].len = reg.size;
-		dev->mem[i].offset = reg.offset;
-		if (reg.size == 0 || !(reg.flags & VFIO_REGION_INFO_FLAG_MMAP))
-			continue;
-		if (reg.flags & VFIO_REGION_INFO_FLAG_READ)
-			prot |= PROT_READ;
-		if (reg.flags & VFIO_REGION_INFO_FLAG_WRITE)
-			prot |= PROT_WRITE;
-		addr = sys_mmap(reg.size, prot, MAP_SHARED, dev->device_fd, (off_t)reg.offset);
-		if (addr == MAP_FAILED)
-			goto unmap;
-		dev->mem[i].addr = addr;
-	}
+	if (map_regions(dev, info.num_regions) < 0)
+		goto close_device;
 	return 0;
 
-unmap:
-	for (unsigned i = 0; i < dev->num_regions; i++)
-		if (dev->mem[i].addr)
-			sys_munmap(dev->mem[i].addr, dev->mem[i].len);
 close_device:
 	sys_close(dev->device_fd);
 close_group:
@@ -315,33 +326,10 @@ static int device_setup_iommufd(const char *name, struct device *dev)
 	    sys_ioctl(dev->device_fd, BASE_VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach) < 0 ||
 	    sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_INFO, &info) < 0)
 		goto close_device;
-	dev->num_regions = info.num_regions < MAX_REGIONS ? info.num_regions : MAX_REGIONS;
-	for (unsigned i = 0; i < dev->num_regions; i++) {
-		struct vfio_region_info reg = { .argsz = sizeof(reg), .index = i };
-		void *addr;
-		int prot = 0;
-
-		if (sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_REGION_INFO, &reg) < 0)
-			continue;
-		dev->mem[i].len = reg.size;
-		dev->mem[i].offset = reg.offset;
-		if (reg.size == 0 || !(reg.flags & VFIO_REGION_INFO_FLAG_MMAP))
-			continue;
-		if (reg.flags & VFIO_REGION_INFO_FLAG_READ)
-			prot |= PROT_READ;
-		if (reg.flags & VFIO_REGION_INFO_FLAG_WRITE)
-			prot |= PROT_WRITE;
-		addr = sys_mmap(reg.size, prot, MAP_SHARED, dev->device_fd, (off_t)reg.offset);
-		if (addr == MAP_FAILED)
-			goto unmap;
-		dev->mem[i].addr = addr;
-	}
+	if (map_regions(dev, info.num_regions) < 0)
+		goto close_device;
 	return 0;
 
-unmap:
-	for (unsigned i = 0; i < dev->num_regions; i++)
-		if (dev->mem[i].addr)
-			sys_munmap(dev->mem[i].addr, dev->mem[i].len);
 close_device:
 	sys_close(dev->device_fd);
 	return -1;

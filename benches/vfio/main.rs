@@ -597,22 +597,14 @@ fn print_tails(tails: &Tails) {
         let med = |f: &dyn Fn(&(Percentiles, Percentiles)) -> f64| median(rounds.iter().map(f).collect());
         let ratios: Vec<f64> = rounds.iter().map(|(ours, theirs)| ours.p999 / theirs.p999).collect();
         let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
-        println!(
-            "| {} | crate | {} | {} | {} | {} | {:.2} ({lo:.2}–{hi:.2}) |",
-            op.label(),
-            time(med(&|r| r.0.p50)),
-            time(med(&|r| r.0.p99)),
-            time(med(&|r| r.0.p999)),
-            time(med(&|r| r.0.max)),
-            median(ratios.clone()),
-        );
-        println!(
-            "| | C | {} | {} | {} | {} | |",
-            time(med(&|r| r.1.p50)),
-            time(med(&|r| r.1.p99)),
-            time(med(&|r| r.1.p999)),
-            time(med(&|r| r.1.max)),
-        );
+        // One side's columns: p50, p99, p99.9, max.
+        let side = |of: &dyn Fn(&(Percentiles, Percentiles)) -> Percentiles| {
+            let column = |f: fn(&Percentiles) -> f64| time(med(&|r| f(&of(r))));
+            [column(|p| p.p50), column(|p| p.p99), column(|p| p.p999), column(|p| p.max)].join(" | ")
+        };
+        let ratio = median(ratios);
+        println!("| {} | crate | {} | {ratio:.2} ({lo:.2}–{hi:.2}) |", op.label(), side(&|r| r.0));
+        println!("| | C | {} | |", side(&|r| r.1));
     }
 }
 

@@ -113,14 +113,14 @@ fn context_sizes_per_slot() {
     let group = size_of::<Context<Host, 1, 2, 1>>() - one;
     let dma = size_of::<Context<Host, 1, 1, 2>>() - one;
     let default = size_of::<Context>();
-    println!(
+    report(format_args!(
         "Context: {default} bytes by default (8 devices, 8 groups, 32 DMA mappings); {} with 64/64/8",
         size_of::<Big>()
-    );
-    println!(
+    ));
+    report(format_args!(
         "  per device slot {device}, per group slot {group}, per DMA slot {dma}, fixed {}",
         one - device - group - dma
-    );
+    ));
     assert_eq!(default, one + 7 * device + 7 * group + 31 * dma, "the size is linear in the slots");
     assert!(device <= 4096, "a device slot grew past 4 KiB: {device}");
 }

@@ -81,7 +81,9 @@ void dao_vfio_device_free(struct dao_vfio_device *pdev);
  *  *pdev describes back (an unbind or hot-unplug waits until it is freed).
  *  The first call enables it; later calls return the same fd. Add it to your
  *  epoll loop; when it becomes readable, finish your work and call
- *  dao_vfio_device_free(). The library owns the fd (closed with the device):
+ *  dao_vfio_device_free(). The fd is blocking (a read() waits for the
+ *  request): poll it, or read it once it is readable. The library owns the
+ *  fd (closed with the device):
  *  do not close it. Returns the fd, or a negative errno: -ENODEV if *pdev
  *  describes no open device, -EINVAL for a platform device or a device
  *  without a request interrupt. */

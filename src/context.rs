@@ -274,10 +274,12 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     }
 
     /// Sets up device `name` on whichever bus has it (PCI is tried first):
-    /// checks it is bound to VFIO, opens (or shares) its group, attaches the
-    /// group to the right container, gets the device fd, and describes and
-    /// maps its regions. On error nothing is left open or mapped and the
-    /// tables are as they were.
+    /// opens its cdev (iommufd) or opens (or shares) its group and attaches
+    /// it to the right container, gets the device fd, and describes and maps
+    /// its regions. A device not bound to VFIO is refused as such
+    /// ([`ErrorKind::NotBound`], [`ErrorKind::WrongDriver`]), found out when a
+    /// step fails. On error nothing is left open or mapped and the tables
+    /// are as they were.
     #[doc(alias = "dao_vfio_device_setup")]
     pub fn setup(&mut self, name: &str) -> Result<DeviceHandle, Error> {
         self.setup_checked(None, name)

@@ -203,10 +203,15 @@ fn nodes<K: Kernel>(kernel: &K, dev: DeviceName, bus: Option<Bus>) -> Result<Dev
         return Err(Error::new(ErrorKind::GroupNodeMissing { group }).with_errno(Errno::NOENT));
     };
     let mut nodes = [Some(group_node), None, None];
-    if exists(kernel, DevNode::Iommufd)?.is_some() {
+    // A noiommu device is listed under vfio-dev on Linux 6.12 but has no
+    // node in /dev/vfio/devices: only its group opens it.
+    let behind_iommu = matches!(group_node, DevNode::Group(_));
+    if behind_iommu && exists(kernel, DevNode::Iommufd)?.is_some() {
         if let Some(cdev) = crate::iommufd::find_cdev(kernel, bus, &dev)? {
-            nodes[1] = Some(DevNode::Iommufd);
-            nodes[2] = Some(DevNode::Cdev(cdev));
+            if exists(kernel, DevNode::Cdev(cdev))?.is_some() {
+                nodes[1] = Some(DevNode::Iommufd);
+                nodes[2] = Some(DevNode::Cdev(cdev));
+            }
         }
     }
     Ok(DeviceNodes { nodes, container: exists(kernel, DevNode::Container)? })

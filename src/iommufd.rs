@@ -185,7 +185,7 @@ fn cdev_group<K: Kernel>(kernel: &K, number: u32, bus: Bus, name: &DeviceName) -
     let failed = |e| Error::syscall(Step::OpenCdev, e);
     let link = sys_path!("/sys/bus/{}/devices/{}/vfio-dev/vfio{number}/device/iommu_group", bus.sysfs_name(), name)
         .ok_or(failed(Errno::NAMETOOLONG))?;
-    const ROOM: usize = 64;
+    const ROOM: usize = crate::sysfs::LINK_CAPACITY;
     let mut buf = [0u8; ROOM];
     match kernel.readlink(&TOKEN, link.as_c_str(), &mut buf) {
         Ok(target) if target.len() < ROOM => crate::sysfs::parse_group_number(target).ok_or(failed(Errno::INVAL)),

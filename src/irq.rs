@@ -169,7 +169,10 @@ impl<K: Kernel> Interrupt<'_, K> {
     }
 
     /// The eventfd, to add to the caller's own `epoll`/`poll` set. The
-    /// context owns it: do not close it.
+    /// context owns it: do not close it. It is blocking (so that
+    /// [`Interrupt::wait`] is one `read`): once `poll` says it is readable,
+    /// read it once, or call [`Interrupt::take`], which never blocks; do not
+    /// read it until `EAGAIN` as with a non-blocking fd.
     pub fn fd(&self) -> Fd {
         self.binding.eventfd
     }

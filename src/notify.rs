@@ -7,7 +7,7 @@
 //! blocked until released by user", and whoever unbinds hangs. PCIe errors
 //! (AER) are signalled on `VFIO_PCI_ERR_IRQ_INDEX`. Both are ordinary
 //! eventfds here: enable one explicitly, put its [`Interrupt::fd`] in your own
-//! epoll loop (or call [`Interrupt::take`] between work items, one `read`
+//! epoll loop (or call [`Interrupt::take`] between work items, one read
 //! that never blocks), and on a request finish what is in flight and
 //! [`Context::free`] the device. The crate runs no thread of its own, and
 //! nothing here touches the register path.

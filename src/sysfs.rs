@@ -9,7 +9,7 @@ use crate::name::{Bus, DeviceName};
 use crate::path::sys_path;
 
 /// Room for a sysfs link target (`../../../devices/platform/...`).
-const LINK_CAPACITY: usize = 320;
+pub(crate) const LINK_CAPACITY: usize = 320;
 
 /// The last `/`-separated component of a link target.
 pub(crate) fn last_component(link: &[u8]) -> &[u8] {

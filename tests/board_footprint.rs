@@ -22,8 +22,9 @@ use common::dev;
 
 /// The goal for each operation's peak stack.
 const STACK_GOAL: usize = 16 * 1024;
-/// The painted stack each measurement runs on.
-const PAINTED: usize = 256 * 1024;
+/// The painted stack each measurement runs on (room for a debug build's
+/// moves of a context opened by value).
+const PAINTED: usize = 1024 * 1024;
 const PAINT: u8 = 0xa5;
 
 type Big = Context<Host, 64, 64, 8>;
@@ -48,35 +49,51 @@ fn report(line: std::fmt::Arguments) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
+/// What the thread's start routine returns when `f` panicked.
+const PANICKED: usize = 1;
+
 extern "C" fn run_boxed(arg: *mut c_void) -> *mut c_void {
     // SAFETY: `arg` is the `Box<Box<dyn FnOnce() + Send>>` that `stack_used`
     // leaked for this thread alone.
     let f = unsafe { Box::from_raw(arg.cast::<Box<dyn FnOnce() + Send>>()) };
-    f();
-    std::ptr::null_mut()
+    // A panic must not unwind out of an `extern "C"` function (that aborts
+    // the whole test binary): it is reported to the joining thread instead.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => std::ptr::null_mut(),
+        Err(_) => std::ptr::without_provenance_mut(PANICKED),
+    }
 }
 
-/// Runs `f` on a new thread whose stack is a painted buffer of ours; returns
-/// how many bytes at its top were overwritten.
+/// Runs `f` on a new thread whose stack is a painted buffer of ours, with a
+/// guard page below it (an overflow faults rather than writing into another
+/// mapping); returns how many bytes at its top were overwritten. Panics if
+/// `f` did.
 fn stack_used(f: impl FnOnce() + Send) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("the page size");
     // SAFETY: a fresh private anonymous mapping; checked below.
-    let stack = unsafe {
+    let mapping = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            PAINTED,
+            page + PAINTED,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )
     };
-    assert_ne!(stack, libc::MAP_FAILED, "mmap of the painted stack");
-    // SAFETY: the mapping is PAINTED bytes, ours alone.
+    assert_ne!(mapping, libc::MAP_FAILED, "mmap of the painted stack");
+    // SAFETY: the lowest page of the mapping just made becomes the guard.
+    assert_eq!(unsafe { libc::mprotect(mapping, page, libc::PROT_NONE) }, 0, "the guard page");
+    // SAFETY: inside the mapping: its part above the guard page.
+    let stack = unsafe { mapping.cast::<u8>().add(page) }.cast::<c_void>();
+    // SAFETY: the PAINTED bytes above the guard are ours alone.
     unsafe { std::ptr::write_bytes(stack.cast::<u8>(), PAINT, PAINTED) };
     let f: Box<Box<dyn FnOnce() + Send + '_>> = Box::new(Box::new(f));
     // SAFETY: the thread is joined below, before anything `f` borrows can go,
     // so erasing its lifetime for the thread's start routine is sound.
     let f: Box<Box<dyn FnOnce() + Send>> = unsafe { std::mem::transmute(f) };
+    let mut result = std::ptr::null_mut();
     // SAFETY: standard pthread calls on local, initialized values; the stack
     // stays mapped until after the join.
     unsafe {
@@ -86,14 +103,15 @@ fn stack_used(f: impl FnOnce() + Send) -> usize {
         let mut thread: libc::pthread_t = std::mem::zeroed();
         let arg = Box::into_raw(f).cast::<c_void>();
         assert_eq!(libc::pthread_create(&mut thread, &attr, run_boxed, arg), 0);
-        assert_eq!(libc::pthread_join(thread, std::ptr::null_mut()), 0);
+        assert_eq!(libc::pthread_join(thread, &mut result), 0);
         libc::pthread_attr_destroy(&mut attr);
     }
-    // SAFETY: the thread is gone; the mapping is ours again.
+    // SAFETY: the thread is gone; the painted part is ours again.
     let bytes = unsafe { std::slice::from_raw_parts(stack.cast::<u8>(), PAINTED) };
     let untouched = bytes.iter().position(|&b| b != PAINT).unwrap_or(PAINTED);
     // SAFETY: unmapped once, after its last use.
-    unsafe { libc::munmap(stack, PAINTED) };
+    unsafe { libc::munmap(mapping, page + PAINTED) };
+    assert!(result.is_null(), "the measured operation panicked (its message is above)");
     PAINTED - untouched
 }
 

@@ -618,6 +618,20 @@ mod grant {
     }
 
     #[test]
+    fn a_noiommu_device_gets_its_group_node_only_beside_iommufd() {
+        // Linux 6.12 lists a noiommu device under vfio-dev but gives it no
+        // /dev/vfio/devices node: only its noiommu group opens it.
+        let k = system(true);
+        k.set_noiommu_mode(true);
+        let nodes = grant::grant(&k, RTC, None, Owner { uid: 1000, gid: None }).unwrap();
+        assert_eq!(nodes.iter().collect::<Vec<_>>(), [DevNode::NoiommuGroup(0)]);
+        assert_eq!(k.node_owner("/dev/vfio/noiommu-0").unwrap().uid, 1000);
+        assert_eq!(k.node_owner("/dev/iommu").unwrap().uid, 0, "not needed by a noiommu device");
+        grant::revoke(&k, RTC, None).unwrap();
+        assert_eq!(k.node_owner("/dev/vfio/noiommu-0").unwrap().uid, 0);
+    }
+
+    #[test]
     fn owners_are_numbers_or_names_from_the_account_files() {
         let k = system(false);
         let parse = |s: &str| grant::parse_owner(&k, s);

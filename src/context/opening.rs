@@ -114,8 +114,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     }
 
     /// Puts a device just opened into the table and describes it there (a
-    /// device's state is kilobytes: built in place, it never passes through
-    /// setup's stack). On error the state is released (regions unmapped, fd
+    /// device's state is kilobytes: only its empty shell is moved in; its
+    /// regions are set up in the table slot, never on setup's stack). On error the state is released (regions unmapped, fd
     /// closed) and the table is as it was. The caller checked there is room.
     pub(super) fn install(&mut self, at: Placement, fd: Fd) -> Result<(), Error> {
         if let Err(state) = self.devices.push(DeviceState::new(at, fd)) {

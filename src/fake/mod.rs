@@ -355,7 +355,8 @@ impl FakeKernel {
         self.state().noiommu_mode = enabled;
     }
 
-    /// Chooses which type1 backends `VFIO_CHECK_EXTENSION` reports.
+    /// Chooses which type1 backends the fake has: what `VFIO_CHECK_EXTENSION`
+    /// reports and `VFIO_SET_IOMMU` accepts.
     pub fn set_type1(&self, type1: bool, type1v2: bool) {
         let mut s = self.state();
         s.type1 = type1;

@@ -287,3 +287,21 @@ fn mappings_the_kernel_keeps_stay_in_the_table_until_they_can_go() {
         assert_eq!(clean(&k), (0, 0, 0, 0), "drop early: {drop_early}");
     }
 }
+
+#[test]
+fn a_cdev_without_its_node_says_so_when_iommufd_is_forced() {
+    // The cdev is listed in sysfs, but /dev/vfio/devices/vfioN is not there
+    // (no devtmpfs, or a container given only some nodes): the open's ENOENT
+    // is the news, not a kernel without cdevs.
+    let k = system(true, true);
+    let mut ctx = Ctx::with_backend(&k, Backend::Iommufd).unwrap();
+    let fds = k.open_fds();
+    // getdents (the cdev's listing), then the cdev's open.
+    k.fail_call(2, Errno::NOENT);
+    let e = ctx.setup(EDU).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Syscall(Step::OpenCdev), "{e}");
+    assert_eq!((k.open_fds(), ctx.device_count(), ctx.group_count()), (fds, 0, 0));
+    // Without the failure, the same setup succeeds through the cdev.
+    let edu = ctx.setup(EDU).unwrap();
+    assert_eq!(ctx.device(&edu).unwrap().backend(), Backend::Iommufd);
+}

@@ -6,7 +6,7 @@ use super::Context;
 use crate::backend::{self, Backend, Route, RouteInputs};
 use crate::container::{Container, IommuKind};
 use crate::device::{DeviceState, Placement};
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Step};
 use crate::group::Group;
 use crate::iommufd::{self, CdevOpen, Located};
 use crate::kernel::{Fd, Kernel};
@@ -18,12 +18,12 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// one, else through its group. Whatever only explains a refusal (is the
     /// device bound to VFIO at all?) is read on the error path.
     pub(super) fn open_named(&mut self, stated: Option<Bus>, name: DeviceName, serial: u64) -> Result<(), Error> {
-        let mut stated = stated;
+        let (mut stated, mut node_missing) = (stated, false);
         if let Some((bus, cdev)) = self.cdev_to_take(&name, stated)? {
             match self.open_through_iommufd(bus, name, cdev, serial) {
                 Ok(()) => return Ok(()),
                 // Listed without a node (noiommu): its group opens it.
-                Err(CdevOpen::NoNode) => stated = Some(bus),
+                Err(CdevOpen::NoNode) => (stated, node_missing) = (Some(bus), true),
                 // If the legacy path fails too, iommufd's refusal is the news.
                 Err(CdevOpen::Failed(e)) if self.may_fall_back(&e) => {
                     let (bus, group) = sysfs::locate(&self.kernel, &name, Some(bus)).map_err(|_| e)?;
@@ -34,6 +34,12 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         }
         let (bus, group) = sysfs::locate(&self.kernel, &name, stated)?;
         let iommu = match self.route(bus, None) {
+            // A device behind an IOMMU whose cdev is listed but has no node
+            // (no devtmpfs, or a container given only some nodes): opening
+            // the node is what failed, not the kernel's cdev support.
+            Route::Group { iommu: Err(ErrorKind::NoDeviceCdev { .. }) } if node_missing => {
+                Err(ErrorKind::Syscall(Step::OpenCdev))
+            }
             Route::Group { iommu } => iommu,
             Route::Cdev(_) => unreachable!("no cdev was given"),
         };

@@ -153,10 +153,12 @@ impl DeviceContext<'_> {
     ///
     /// # Safety
     /// As [`FakeKernel::dma_write`](super::FakeKernel::dma_write): no other
-    /// thread may access the bytes at these IOVAs during the call. A driver
-    /// that touches its DMA buffers from the thread that rang the doorbell
-    /// (or is synchronized with it) meets this: the model runs inside that
-    /// thread's register access.
+    /// thread may access the bytes at these IOVAs during the call. The model
+    /// runs on the driver thread that made the register access, or, for
+    /// [`DeviceModel::tick`], on the thread reading or polling the device's
+    /// eventfd: a driver meets this if the thread that touches its DMA
+    /// buffers is that thread, or is synchronized with it (it does not touch
+    /// them while another thread waits for the device).
     pub unsafe fn dma_write(&mut self, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
         let vaddr = self.dma_target(iova, data.len() as u64)?;
         // SAFETY: a live DMA mapping covers the range (its owner keeps the

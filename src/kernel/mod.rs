@@ -377,6 +377,9 @@ unsafe impl<K: Kernel> Kernel for &K {
     fn read_file<'b>(&self, t: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         (**self).read_file(t, path, buf)
     }
+    fn list_dir(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
+        (**self).list_dir(t, path, visit)
+    }
     fn list_dir_while(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         (**self).list_dir_while(t, path, visit)
     }

@@ -176,11 +176,15 @@ static void die(const char *what)
 	exit(1);
 }
 
-/* Describes the device's regions and maps those the kernel allows; on
- * failure, unmaps what it mapped. */
-static int map_regions(struct device *dev, unsigned num_regions)
+/* Describes the device and its regions, and maps those the kernel allows;
+ * on failure, unmaps what it mapped. */
+static int map_regions(struct device *dev)
 {
-	dev->num_regions = num_regions < MAX_REGIONS ? num_regions : MAX_REGIONS;
+	struct vfio_device_info info = { .argsz = sizeof(info) };
+
+	if (sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_INFO, &info) < 0)
+		return -1;
+	dev->num_regions = info.num_regions < MAX_REGIONS ? info.num_regions : MAX_REGIONS;
 	for (unsigned i = 0; i < dev->num_regions; i++) {
 		struct vfio_region_info reg = { .argsz = sizeof(reg), .index = i };
 		void *addr;
@@ -219,7 +223,6 @@ static int device_setup(const char *bus, const char *name, struct device *dev)
 	int noiommu = 0;
 	unsigned long type;
 	struct vfio_group_status status = { .argsz = sizeof(status) };
-	struct vfio_device_info info = { .argsz = sizeof(info) };
 
 	memset(dev, 0, sizeof(*dev));
 	snprintf(dev->name, sizeof(dev->name), "%s", name);
@@ -253,9 +256,7 @@ static int device_setup(const char *bus, const char *name, struct device *dev)
 	dev->device_fd = sys_ioctl(dev->group_fd, VFIO_GROUP_GET_DEVICE_FD, dev->name);
 	if (dev->device_fd < 0)
 		goto close_group;
-	if (sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_INFO, &info) < 0)
-		goto close_device;
-	if (map_regions(dev, info.num_regions) < 0)
+	if (map_regions(dev) < 0)
 		goto close_device;
 	return 0;
 
@@ -311,7 +312,6 @@ static int device_setup_iommufd(const char *name, struct device *dev)
 	int number = find_cdev(name);
 	struct base_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
 	struct base_attach_pt attach = { .argsz = sizeof(attach), .pt_id = ioas };
-	struct vfio_device_info info = { .argsz = sizeof(info) };
 
 	memset(dev, 0, sizeof(*dev));
 	dev->group_fd = -1;
@@ -323,16 +323,11 @@ static int device_setup_iommufd(const char *name, struct device *dev)
 	if (dev->device_fd < 0)
 		return -1;
 	if (sys_ioctl(dev->device_fd, BASE_VFIO_DEVICE_BIND_IOMMUFD, &bind) < 0 ||
-	    sys_ioctl(dev->device_fd, BASE_VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach) < 0 ||
-	    sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_INFO, &info) < 0)
-		goto close_device;
-	if (map_regions(dev, info.num_regions) < 0)
-		goto close_device;
+	    sys_ioctl(dev->device_fd, BASE_VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach) < 0 || map_regions(dev) < 0) {
+		sys_close(dev->device_fd);
+		return -1;
+	}
 	return 0;
-
-close_device:
-	sys_close(dev->device_fd);
-	return -1;
 }
 
 static void device_free(struct device *dev)

@@ -124,8 +124,9 @@ pub(crate) fn close_all<K: Kernel>(kernel: &K, bindings: &mut Bindings) {
 ///
 /// [`Interrupt::wait`] is one blocking `read` of the eventfd, pending or
 /// not; [`Interrupt::take`] is one `preadv2` with `RWF_NOWAIT`, which never
-/// blocks; [`Interrupt::wait_timeout`] takes, then polls and takes again. Have one waiter per vector: two
-/// threads waiting on the same eventfd share its counts between them.
+/// blocks; [`Interrupt::wait_timeout`] takes, then polls and takes again.
+/// Have one waiter per vector: two threads waiting on the same eventfd share
+/// its counts between them.
 pub struct Interrupt<'a, K: Kernel> {
     pub(crate) kernel: &'a K,
     pub(crate) device: Fd,

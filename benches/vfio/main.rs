@@ -493,13 +493,19 @@ impl Baseline {
         Ok(Baseline { child, requests, answers })
     }
 
-    fn batch(&mut self, op: &str, n: u64) -> Result<Sample> {
+    /// Sends one request and reads the C program's answer line.
+    fn ask(&mut self, op: &str, n: u64) -> Result<String> {
         writeln!(self.requests, "{op} {n}")?;
         self.requests.flush()?;
         let mut line = String::new();
         if self.answers.read_line(&mut line)? == 0 {
             return Err(format!("the C baseline ended during {op} (its message is above)").into());
         }
+        Ok(line)
+    }
+
+    fn batch(&mut self, op: &str, n: u64) -> Result<Sample> {
+        let line = self.ask(op, n)?;
         match line.split_whitespace().collect::<Vec<_>>().as_slice() {
             ["c", answered, ns, calls] if *answered == op => Ok(Sample { ns: ns.parse()?, calls: calls.parse()? }),
             _ => Err(format!("unexpected answer from the C baseline to {op}: {line}").into()),
@@ -507,12 +513,7 @@ impl Baseline {
     }
 
     fn tail(&mut self, op: &str, n: usize) -> Result<Percentiles> {
-        writeln!(self.requests, "{op} {n}")?;
-        self.requests.flush()?;
-        let mut line = String::new();
-        if self.answers.read_line(&mut line)? == 0 {
-            return Err(format!("the C baseline ended during {op} (its message is above)").into());
-        }
+        let line = self.ask(op, n as u64)?;
         match line.split_whitespace().collect::<Vec<_>>().as_slice() {
             ["c", answered, p50, p99, p999, max] if *answered == op => {
                 Ok(Percentiles { p50: p50.parse()?, p99: p99.parse()?, p999: p999.parse()?, max: max.parse()? })

@@ -41,7 +41,7 @@ board_arch() { # BOARD
 # checks it against the kernel it runs on (an unknown parameter with a dot is ignored by the
 # kernel and only shows in /proc/cmdline).
 X86_APPEND='console=ttyS0 intel_iommu=on quiet panic=-1'
-ARM_APPEND='console=ttyAMA0 quiet panic=-1 vfio.enable_unsafe_noiommu_mode=1 vfio_platform.reset_required=0'
+ARM_APPEND='console=ttyAMA0 quiet panic=-1 vfio.enable_unsafe_noiommu_mode=1 vfio_platform.reset_required=0 vfio_pci.enable_sriov=1'
 board_append() { # BOARD
     case "$(board_arch "$1")" in
         x86_64)  echo "$X86_APPEND dao_vfio.board=$1" ;;
@@ -60,6 +60,21 @@ board_qemu_machine() { # BOARD or ARCH
         *) return 1 ;;
     esac
 }
+
+# The NVMe controllers every board has besides edu (not part of board_qemu_machine, which also
+# dumps the aarch64 device tree: PCI devices are not in it, and the disk is per run):
+# - `dao-nvme`: a controller with one namespace on DISK (a raw image `run` creates for each boot),
+#   for the polled NVMe driver (examples/nvme.rs) and the kernel's nvme driver beside it;
+# - `dao-nvme-pf`: an SR-IOV physical function with 2 VFs' worth of flexible resources (QEMU 7.2's
+#   nvme does SR-IOV); vfio-pci is loaded with enable_sriov=1, so its VFs can be created.
+NVME_SERIAL=dao-nvme
+NVME_PF_SERIAL=dao-nvme-pf
+board_qemu_devices() { # DISK
+    echo "-drive file=$1,if=none,id=nvm0,format=raw,cache=unsafe -device nvme,serial=$NVME_SERIAL,drive=nvm0" \
+        "-device nvme-subsys,id=subsys0 -device nvme,serial=$NVME_PF_SERIAL,subsys=subsys0,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2,msix_qsize=8,max_ioqpairs=8"
+}
+# The disk image's size: small enough to create in a moment, large enough for random reads.
+NVME_DISK_MIB=64
 
 # The guest binds its devices with the vfio-bind tool (src/bin/vfio-bind.rs, feature `tools`),
 # built for the board's target;

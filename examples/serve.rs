@@ -43,7 +43,7 @@ fn serve(name: &str, limit: Duration) -> Result<(), Box<dyn std::error::Error>> 
     let mut items = 0u64;
     let asked = {
         let dev = vfio.device(&edu)?;
-        let regs = dev.region(pci_region::BAR0)?.block::<EduRegs>(0)?;
+        let regs = dev.block::<EduRegs>(pci_region::BAR0, 0)?;
         let (msi, request) = (dev.interrupt(pci_irq::MSI, 0)?, dev.notifier(Notification::Request)?);
         println!("serving edu {name} (id {:#010x}) until the kernel wants it back", regs.id.read());
         loop {

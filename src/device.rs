@@ -9,7 +9,8 @@ use crate::error::{Error, ErrorKind, Step};
 use crate::irq::{self, Interrupt};
 use crate::kernel::{Fd, Kernel, Protection, Request, TOKEN};
 use crate::name::{Bus, DeviceName};
-use crate::region::{Region, RegionKind};
+use crate::regblock::RegisterBlock;
+use crate::region::{AccessError, Region, RegionKind};
 use crate::sys::{self, DeviceFlags, IrqFlags, RegionFlags};
 
 /// Regions recorded per device: a PCI device has 9, platform devices
@@ -365,6 +366,30 @@ impl<'a, K: Kernel> Device<'a, K> {
             .ok_or(self.error(ErrorKind::NoSuchRegion { index, count: self.state.num_regions }))
     }
 
+    /// A typed register block over region `index` at `offset`: what
+    /// [`Region::block`] gives, with a refusal that names this device and
+    /// the region (a bare [`AccessError`](crate::AccessError) cannot: a
+    /// region does not know its device). Checked once here; keep the block
+    /// for the data path.
+    pub fn block<T: RegisterBlock>(&self, index: u32, offset: usize) -> Result<&'a T, Error> {
+        self.region(index)?.block::<T>(offset).map_err(|e| self.access_error(index, e))
+    }
+
+    /// Like [`Device::block`], with the offset's alignment for `T` checked
+    /// at compile time (see [`Region::block_at`]).
+    pub fn block_at<T: RegisterBlock, const OFFSET: usize>(&self, index: u32) -> Result<&'a T, Error> {
+        self.region(index)?.block_at::<T, OFFSET>().map_err(|e| self.access_error(index, e))
+    }
+
+    /// The error for a refused access to region `index` of this device:
+    /// [`ErrorKind::RegionAccess`], naming both. For a `map_err` after a
+    /// [`Region`] accessor, whose [`AccessError`](crate::AccessError) turned
+    /// into an [`Error`] by `?` says neither:
+    /// `bar.read32(0x40).map_err(|e| dev.access_error(0, e))?`.
+    pub fn access_error(&self, index: u32, error: AccessError) -> Error {
+        self.error(ErrorKind::RegionAccess { region: index, error })
+    }
+
     /// Interrupt index `index` (for PCI see [`crate::sys::pci_irq`]), as the
     /// kernel describes it. Setup does not read these (a driver may never
     /// use some): each call asks the kernel, one system call. An index past
@@ -403,9 +428,8 @@ impl<'a, K: Kernel> Device<'a, K> {
     /// Checks that `len` bytes at `offset` of region `index` may be moved in
     /// the direction given; returns the region and the fd offset.
     fn transfer(&self, index: u32, offset: u64, len: usize, write: bool) -> Result<(&'a Region, u64), Error> {
-        use crate::region::AccessError;
         let region = self.region(index)?;
-        let refuse = |error| Err(self.error(ErrorKind::Access(error)));
+        let refuse = |error| Err(self.access_error(index, error));
         let needed = if write { RegionFlags::WRITE } else { RegionFlags::READ };
         if matches!(region.kind(), RegionKind::Absent | RegionKind::Empty) || !region.flags().contains(needed) {
             return refuse(if write { AccessError::NotWritable } else { AccessError::NotReadable });
@@ -417,11 +441,11 @@ impl<'a, K: Kernel> Device<'a, K> {
             return refuse(AccessError::OutOfBounds { offset: off, width: len, len: len_region });
         }
         let at =
-            region.fd_offset().checked_add(offset).ok_or(self.error(ErrorKind::Access(AccessError::OutOfBounds {
+            region.fd_offset().checked_add(offset).ok_or(self.access_error(index, AccessError::OutOfBounds {
                 offset: usize::try_from(offset).unwrap_or(usize::MAX),
                 width: len,
                 len: usize::try_from(region.size()).unwrap_or(usize::MAX),
-            })))?;
+            }))?;
         Ok((region, at))
     }
 

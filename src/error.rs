@@ -580,8 +580,22 @@ pub enum ErrorKind {
         /// The number of regions the device has.
         count: u32,
     },
-    /// An access to a region was refused; nothing was read or written.
+    /// An access to a region was refused; nothing was read or written. What
+    /// `?` makes of a [`Region`](crate::Region) accessor's [`AccessError`]:
+    /// a region does not know its device, so neither is named (the
+    /// [`Device`](crate::Device) methods give [`ErrorKind::RegionAccess`]).
     Access(AccessError),
+    /// An access to region `region` of the error's device was refused;
+    /// nothing was read or written. From [`Device::block`](crate::Device::block),
+    /// [`Device::read_region`](crate::Device::read_region) and
+    /// [`Device::write_region`](crate::Device::write_region), or
+    /// [`Device::access_error`](crate::Device::access_error).
+    RegionAccess {
+        /// The region index.
+        region: u32,
+        /// Why it was refused.
+        error: AccessError,
+    },
     /// `pread`/`pwrite` moved fewer bytes than asked.
     ShortTransfer {
         /// The region index.
@@ -976,6 +990,10 @@ impl fmt::Display for Error {
                 write!(f, "region {index} does not exist (the device has {count} regions)")?
             }
             ErrorKind::Access(error) => write!(f, "region access refused: {error}")?,
+            ErrorKind::RegionAccess { region, error } => {
+                let pci = self.device.as_ref().map(DeviceName::looks_like_pci);
+                write!(f, "{}: access refused: {error}", RegionName { index: region, pci })?
+            }
             ErrorKind::ShortTransfer { region, done, wanted } => {
                 let pci = self.device.as_ref().map(DeviceName::looks_like_pci);
                 write!(f, "{}: moved {done} of {wanted} bytes", RegionName { index: region, pci })?

@@ -31,8 +31,7 @@
 //! let mut vfio = Context::open()?;                 // dao_vfio_init
 //! let edu = vfio.setup("0000:00:02.0")?;           // dao_vfio_device_setup
 //! {
-//!     let bar0 = vfio.device(&edu)?.region(0)?;
-//!     let regs = bar0.block::<Edu>(0)?;
+//!     let regs = vfio.device(&edu)?.block::<Edu>(0, 0)?; // region 0, offset 0: checked once
 //!     assert_eq!(regs.id.read(), 0x010000ed);
 //! }
 //! vfio.free(edu)?;                                 // dao_vfio_device_free

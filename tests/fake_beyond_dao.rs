@@ -503,7 +503,7 @@ fn pci_config_space_command_bars_and_capabilities_on(iommufd: bool) {
     assert!(bars[1..].iter().all(|b| b.kind == BarKind::Unused));
     assert_eq!(
         dev.config_read32(0x100).unwrap_err().kind(),
-        ErrorKind::Access(AccessError::OutOfBounds { offset: 0x100, width: 4, len: 0x100 })
+        ErrorKind::RegionAccess { region: 7, error: AccessError::OutOfBounds { offset: 0x100, width: 4, len: 0x100 } }
     );
     // Reset: edu has none; refused without a system call.
     let calls = k.calls();

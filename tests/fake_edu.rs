@@ -211,6 +211,17 @@ fn registers_read_as_the_model_says_through_every_path_but_blocks() {
     let e = bar.block::<Id>(0).err().unwrap();
     assert_eq!(e, AccessError::NotEmulable);
     assert!(e.to_string().contains("use the offset accessors"), "{e}");
+    // Through the device, the refusal names the device and the region; so
+    // does a bare AccessError given to Device::access_error.
+    let named = dev.block::<Id>(0, 0).err().unwrap();
+    assert_eq!(named.kind(), ErrorKind::RegionAccess { region: 0, error: AccessError::NotEmulable });
+    assert_eq!(named.device(), Some(dev.name()));
+    let text = named.to_string();
+    assert!(text.contains(dev.name()) && text.contains("BAR 0: access refused"), "{text}");
+    let far = bar.read32(0x10_0000).map_err(|e| dev.access_error(0, e)).unwrap_err().to_string();
+    assert!(far.contains(dev.name()) && far.contains("BAR 0") && far.contains("outside the region"), "{far}");
+    let missing = dev.block::<Id>(9, 0).err().unwrap();
+    assert!(matches!(missing.kind(), ErrorKind::NoSuchRegion { index: 9, .. }), "{missing}");
     // Config space is not the model's: the builder wrote it.
     assert_eq!(dev.config_read32(0).unwrap(), 0x11e8_1234);
     vfio.free(edu).unwrap();

@@ -70,6 +70,10 @@
 //!    register block's plain loads and stores cannot be seen by a model, so
 //!    [`Region::block`](crate::Region::block) over one is refused with
 //!    [`AccessError::NotEmulable`](crate::AccessError::NotEmulable).
+//!    A [`Region`](crate::Region) accessor's `AccessError` does not name
+//!    the device or region (a region does not know its device): where that
+//!    matters, check through the device ([`Device::block`](crate::Device::block))
+//!    or `map_err(|e| dev.access_error(0, e))`.
 //! 4. **Break it**: [`FakeKernel::fail_step`] makes the n-th call of a step
 //!    fail (`fail_step(Step::Mmap(0), 1, Errno::NOMEM)`: the next mmap of
 //!    BAR 0), [`FakeKernel::fail_call`] the n-th system call from now; then

@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 mod opening;
 mod releasing;
+mod sriov;
 
 use crate::backend::Backend;
 use crate::container::{Container, IommuKind};
@@ -292,10 +293,15 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
 
     fn setup_checked(&mut self, bus: Option<Bus>, name: &str) -> Result<DeviceHandle, Error> {
         let name = DeviceName::new(name)?;
-        self.setup_named(bus, name).map_err(|e| e.for_device(name))
+        self.setup_named(bus, name, None).map_err(|e| e.for_device(name))
     }
 
-    fn setup_named(&mut self, bus: Option<Bus>, name: DeviceName) -> Result<DeviceHandle, Error> {
+    fn setup_named(
+        &mut self,
+        bus: Option<Bus>,
+        name: DeviceName,
+        vf_token: Option<&crate::VfToken>,
+    ) -> Result<DeviceHandle, Error> {
         if self.id == UNOPENED {
             return Err(Error::new(ErrorKind::ContextNotOpen));
         }
@@ -306,7 +312,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
         }
         let serial = self.next_serial;
-        self.open_named(bus, name, serial)?;
+        self.open_named(bus, name, serial, vf_token)?;
         self.next_serial = serial + 1; // u64: cannot wrap in practice
         self.iommu_info = None;
         Ok(DeviceHandle { context: self.id, serial })

@@ -214,43 +214,12 @@ fn set_num_vfs_of<K: Kernel>(kernel: &K, dev: &DeviceName, count: u32) -> Result
         }
     }
     let path = sys_path!("/sys/bus/pci/devices/{dev}/sriov_numvfs").ok_or_else(too_long)?;
-    let mut text = [0u8; 12];
-    let n = format_decimal(count, &mut text);
-    match kernel.write_file(&TOKEN, path.as_c_str(), &text[..n]) {
+    let text = sys_path!("{count}").ok_or_else(too_long)?;
+    match kernel.write_file(&TOKEN, path.as_c_str(), text.as_c_str().to_bytes()) {
         Ok(_) => Ok(()),
         // vfio-pci without enable_sriov (read above, but it may have changed),
         // or a driver that cannot create VFs.
         Err(Errno::NOENT) if vfio_pci => Err(Error::new(ErrorKind::SriovDisabled).with_errno(Errno::NOENT)),
         Err(e) => Err(Error::syscall(Step::WriteSysfs, e)),
-    }
-}
-
-/// Writes `n` in decimal; returns the length.
-fn format_decimal(mut n: u32, out: &mut [u8; 12]) -> usize {
-    let mut digits = [0u8; 10];
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in 0..len {
-        out[i] = digits[len - 1 - i];
-    }
-    len
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn decimals() {
-        let mut out = [0u8; 12];
-        let n = super::format_decimal(0, &mut out);
-        assert_eq!(&out[..n], b"0");
-        let n = super::format_decimal(4_294_967_295, &mut out);
-        assert_eq!(&out[..n], b"4294967295");
     }
 }

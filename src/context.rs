@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 mod opening;
 mod releasing;
+mod sriov;
 
 use crate::backend::Backend;
 use crate::container::{Container, IommuKind};
@@ -135,6 +136,11 @@ pub struct Context<
     /// ranges, which depend on the devices attached): forgotten whenever a
     /// device is set up or freed, so a map makes one system call, not two.
     iommu_info: Option<IommuInfo>,
+    /// Whether vfio-pci may create VFs behind the PFs it drives (its
+    /// `enable_sriov`), read the first time [`Backend::Auto`] must know
+    /// whether a PCI device is guarded by a VF token (see
+    /// [`Context::setup_vf`]); `false` spares every later setup the check.
+    vfio_pci_sriov: Option<bool>,
 }
 
 impl Context<Host> {
@@ -203,6 +209,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             devices: heapless::Vec::new(),
             dma: dma::Table::new(),
             iommu_info: None,
+            vfio_pci_sriov: None,
         }
     }
 
@@ -238,6 +245,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         self.id = UNOPENED;
         self.next_serial = 0;
         self.iommu_info = None;
+        self.vfio_pci_sriov = None;
         Ok(())
     }
 
@@ -292,10 +300,15 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
 
     fn setup_checked(&mut self, bus: Option<Bus>, name: &str) -> Result<DeviceHandle, Error> {
         let name = DeviceName::new(name)?;
-        self.setup_named(bus, name).map_err(|e| e.for_device(name))
+        self.setup_named(bus, name, None).map_err(|e| e.for_device(name))
     }
 
-    fn setup_named(&mut self, bus: Option<Bus>, name: DeviceName) -> Result<DeviceHandle, Error> {
+    fn setup_named(
+        &mut self,
+        bus: Option<Bus>,
+        name: DeviceName,
+        vf_token: Option<&crate::VfToken>,
+    ) -> Result<DeviceHandle, Error> {
         if self.id == UNOPENED {
             return Err(Error::new(ErrorKind::ContextNotOpen));
         }
@@ -306,7 +319,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
         }
         let serial = self.next_serial;
-        self.open_named(bus, name, serial)?;
+        self.open_named(bus, name, serial, vf_token)?;
         self.next_serial = serial + 1; // u64: cannot wrap in practice
         self.iommu_info = None;
         Ok(DeviceHandle { context: self.id, serial })

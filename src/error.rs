@@ -99,6 +99,10 @@ pub enum Step {
     Chown(DevNode),
     /// Reading `/etc/passwd` or `/etc/group` ([`crate::grant`]).
     ReadAccounts,
+    /// `VFIO_DEVICE_FEATURE` setting a PF's VF token.
+    SetVfToken,
+    /// Reading the device's SR-IOV state in sysfs (`physfn`, `sriov_*`).
+    ReadSriov,
 }
 
 /// How a region is named in a message: PCI's region indices are fixed
@@ -180,6 +184,8 @@ impl Step {
                 write!(f, "changing the owner of {node} (only root may give a node away: run vfio-bind as root)")
             }
             Step::ReadAccounts => f.write_str("reading /etc/passwd or /etc/group"),
+            Step::SetVfToken => f.write_str("VFIO_DEVICE_FEATURE (PCI_VF_TOKEN, set)"),
+            Step::ReadSriov => f.write_str("reading the device's SR-IOV state in sysfs"),
         }
     }
 }
@@ -631,6 +637,42 @@ pub enum ErrorKind {
         /// The driver it is bound to.
         driver: Label,
     },
+    /// The kernel refused the device for its VF token (`EACCES` from
+    /// `VFIO_GROUP_GET_DEVICE_FD`): a VF whose PF is bound to vfio-pci was
+    /// opened without the PF's token or with another one, or a PF whose VFs
+    /// are in use was opened without their token. Nothing is left open.
+    VfTokenRefused {
+        /// The VF's PF; `None` when the device is the PF itself.
+        pf: Option<Label>,
+    },
+    /// A VF token was given with [`Backend::Iommufd`](crate::Backend::Iommufd)
+    /// forced: the VFIO cdev carries a token only with
+    /// `VFIO_DEVICE_BIND_FLAG_TOKEN`, which Linux 6.1 to 6.12 lack (their
+    /// cdev does not check VF tokens at all); the group path does.
+    VfTokenNeedsGroup,
+    /// A VF token's text was refused.
+    InvalidVfToken(crate::vf_token::VfTokenError),
+    /// An SR-IOV operation on a device that is not an SR-IOV PF (it has no
+    /// `sriov_totalvfs`), or on a VF.
+    NotSriovPf {
+        /// The PF, when the device is a VF.
+        vf_of: Option<Label>,
+    },
+    /// More VFs were asked for than the PF's `sriov_totalvfs`.
+    TooManyVfs {
+        /// VFs asked for.
+        asked: u32,
+        /// `sriov_totalvfs`.
+        total: u32,
+    },
+    /// The PF has VFs already, and Linux changes their number only through 0.
+    VfsEnabled {
+        /// `sriov_numvfs`.
+        current: u32,
+    },
+    /// The PF is bound to vfio-pci, loaded without `enable_sriov=1`: it
+    /// creates no VFs.
+    SriovDisabled,
     /// The driver did not take the device (its `driver` link named another
     /// driver, or none, afterwards); what was changed was put back.
     BindFailed {
@@ -1020,6 +1062,36 @@ impl fmt::Display for Error {
             ErrorKind::DeviceBusy { bus, driver } => write!(
                 f,
                 "the device is in use: {driver} refused to release it (/sys/bus/{bus}/devices/{dev}/driver/unbind); stop what uses it (close its VFIO fds, unmount, bring the interface down), then retry"
+            )?,
+            ErrorKind::VfTokenRefused { pf: Some(pf) } => write!(
+                f,
+                "the kernel refused the VF token: this VF's PF {pf} is bound to vfio-pci, which lets a VF open only with the PF's VF token; get the token (a UUID) from the program that holds the PF (it sets it with Context::set_vf_token, or VFIO_DEVICE_FEATURE PCI_VF_TOKEN; DPDK: --vfio-vf-token) and open the VF with Context::setup_vf (C: dao_vfio_vf_token_set)"
+            )?,
+            ErrorKind::VfTokenRefused { pf: None } => f.write_str(
+                "the kernel refused the VF token: this PF's VFs are in use, so the PF opens only with their VF token; give the token the PF's VFs were opened with (Context::setup_vf; C: dao_vfio_vf_token_set)",
+            )?,
+            ErrorKind::VfTokenNeedsGroup => f.write_str(
+                "a VF token cannot be given through the VFIO cdev on this kernel (VFIO_DEVICE_BIND_FLAG_TOKEN is newer than Linux 6.12): open the device in a context made with Backend::Auto or Backend::Legacy, which pass the token through its group",
+            )?,
+            ErrorKind::InvalidVfToken(e) => write!(f, "bad VF token: {e}")?,
+            ErrorKind::NotSriovPf { vf_of: Some(pf) } => write!(
+                f,
+                "the device is a VF (of PF {pf}), not an SR-IOV PF: create and remove VFs on {pf}"
+            )?,
+            ErrorKind::NotSriovPf { vf_of: None } => write!(
+                f,
+                "the device is not an SR-IOV PF (/sys/bus/pci/devices/{dev}/sriov_totalvfs does not exist; a kernel without CONFIG_PCI_IOV has none)"
+            )?,
+            ErrorKind::TooManyVfs { asked, total } => write!(
+                f,
+                "{asked} VFs asked for, but the PF can have at most {total} (/sys/bus/pci/devices/{dev}/sriov_totalvfs)"
+            )?,
+            ErrorKind::VfsEnabled { current } => write!(
+                f,
+                "the PF has {current} VFs already, and Linux changes their number only through 0: remove them first (vfio-bind sriov {dev} 0, or echo 0 > /sys/bus/pci/devices/{dev}/sriov_numvfs)"
+            )?,
+            ErrorKind::SriovDisabled => f.write_str(
+                "the PF is bound to vfio-pci, which creates VFs only when loaded with enable_sriov=1: modprobe vfio-pci enable_sriov=1 (vfio_pci.enable_sriov=1 on the kernel command line when built in; or echo 1 > /sys/module/vfio_pci/parameters/enable_sriov)",
             )?,
             ErrorKind::BindFailed { bus, driver } => {
                 let d = driver;

@@ -9,6 +9,7 @@ use crate::kernel::{Fd, Kernel, Request, TOKEN};
 use crate::name::DeviceName;
 use crate::path::sys_path;
 use crate::sys::{self, GroupFlags};
+use crate::vf_token::VfToken;
 
 /// An open, viable group, not yet attached to a container.
 #[derive(Debug)]
@@ -101,13 +102,30 @@ impl Group {
             .map_err(|e| Error::syscall(Step::SetContainer, e))
     }
 
-    /// `VFIO_GROUP_GET_DEVICE_FD`: the fd of device `name` of this group.
-    pub(crate) fn device_fd<K: Kernel>(&self, kernel: &K, name: &DeviceName) -> Result<Fd, Error> {
-        let cname = sys_path!("{}", name).ok_or(Error::syscall(Step::GetDeviceFd, Errno::NAMETOOLONG))?;
-        kernel
-            .ioctl(&TOKEN, self.fd, Request::GroupGetDeviceFd(cname.as_c_str()))
-            .map(Fd::from_raw)
-            .map_err(|e| Error::syscall(Step::GetDeviceFd, e))
+    /// `VFIO_GROUP_GET_DEVICE_FD`: the fd of device `name` of this group,
+    /// asked for as `"NAME vf_token=UUID"` when a VF token is given (the
+    /// kernel's syntax; `name` has no spaces, so nothing else can be added).
+    /// `EACCES` with a token-guarded device is the token's refusal.
+    pub(crate) fn device_fd<K: Kernel>(
+        &self,
+        kernel: &K,
+        name: &DeviceName,
+        vf_token: Option<&VfToken>,
+    ) -> Result<Fd, Error> {
+        let too_long = Error::syscall(Step::GetDeviceFd, Errno::NAMETOOLONG);
+        let cname = match vf_token {
+            None => sys_path!("{}", name),
+            Some(t) => sys_path!("{} vf_token={}", name, t),
+        }
+        .ok_or(too_long)?;
+        kernel.ioctl(&TOKEN, self.fd, Request::GroupGetDeviceFd(cname.as_c_str())).map(Fd::from_raw).map_err(
+            |e| match e {
+                Errno::ACCESS if crate::sriov::token_guarded(kernel, name).unwrap_or(false) => {
+                    Error::new(crate::sriov::token_refusal(kernel, name)).with_errno(e)
+                }
+                _ => Error::syscall(Step::GetDeviceFd, e),
+            },
+        )
     }
 
     /// Detaches from the container (if `attached`) and closes the group. The

@@ -84,10 +84,12 @@ pub mod pci_caps;
 mod privilege;
 pub mod regblock;
 pub mod region;
+pub mod sriov;
 pub mod sys;
 mod sysfs;
 #[cfg(test)]
 mod test_rng;
+mod vf_token;
 
 pub use backend::Backend;
 pub use capchain::ChainError;
@@ -108,6 +110,8 @@ pub use pci_caps::{Capabilities, Capability};
 pub use regblock::{Register, RegisterBlock, Reserved, RO, RW, WO};
 pub use region::{AccessError, Region, RegionKind};
 pub use rustix::io::Errno;
+pub use sriov::SriovRole;
+pub use vf_token::{VfToken, VfTokenError, VF_TOKEN_TEXT_LEN};
 
 /// The examples in README.md, compiled as doc tests so they stay true.
 #[cfg(doctest)]

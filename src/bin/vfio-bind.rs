@@ -15,6 +15,7 @@
 //!                                  /etc/passwd): /dev/vfio/N, and /dev/iommu and
 //!                                  /dev/vfio/devices/vfioN where the kernel has iommufd
 //! vfio-bind revoke DEV             give them back to root
+//! vfio-bind sriov PF N             create N VFs on SR-IOV PF PF (sriov_numvfs); 0 removes them
 //! ```
 //!
 //! Exit status: 0 done, 1 the operation failed (the message says what to do), 2 bad usage.
@@ -24,9 +25,9 @@
 use std::process::ExitCode;
 
 use dao_vfio::bind::{self, DeviceStatus};
-use dao_vfio::{grant, DevNode, Error, Host};
+use dao_vfio::{grant, DevNode, Error, Host, SriovRole};
 
-const USAGE: &str = "usage: vfio-bind status [--all] | bind DEV [DRIVER] | unbind [--wait] DEV | grant DEV USER[:GROUP] | revoke DEV   (vfio-bind --help)";
+const USAGE: &str = "usage: vfio-bind status [--all] | bind DEV [DRIVER] | unbind [--wait] DEV | grant DEV USER[:GROUP] | revoke DEV | sriov PF N   (vfio-bind --help)";
 
 const HELP: &str = "\
 vfio-bind: binds devices to VFIO drivers and back, and shows what is ready for VFIO (run as root).
@@ -46,6 +47,11 @@ vfio-bind: binds devices to VFIO drivers and back, and shows what is ready for V
                                  the kernel offers: its group node, and /dev/iommu and its cdev where
                                  iommufd is; nothing else (/dev/vfio/vfio is for every user already)
   vfio-bind revoke DEV           give those nodes back to root
+  vfio-bind sriov PF N           create N VFs on SR-IOV PF PF (through its sriov_numvfs; 0 removes
+                                 them); refused when PF's driver will not (vfio-pci without
+                                 enable_sriov=1, no driver), N is over sriov_totalvfs, PF has other
+                                 VFs already, or, to remove them, a process holds one through VFIO.
+                                 VFs of a PF bound to vfio-pci open only with the PF's VF token
   vfio-bind --help               this text
 
 DEV is a PCI address (0000:01:00.0) or a platform device name (9010000.pl031), as in
@@ -88,7 +94,18 @@ fn print_status(all: bool) -> Result<(), Error> {
             (true, _) => "ready, group not viable",
             (false, _) => "-",
         };
-        println!("{:<9} {:<24} {:<20} {:>6}  {state}", d.bus.to_string(), d.name.as_str(), driver_str(d.driver), group);
+        let sriov = match dao_vfio::sriov::role(&Host, d.name.as_str()) {
+            Ok(SriovRole::Pf { total_vfs, num_vfs }) => format!(", SR-IOV PF: {num_vfs} of {total_vfs} VFs"),
+            Ok(SriovRole::Vf { pf }) => format!(", VF of {pf}"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<9} {:<24} {:<20} {:>6}  {state}{sriov}",
+            d.bus.to_string(),
+            d.name.as_str(),
+            driver_str(d.driver),
+            group
+        );
         if d.ready && d.blockers > 0 {
             warnings.push(format!(
                 "warning: {}: {} other device(s) of IOMMU group {} are bound to non-VFIO drivers; \
@@ -148,6 +165,16 @@ fn run(args: &[String]) -> Result<Option<()>, Error> {
         ["revoke", dev] => {
             let nodes = grant::revoke(&Host, dev, None)?;
             print_nodes(dev, &nodes, "owned by root");
+        }
+        ["sriov", pf, count] => {
+            let Ok(count) = count.parse::<u32>() else { return Ok(None) };
+            dao_vfio::sriov::set_num_vfs(&Host, pf, count)?;
+            let mut names = Vec::new();
+            dao_vfio::sriov::vfs(&Host, pf, &mut |vf| names.push(vf.as_str().to_string()))?;
+            match names.as_slice() {
+                [] => println!("{pf}: no VFs"),
+                _ => println!("{pf}: {} VFs: {}", names.len(), names.join(" ")),
+            }
         }
         _ => return Ok(None),
     }

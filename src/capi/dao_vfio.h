@@ -89,6 +89,18 @@ void dao_vfio_device_free(struct dao_vfio_device *pdev);
  *  without a request interrupt. */
 int dao_vfio_device_request_fd(const struct dao_vfio_device *pdev);
 
+/** Beyond DAO: gives the VF token (a UUID, "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
+ *  that the following dao_vfio_device_setup() calls pass to the kernel for the
+ *  PCI devices that need one. With vfio-pci loaded with enable_sriov=1 and an
+ *  SR-IOV PF bound to it, a VF of that PF opens only with the PF's token: call
+ *  this first with the token the PF's user chose. Set up a PF after this
+ *  call (while none of its VFs is in use) and the token becomes its VFs'.
+ *  Devices that take no token are set up as before. A missing or wrong token
+ *  fails the setup with -EACCES and a log line naming the PF. NULL forgets
+ *  the token. Returns 0, or -EINVAL for text that is not a UUID (the token
+ *  kept is then unchanged). */
+int dao_vfio_vf_token_set(const char *uuid);
+
 /** Closes the library. Refused (devices stay open) while devices are open. */
 void dao_vfio_fini(void);
 

@@ -25,7 +25,7 @@ use crate::error::{Error, ErrorKind};
 use crate::kernel::Host;
 use crate::name::{Bus, DeviceName, NameError};
 use crate::notify::Notification;
-use crate::{DeviceHandle, Errno, MAX_REGIONS};
+use crate::{DeviceHandle, Errno, VfToken, MAX_REGIONS};
 
 mod lock;
 mod log;
@@ -115,6 +115,10 @@ struct Library {
     mem: [[dao_vfio_mem_resouce; MAX_REGIONS]; 2 * CAPI_DEVICES],
     /// The cell each slot used last.
     last_cell: [usize; CAPI_DEVICES],
+    /// The VF token given by `dao_vfio_vf_token_set` (all zero with
+    /// `has_vf_token` false: no token; plain bytes keep the static in `.bss`).
+    vf_token: [u8; 16],
+    has_vf_token: bool,
 }
 
 /// The process-wide context, open between `dao_vfio_init` and `dao_vfio_fini`.
@@ -165,6 +169,8 @@ static LIBRARY: Lock<Guarded> = Lock::new(Guarded(Library {
     slots: [const { None }; CAPI_DEVICES],
     mem: [[EMPTY; MAX_REGIONS]; 2 * CAPI_DEVICES],
     last_cell: [0; CAPI_DEVICES],
+    vf_token: [0; 16],
+    has_vf_token: false,
 }));
 
 fn library() -> Guard<'static, Guarded> {
@@ -184,6 +190,7 @@ fn errno_of(e: &Error) -> c_int {
         ErrorKind::NoSuchDevice { .. } | ErrorKind::NoIommuGroup { .. } | ErrorKind::NotBound { .. } => Errno::NODEV,
         ErrorKind::WrongDriver { .. } | ErrorKind::GroupBusy { .. } => Errno::BUSY,
         ErrorKind::GroupNotViable { .. } => Errno::PERM,
+        ErrorKind::VfTokenRefused { .. } => Errno::ACCESS,
         ErrorKind::AlreadyOpen => Errno::EXIST,
         ErrorKind::DeviceTableFull { .. } | ErrorKind::GroupTableFull { .. } => Errno::NOSPC,
         _ => Errno::INVAL,
@@ -259,7 +266,11 @@ pub unsafe extern "C" fn dao_vfio_device_setup(dev_name: *const c_char, pdev: *m
     let Some(slot) = lib.slots.iter().position(Option::is_none) else {
         return fail(Error::new(ErrorKind::DeviceTableFull { capacity: CAPI_DEVICES }));
     };
-    let handle = match context.setup_on(bus, name) {
+    let setup = match (bus, lib.has_vf_token) {
+        (Bus::Pci, true) => context.setup_vf(name, &VfToken::from_bytes(lib.vf_token)),
+        _ => context.setup_on(bus, name),
+    };
+    let handle = match setup {
         Ok(handle) => handle,
         Err(e) => return fail(e),
     };
@@ -292,6 +303,35 @@ pub unsafe extern "C" fn dao_vfio_device_setup(dev_name: *const c_char, pdev: *m
             fail(e)
         }
     }
+}
+
+/// Gives the VF token (a UUID, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`) that
+/// the following `dao_vfio_device_setup` calls pass to the kernel for the
+/// PCI devices that need one (see [`Context::setup_vf`]): a VF whose PF is
+/// bound to vfio-pci opens only with its PF's token, and a PF set up with a
+/// token (while none of its VFs is in use) takes it as its VFs' token.
+/// NULL forgets the token. Returns 0, or `-EINVAL` for text that is not a
+/// UUID (the token kept is then unchanged).
+///
+/// # Safety
+/// `uuid` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dao_vfio_vf_token_set(uuid: *const c_char) -> c_int {
+    let token = if uuid.is_null() {
+        None
+    } else {
+        // SAFETY: non-null, and NUL-terminated by the caller's contract.
+        let text = unsafe { CStr::from_ptr(uuid) };
+        match text.to_str().map_err(|_| crate::VfTokenError::BadCharacter(0)).and_then(VfToken::parse) {
+            Ok(token) => Some(token),
+            Err(e) => return fail(Error::new(ErrorKind::InvalidVfToken(e))),
+        }
+    };
+    let mut guard = library();
+    let lib = &mut guard.0;
+    lib.has_vf_token = token.is_some();
+    lib.vf_token = token.map_or([0; 16], |t| *t.as_bytes());
+    0
 }
 
 /// What setup gives the caller: every field of `struct dao_vfio_device` but

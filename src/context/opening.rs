@@ -11,15 +11,31 @@ use crate::group::Group;
 use crate::iommufd::{self, CdevOpen, Located};
 use crate::kernel::{Fd, Kernel};
 use crate::name::{Bus, DeviceName};
+use crate::sriov;
 use crate::sysfs;
+use crate::vf_token::VfToken;
 
 impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Context<K, DEVICES, GROUPS, DMA> {
     /// Opens the device: through its cdev when iommufd may take it and it has
     /// one, else through its group. Whatever only explains a refusal (is the
     /// device bound to VFIO at all?) is read on the error path.
-    pub(super) fn open_named(&mut self, stated: Option<Bus>, name: DeviceName, serial: u64) -> Result<(), Error> {
+    /// A VF token (`vf_token`) is passed through the group (see
+    /// [`Context::setup_vf`]).
+    pub(super) fn open_named(
+        &mut self,
+        stated: Option<Bus>,
+        name: DeviceName,
+        serial: u64,
+        vf_token: Option<&VfToken>,
+    ) -> Result<(), Error> {
         let (mut stated, mut node_missing) = (stated, false);
-        if let Some((bus, cdev)) = self.cdev_to_take(&name, stated)? {
+        let cdev = match vf_token {
+            // The cdev of Linux 6.1 to 6.12 cannot carry a token.
+            Some(_) if self.backend == Backend::Iommufd => return Err(Error::new(ErrorKind::VfTokenNeedsGroup)),
+            Some(_) => None,
+            None => self.cdev_to_take(&name, stated)?,
+        };
+        if let Some((bus, cdev)) = cdev {
             match self.open_through_iommufd(bus, name, cdev, serial) {
                 Ok(()) => return Ok(()),
                 // Listed without a node (noiommu): its group opens it.
@@ -27,13 +43,16 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
                 // If the legacy path fails too, iommufd's refusal is the news.
                 Err(CdevOpen::Failed(e)) if self.may_fall_back(&e) => {
                     let (bus, group) = sysfs::locate(&self.kernel, &name, Some(bus)).map_err(|_| e)?;
-                    return self.open_through_group(&Located { name, bus, group }, Ok(()), serial).map_err(|_| e);
+                    let at = Located { name, bus, group };
+                    return self.open_through_group(&at, Ok(()), serial, None).map_err(|_| e);
                 }
                 Err(CdevOpen::Failed(e)) => return Err(sysfs::diagnose(&self.kernel, bus, &name, e)),
             }
         }
         let (bus, group) = sysfs::locate(&self.kernel, &name, stated)?;
         let iommu = match self.route(bus, None) {
+            // A token-guarded device beside iommufd ones: one address space.
+            _ if vf_token.is_some() && self.iommufd_in_use() => Err(ErrorKind::MixedBackends),
             // A device behind an IOMMU whose cdev is listed but has no node
             // (no devtmpfs, or a container given only some nodes): opening
             // the node is what failed, not the kernel's cdev support.
@@ -43,14 +62,14 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             Route::Group { iommu } => iommu,
             Route::Cdev(_) => unreachable!("no cdev was given"),
         };
-        self.open_through_group(&Located { name, bus, group }, iommu, serial)
+        self.open_through_group(&Located { name, bus, group }, iommu, serial, vf_token)
             .map_err(|e| sysfs::diagnose(&self.kernel, bus, &name, e))
     }
 
     /// The device's bus and cdev, if iommufd may take it (see [`Backend`])
     /// and it has a cdev on the bus stated (or PCI, then platform). The
     /// listing is skipped when the route would not take a cdev anyway.
-    pub(super) fn cdev_to_take(&self, name: &DeviceName, stated: Option<Bus>) -> Result<Option<(Bus, u32)>, Error> {
+    pub(super) fn cdev_to_take(&mut self, name: &DeviceName, stated: Option<Bus>) -> Result<Option<(Bus, u32)>, Error> {
         let candidates: &[Bus] = match stated {
             Some(Bus::Pci) => &[Bus::Pci],
             Some(Bus::Platform) => &[Bus::Platform],
@@ -61,10 +80,31 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
                 return Ok(None);
             }
             if let Some(cdev) = iommufd::find_cdev(&self.kernel, bus, name)? {
+                // The kernel checks VF tokens only on the group path (Linux
+                // 6.1 to 6.12): under Auto, a PF and the VFs of a vfio-pci
+                // PF take it, so a VF's token is checked and a PF and its
+                // VFs share one context's address space.
+                if self.backend == Backend::Auto && bus == Bus::Pci && self.token_guarded(name)? {
+                    return Ok(None);
+                }
                 return Ok(Some((bus, cdev)));
             }
         }
         Ok(None)
+    }
+
+    /// Whether PCI device `name` is guarded by a VF token (see
+    /// [`sriov::token_guarded`]); nothing is, and nothing more is read, while
+    /// vfio-pci does not enable SR-IOV (read once per context).
+    fn token_guarded(&mut self, name: &DeviceName) -> Result<bool, Error> {
+        let possible = match self.vfio_pci_sriov {
+            Some(possible) => possible,
+            None => *self.vfio_pci_sriov.insert(sriov::vfio_pci_enable_sriov(&self.kernel)? == Some(true)),
+        };
+        if !possible {
+            return Ok(false);
+        }
+        sriov::token_guarded(&self.kernel, name)
     }
 
     /// How to open a device on `bus` with cdev `cdev` (see [`Backend`]).
@@ -150,12 +190,13 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         at: &Located,
         iommu: Result<(), ErrorKind>,
         serial: u64,
+        vf_token: Option<&VfToken>,
     ) -> Result<(), Error> {
         let had_noiommu_container = self.noiommu.is_some();
         let slot = self.acquire_group(at.group, iommu)?;
         let group = &self.groups[slot];
         let noiommu = group.kind() == IommuKind::NoIommu;
-        let opened = group.device_fd(&self.kernel, &at.name).and_then(|fd| {
+        let opened = group.device_fd(&self.kernel, &at.name, vf_token).and_then(|fd| {
             let placement =
                 Placement { name: at.name, bus: at.bus, group: at.group, noiommu, via: Backend::Legacy, serial };
             self.install(placement, fd)

@@ -66,6 +66,7 @@ pub(super) fn ioctl_step(request: &Request<'_>) -> Step {
         Request::IoasUnmap(_) => Step::IoasUnmap,
         Request::DeviceBindIommufd(_) => Step::BindIommufd,
         Request::DeviceAttachIommufdPt(_) => Step::AttachIoas,
+        Request::DeviceSetVfToken(_) => Step::SetVfToken,
     }
 }
 

@@ -135,6 +135,7 @@ unsafe impl Kernel for Host {
                 bind.argsz = sys::argsz::<sys::BindIommufd>();
                 (sys::DEVICE_BIND_IOMMUFD, out_ptr(bind))
             }
+            Request::DeviceSetVfToken(feature) => (sys::DEVICE_FEATURE, in_ptr(feature)),
             Request::DeviceAttachIommufdPt(attach) => {
                 attach.argsz = sys::argsz::<sys::AttachIommufdPt>();
                 (sys::DEVICE_ATTACH_IOMMUFD_PT, out_ptr(attach))

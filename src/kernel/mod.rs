@@ -108,6 +108,10 @@ pub enum Request<'a> {
     DeviceBindIommufd(&'a mut sys::BindIommufd),
     /// `ioctl(device cdev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach)`.
     DeviceAttachIommufdPt(&'a mut sys::AttachIommufdPt),
+    /// `ioctl(device, VFIO_DEVICE_FEATURE, &feature)` with
+    /// `VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PCI_VF_TOKEN`: sets a
+    /// PF's VF token.
+    DeviceSetVfToken(&'a sys::FeatureVfToken),
 }
 
 /// One access to an emulated mapping, made by the kernel on the crate's

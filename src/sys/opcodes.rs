@@ -41,6 +41,8 @@ pub const IOMMU_GET_INFO: Opcode = vfio(12);
 pub const IOMMU_MAP_DMA: Opcode = vfio(13);
 /// `VFIO_IOMMU_UNMAP_DMA` (container), `struct vfio_iommu_type1_dma_unmap *`.
 pub const IOMMU_UNMAP_DMA: Opcode = vfio(14);
+/// `VFIO_DEVICE_FEATURE` (device), `struct vfio_device_feature *` with its data.
+pub const DEVICE_FEATURE: Opcode = vfio(17);
 
 // Cross-check against the numbers generated from the kernel's own headers.
 const _: () = {
@@ -60,4 +62,5 @@ const _: () = {
     assert!(IOMMU_GET_INFO as u64 == k::VFIO_IOMMU_GET_INFO as u64);
     assert!(IOMMU_MAP_DMA as u64 == k::VFIO_IOMMU_MAP_DMA as u64);
     assert!(IOMMU_UNMAP_DMA as u64 == k::VFIO_IOMMU_UNMAP_DMA as u64);
+    assert!(DEVICE_FEATURE as u64 == k::VFIO_DEVICE_FEATURE as u64);
 };

@@ -268,3 +268,27 @@ const _: () = {
     assert!(offset_of!(DmaUnmap, iova) == 8);
     assert!(offset_of!(DmaUnmap, size) == 16);
 };
+
+/// `VFIO_DEVICE_FEATURE_SET` in `struct vfio_device_feature`'s flags.
+pub const DEVICE_FEATURE_SET: u32 = 1 << 17;
+/// `VFIO_DEVICE_FEATURE_PCI_VF_TOKEN`: the feature that sets a PF's VF token.
+pub const DEVICE_FEATURE_PCI_VF_TOKEN: u32 = 0;
+
+/// `struct vfio_device_feature` carrying a VF token (a UUID, 16 bytes):
+/// argument of `VFIO_DEVICE_FEATURE` with `VFIO_DEVICE_FEATURE_SET |
+/// VFIO_DEVICE_FEATURE_PCI_VF_TOKEN`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeatureVfToken {
+    /// Size of this structure.
+    pub argsz: u32,
+    /// `VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PCI_VF_TOKEN`.
+    pub flags: u32,
+    /// The token, as `uuid_t` holds it (the bytes in text order).
+    pub uuid: [u8; 16],
+}
+
+const _: () = {
+    assert!(size_of::<FeatureVfToken>() == 24);
+    assert!(offset_of!(FeatureVfToken, uuid) == 8);
+};

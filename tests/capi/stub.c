@@ -8,3 +8,4 @@ int dao_vfio_device_setup(const char *dev_name, struct dao_vfio_device *pdev) { 
 void dao_vfio_device_free(struct dao_vfio_device *pdev) { (void)pdev; }
 void dao_vfio_fini(void) {}
 int dao_vfio_device_request_fd(const struct dao_vfio_device *pdev) { (void)pdev; return -1; }
+int dao_vfio_vf_token_set(const char *uuid) { (void)uuid; return -1; }

@@ -276,7 +276,7 @@ pub fn run(baseline: &mut Baseline, name: &str, rounds: usize, n: usize) -> Resu
          {n} reads per batch, {rounds} rounds; the crate's polled loop and the C one on raw VFIO (legacy container), the \
          kernel's nvme driver with O_DIRECT (`pread` at depth 1, Linux AIO at depth 32). IOPS and latencies are medians \
          over the rounds; the ratios are the medians of the rounds' paired IOPS ratios, with their range:",
-        blocks * BLOCK as u64 >> 20
+        (blocks * BLOCK as u64) >> 20
     );
     println!();
     println!("| queue depth | side | IOPS | p50 | p99 | p99.9 | IOPS crate/side (range) |");

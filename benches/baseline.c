@@ -631,11 +631,240 @@ static void bench_dma_alloc(const char *op, size_t len, unsigned long iters)
 	report(op, b, iters);
 }
 
+/* --- NVMe: the same polled loop as examples/nvme/driver.rs, on raw VFIO. -- */
+
+#define NVME_BLOCK 4096u
+#define NVME_MAX_DEPTH 32u
+#define NVME_ENTRIES 64u
+#define NVME_ADMIN_ENTRIES 16u
+#define NVME_ASQ 0x0000u
+#define NVME_ACQ 0x1000u
+#define NVME_IOSQ 0x2000u
+#define NVME_IOCQ 0x3000u
+#define NVME_DATA 0x4000u
+#define NVME_DMA_LEN (NVME_DATA + NVME_MAX_DEPTH * NVME_BLOCK)
+#define NVME_POISON 0xdeadbeefdeadbeefull
+
+/* The driver's barriers: a store barrier before a doorbell, a
+ * load barrier after a completion's phase bit (the crate's io_wmb/io_rmb). */
+#if defined(__aarch64__)
+#define nvme_wmb() __asm__ volatile("dmb oshst" ::: "memory")
+#define nvme_rmb() __asm__ volatile("dmb oshld" ::: "memory")
+#else
+#define nvme_wmb() __asm__ volatile("" ::: "memory")
+#define nvme_rmb() __asm__ volatile("" ::: "memory")
+#endif
+
+struct nvme_queue {
+	unsigned sq, cq, entries, tail, head, phase, sq_db, cq_db;
+};
+
+struct nvme {
+	uint8_t *bar;
+	uint8_t *mem;
+	struct nvme_queue admin, io;
+	uint32_t per_block; /* LBAs per 4 KiB */
+	uint64_t blocks;
+};
+
+static uint64_t nvme_pattern(uint64_t block, uint64_t w)
+{
+	return (block << 16 | w) ^ 0x0da0000000000000ull ^ w << 40;
+}
+
+static void nvme_submit(struct nvme *n, struct nvme_queue *q, const uint64_t c[8])
+{
+	volatile uint64_t *e = (volatile uint64_t *)(n->mem + q->sq + q->tail * 64);
+
+	for (int i = 0; i < 8; i++)
+		e[i] = c[i];
+	q->tail = (q->tail + 1) % q->entries;
+	nvme_wmb();
+	*reg32(n->bar, q->sq_db) = q->tail;
+}
+
+/* 1 and the completion's dword 3 when one was posted, else 0. */
+static int nvme_poll(struct nvme *n, struct nvme_queue *q, uint32_t *dw3)
+{
+	volatile uint32_t *e = (volatile uint32_t *)(n->mem + q->cq + q->head * 16);
+	uint32_t d = e[3];
+
+	if (((d >> 16) & 1) != q->phase)
+		return 0;
+	nvme_rmb();
+	*dw3 = d;
+	if (++q->head == q->entries) {
+		q->head = 0;
+		q->phase ^= 1;
+	}
+	*reg32(n->bar, q->cq_db) = q->head;
+	return 1;
+}
+
+static void nvme_admin(struct nvme *n, uint64_t c[8])
+{
+	uint32_t dw3;
+	uint64_t start = now_ns();
+
+	nvme_submit(n, &n->admin, c);
+	while (!nvme_poll(n, &n->admin, &dw3))
+		if (now_ns() - start > 5000000000ull)
+			die("NVMe admin command timed out");
+	if (dw3 >> 17) {
+		fprintf(stderr, "baseline: NVMe admin opcode %#x: status %#x\n", (unsigned)(c[0] & 0xff), dw3 >> 17);
+		exit(1);
+	}
+}
+
+static void nvme_wait_ready(struct nvme *n, uint32_t ready)
+{
+	uint64_t start = now_ns();
+
+	while ((*reg32(n->bar, 0x1c) & 1) != ready)
+		if (now_ns() - start > 10000000000ull)
+			die("NVMe CSTS.RDY");
+}
+
+static void nvme_start(struct nvme *n)
+{
+	uint64_t cap = *(volatile uint64_t *)n->bar, c[8];
+	unsigned stride = 4u << ((cap >> 32) & 0xf);
+	uint32_t lbaf;
+
+	*reg32(n->bar, 0x14) &= ~1u;
+	nvme_wait_ready(n, 0);
+	memset(n->mem, 0, NVME_DATA);
+	*reg32(n->bar, 0x24) = (NVME_ADMIN_ENTRIES - 1) << 16 | (NVME_ADMIN_ENTRIES - 1);
+	*(volatile uint64_t *)(n->bar + 0x28) = IOVA + NVME_ASQ;
+	*(volatile uint64_t *)(n->bar + 0x30) = IOVA + NVME_ACQ;
+	*reg32(n->bar, 0x14) = 1 | 6 << 16 | 4 << 20;
+	nvme_wait_ready(n, 1);
+	n->admin = (struct nvme_queue){ NVME_ASQ, NVME_ACQ, NVME_ADMIN_ENTRIES, 0, 0, 1, 0x1000, 0x1000 + stride };
+	n->io = (struct nvme_queue){ NVME_IOSQ, NVME_IOCQ, NVME_ENTRIES, 0, 0, 1, 0x1000 + 2 * stride, 0x1000 + 3 * stride };
+	/* Identify namespace 1: its size and LBA format. */
+	memset(c, 0, sizeof(c));
+	c[0] = 0x06 | 1ull << 16 | 1ull << 32;
+	c[3] = IOVA + NVME_DATA;
+	nvme_admin(n, c);
+	lbaf = *(volatile uint32_t *)(n->mem + NVME_DATA + 128 + 4 * (n->mem[NVME_DATA + 26] & 0xf));
+	n->per_block = NVME_BLOCK >> ((lbaf >> 16) & 0xff);
+	n->blocks = *(volatile uint64_t *)(n->mem + NVME_DATA) / n->per_block;
+	memset(c, 0, sizeof(c));
+	c[0] = 0x09 | 2ull << 16;
+	c[5] = 0x07; /* number of queues: one pair */
+	nvme_admin(n, c);
+	memset(c, 0, sizeof(c));
+	c[0] = 0x05 | 3ull << 16;
+	c[3] = IOVA + NVME_IOCQ;
+	c[5] = (uint64_t)((NVME_ENTRIES - 1) << 16 | 1) | 1ull << 32;
+	nvme_admin(n, c);
+	memset(c, 0, sizeof(c));
+	c[0] = 0x01 | 4ull << 16;
+	c[3] = IOVA + NVME_IOSQ;
+	c[5] = (uint64_t)((NVME_ENTRIES - 1) << 16 | 1) | (uint64_t)(1u << 16 | 1) << 32;
+	nvme_admin(n, c);
+}
+
+struct nvme_slots {
+	uint64_t rng, block[NVME_MAX_DEPTH], started[NVME_MAX_DEPTH];
+};
+
+static void nvme_issue_read(struct nvme *n, struct nvme_slots *s, unsigned slot, uint64_t now)
+{
+	uint64_t c[8] = { 0 }, block, slba;
+	volatile uint64_t *data = (volatile uint64_t *)(n->mem + NVME_DATA + slot * NVME_BLOCK);
+
+	s->rng ^= s->rng << 13;
+	s->rng ^= s->rng >> 7;
+	s->rng ^= s->rng << 17;
+	block = s->rng % n->blocks;
+	data[0] = NVME_POISON;
+	data[NVME_BLOCK / 8 - 1] = NVME_POISON;
+	s->block[slot] = block;
+	s->started[slot] = now;
+	slba = block * n->per_block;
+	c[0] = 0x02 | (uint64_t)slot << 16 | 1ull << 32;
+	c[3] = IOVA + NVME_DATA + slot * NVME_BLOCK;
+	c[5] = slba;
+	c[6] = n->per_block - 1;
+	nvme_submit(n, &n->io, c);
+}
+
+/* `iters` random 4 KiB reads, `depth` in flight, each checked and timed:
+ * answers `c OP IOPS P50 P99 P99.9 MAX` (latencies in ns). The disk holds the
+ * pattern the crate's side wrote. */
+static void bench_nvme(const char *op, const char *name, unsigned depth, unsigned long iters)
+{
+	struct device dev;
+	struct nvme n;
+	struct nvme_slots s = { .rng = 0x5eed | 1 };
+	uint64_t *ns = malloc(iters * sizeof(*ns)), first, last;
+	unsigned long submitted = 0, done = 0;
+
+	if (!ns)
+		die("malloc");
+	if (device_setup("pci", name, &dev) < 0)
+		die(name);
+	enable_bus_master(&dev);
+	n.bar = dev.mem[VFIO_PCI_BAR0_REGION_INDEX].addr;
+	n.mem = anonymous(NVME_DMA_LEN);
+	dma_map(n.mem, NVME_DMA_LEN);
+	nvme_start(&n);
+	first = last = now_ns();
+	while (submitted < depth && submitted < iters) {
+		nvme_issue_read(&n, &s, (unsigned)submitted, now_ns());
+		submitted++;
+	}
+	while (done < iters) {
+		uint32_t dw3;
+		uint64_t now, block;
+		unsigned slot;
+		volatile uint64_t *data;
+
+		if (!nvme_poll(&n, &n.io, &dw3)) {
+			if (now_ns() - last > 5000000000ull)
+				die("NVMe read timed out");
+			continue;
+		}
+		now = last = now_ns();
+		slot = dw3 & 0xffff;
+		block = s.block[slot];
+		data = (volatile uint64_t *)(n.mem + NVME_DATA + slot * NVME_BLOCK);
+		if (slot >= depth || dw3 >> 17 || data[0] != nvme_pattern(block, 0) ||
+		    data[NVME_BLOCK / 8 - 1] != nvme_pattern(block, NVME_BLOCK / 8 - 1)) {
+			fprintf(stderr, "baseline: NVMe read of block %llu: status %#x, wrong data\n",
+				(unsigned long long)block, dw3 >> 17);
+			exit(1);
+		}
+		ns[done++] = now - s.started[slot];
+		if (submitted < iters) {
+			nvme_issue_read(&n, &s, slot, now);
+			submitted++;
+		}
+	}
+	*reg32(n.bar, 0x14) &= ~1u;
+	nvme_wait_ready(&n, 0);
+	dma_unmap(NVME_DMA_LEN);
+	sys_munmap(n.mem, NVME_DMA_LEN);
+	device_free(&dev);
+	qsort(ns, iters, sizeof(*ns), cmp_u64);
+	printf("c %s %.1f %.0f %.0f %.0f %.0f\n", op, (double)iters * 1e9 / (double)(last - first),
+	       quantile(ns, iters, 0.50), quantile(ns, iters, 0.99), quantile(ns, iters, 0.999),
+	       (double)ns[iters - 1]);
+	free(ns);
+}
+
 /* One batch of OP: edu is set up before and freed after (untimed), so that
  * between batches the benchmark's Rust side can open it. */
-static void batch(const char *op, unsigned long iters, const char *edu_name, const char *pl031_name)
+static void batch(const char *op, unsigned long iters, const char *edu_name, const char *pl031_name,
+		  const char *nvme_name)
 {
 	struct device edu;
+
+	if (strcmp(op, "nvme_qd1") == 0 || strcmp(op, "nvme_qd32") == 0) {
+		bench_nvme(op, nvme_name, strcmp(op, "nvme_qd1") == 0 ? 1 : NVME_MAX_DEPTH, iters);
+		return;
+	}
 
 	if (strcmp(op, "setup_free_edu") == 0) {
 		bench_setup_free(op, "pci", edu_name, iters);
@@ -684,8 +913,8 @@ int main(int argc, char **argv)
 	char op[64];
 	unsigned long iters;
 
-	if (argc != 3) {
-		fprintf(stderr, "usage: baseline EDU PL031|-   (then `OP ITERATIONS` lines on stdin)\n");
+	if (argc != 4) {
+		fprintf(stderr, "usage: baseline EDU PL031|- NVME|-   (then `OP ITERATIONS` lines on stdin)\n");
 		return 2;
 	}
 	/* dao_vfio_init */
@@ -705,11 +934,12 @@ int main(int argc, char **argv)
 	}
 
 	while (scanf("%63s %lu", op, &iters) == 2) {
-		if (iters == 0 || (strcmp(op, "setup_free_pl031") == 0 && strcmp(argv[2], "-") == 0)) {
+		if (iters == 0 || (strcmp(op, "setup_free_pl031") == 0 && strcmp(argv[2], "-") == 0) ||
+		    (strncmp(op, "nvme_", 5) == 0 && strcmp(argv[3], "-") == 0)) {
 			fprintf(stderr, "baseline: bad request '%s %lu'\n", op, iters);
 			return 2;
 		}
-		batch(op, iters, argv[1], argv[2]);
+		batch(op, iters, argv[1], argv[2], argv[3]);
 		fflush(stdout);
 	}
 	sys_close(container); /* dao_vfio_fini */

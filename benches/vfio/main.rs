@@ -23,6 +23,7 @@
 //! Off the board (no `DAO_VFIO_EDU`) only that check runs.
 
 mod counting;
+mod nvme;
 
 use std::error::Error;
 use std::hint::black_box;
@@ -481,9 +482,9 @@ struct Baseline {
 }
 
 impl Baseline {
-    fn start(path: &str, edu: &str, pl031: Option<&str>) -> Result<Self> {
+    fn start(path: &str, edu: &str, pl031: Option<&str>, nvme: Option<&str>) -> Result<Self> {
         let mut child = Command::new(path)
-            .args([edu, pl031.unwrap_or("-")])
+            .args([edu, pl031.unwrap_or("-"), nvme.unwrap_or("-")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -693,7 +694,8 @@ fn run() -> Result<()> {
     let raise = |regs: &Edu| unsafe { regs.irq_raise.write(1) };
     let target = Target { edu: &edu, pl031: pl031.as_deref(), raise: &raise };
     let path = std::env::var("DAO_VFIO_BASELINE").unwrap_or_else(|_| "/test/extra/baseline".into());
-    let mut baseline = Baseline::start(&path, &edu, pl031.as_deref())?;
+    let nvme = std::env::var("DAO_VFIO_NVME").ok();
+    let mut baseline = Baseline::start(&path, &edu, pl031.as_deref(), nvme.as_deref())?;
 
     for row in &rows {
         crate_batch(&target, row, QUICK.iters(row.op))?;
@@ -735,7 +737,6 @@ fn run() -> Result<()> {
         }
         eprintln!("bench: tail round {}/{} done", round + 1, plan.rounds);
     }
-    baseline.finish()?;
 
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!();
@@ -755,7 +756,11 @@ fn run() -> Result<()> {
     print_table(&results);
     print_tails(&tails);
     print_breakdowns(&results, &fake);
-    Ok(())
+    if let Some(name) = &nvme {
+        let (rounds, reads) = if quick { (1, 500) } else { (7, 20_000) };
+        nvme::run(&mut baseline, name, rounds, reads)?;
+    }
+    baseline.finish()
 }
 
 fn main() -> ExitCode {

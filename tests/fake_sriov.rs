@@ -303,7 +303,7 @@ fn walk_step(w: &Walk, n: u64) -> bool {
         ctx.free(pf).unwrap();
         return false;
     }
-    let failed = k.trace()[(calls_before + n - 1) as usize].clone();
+    let failed = k.trace()[(calls_before + n - 1) as usize];
     let err = match result {
         Err(e) => e,
         Ok(_) => panic!("{}: succeeded although call {n} ({}, {:?}) failed", w.what, failed.name, failed.step),

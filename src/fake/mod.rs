@@ -9,6 +9,15 @@
 //! default driver, devices in use (unbind fails with `EBUSY`), and the sysfs
 //! directories `bind::status` lists.
 //!
+//! So is SR-IOV, as Linux 6.12 and vfio-pci do it: a PF
+//! ([`PciDeviceBuilder::sriov_pf`]) creates and removes VFs through its
+//! `sriov_numvfs` (each VF a PCI device in its own IOMMU group, with
+//! `physfn` and `virtfnK` links, captured by vfio-pci when the PF is on it,
+//! which needs its `enable_sriov`: [`FakeKernel::set_vfio_pci_enable_sriov`]),
+//! and vfio-pci guards a PF's VFs with its VF token
+//! ([`FakeKernel::vf_token`]): `"NAME vf_token=UUID"` in
+//! `VFIO_GROUP_GET_DEVICE_FD`, `VFIO_DEVICE_FEATURE` setting it on the PF.
+//!
 //! Available with the `fake` feature, so drivers built on this crate can be
 //! unit-tested on a machine with no VFIO at all.
 //!

@@ -287,11 +287,10 @@ impl State {
         if names.iter().any(|n| self.pci_device(n).is_some()) {
             return Err(Errno::EXIST);
         }
-        let mut group = self.devices.iter().filter_map(|d| d.group).max().map_or(0, |g| g + 1);
+        let first_group = self.devices.iter().filter_map(|d| d.group).max().map_or(0, |g| g + 1);
         let mut vfs = Vec::new();
-        for name in names {
+        for (group, name) in (first_group..).zip(names) {
             let mut vf = PciDeviceBuilder::new(&name, group).bar(0, FakeBar::memory64(0x4000)).msix(1).build();
-            group += 1;
             // vfio-pci captures its PF's VFs through their driver_override;
             // another PF driver probes its own.
             vf.driver = Some(driver.to_string());

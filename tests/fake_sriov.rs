@@ -3,14 +3,15 @@
 //! refusals, and the failure walks of `setup_vf`, `set_vf_token` and
 //! `set_num_vfs` (each system call failing in turn, nothing left behind).
 
-use dao_vfio::fake::{FakeBar, FakeDevice, FakeKernel, PciDeviceBuilder};
+use dao_vfio::fake::{FakeBar, FakeKernel, PciDeviceBuilder};
 use dao_vfio::sriov::{self, SriovRole};
 use dao_vfio::{Backend, Bus, Context, DeviceHandle, Errno, Error, ErrorKind, Step, VfToken};
 
 const PF: &str = "0000:01:00.0";
 const VF0: &str = "0000:01:00.1";
 const VF1: &str = "0000:01:00.2";
-const EDU: &str = "0000:00:02.0";
+/// A PCI device that is neither PF nor VF.
+const PLAIN: &str = "0000:00:02.0";
 const A: &str = "bd8d9d2b-5a5f-4f5a-a211-f591514ba1f3";
 const B: &str = "6e4f0c1a-8b2d-4c3e-9f10-2a3b4c5d6e7f";
 
@@ -21,12 +22,13 @@ fn token(text: &str) -> VfToken {
 }
 
 /// A PF that may have 4 VFs, bound to vfio-pci (loaded with
-/// `enable_sriov=1`) in group 7, and edu in group 3; `iommufd`: the
+/// `enable_sriov=1`) in group 7, and a plain PCI device in group 3 (small
+/// BARs: the walks make ~100 such systems, under Miri too); `iommufd`: the
 /// kernel has iommufd and device cdevs.
 fn system(iommufd: bool) -> FakeKernel {
     let k = FakeKernel::new();
     k.add_device(PciDeviceBuilder::new(PF, 7).bar(0, FakeBar::memory64(0x4000)).sriov_pf(4).build());
-    k.add_device(FakeDevice::edu(EDU, 3));
+    k.add_device(PciDeviceBuilder::new(PLAIN, 3).bar(0, FakeBar::memory32(0x1000)).build());
     k.set_vfio_pci_enable_sriov(true);
     k.set_iommufd(iommufd, iommufd);
     k
@@ -55,7 +57,7 @@ fn vfs_are_created_and_removed_through_sriov_numvfs() {
     assert_eq!(sysfs_state(&k), created);
     let pf = dao_vfio::DeviceName::new(PF).unwrap();
     assert_eq!(sriov::role(&k, VF1).unwrap(), SriovRole::Vf { pf });
-    assert_eq!(sriov::role(&k, EDU).unwrap(), SriovRole::None);
+    assert_eq!(sriov::role(&k, PLAIN).unwrap(), SriovRole::None);
     // vfio-pci captured them (driver_override), each in its own group.
     assert_eq!((k.driver(VF0).as_deref(), k.driver_override(VF1).as_deref()), (Some("vfio-pci"), Some("vfio-pci")));
     // The same count again changes nothing.
@@ -84,7 +86,7 @@ fn set_num_vfs_refusals_change_nothing() {
         println!("set_num_vfs({name}, {count}): {e}");
         e.kind()
     };
-    assert_eq!(refuse(EDU, 1), ErrorKind::NotSriovPf { vf_of: None });
+    assert_eq!(refuse(PLAIN, 1), ErrorKind::NotSriovPf { vf_of: None });
     assert_eq!(refuse(PF, 5), ErrorKind::TooManyVfs { asked: 5, total: 4 });
     sriov::set_num_vfs(&k, PF, 2).unwrap();
     assert_eq!(refuse(PF, 3), ErrorKind::VfsEnabled { current: 2 });
@@ -138,11 +140,11 @@ fn a_pf_token_lets_its_vfs_open_and_nothing_else_does() {
     // Only the PF has a token to set.
     let e = ctx.set_vf_token(&vf, &token(B)).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::NotSriovPf { vf_of: Some(p) } if p.as_str() == PF), "{e}");
-    let edu = ctx.setup(EDU).unwrap();
-    let e = ctx.set_vf_token(&edu, &token(B)).unwrap_err();
+    let plain = ctx.setup(PLAIN).unwrap();
+    let e = ctx.set_vf_token(&plain, &token(B)).unwrap_err();
     assert_eq!((e.kind(), e.errno()), (ErrorKind::NotSriovPf { vf_of: None }, Some(Errno::NOTTY)));
     assert_eq!(k.vf_token(PF), Some(token(A)));
-    for h in [vf, edu, pf] {
+    for h in [vf, plain, pf] {
         ctx.free(h).unwrap();
     }
     drop(ctx);
@@ -178,9 +180,9 @@ fn a_pf_whose_vfs_are_in_use_needs_their_token() {
 fn a_token_is_passed_only_where_the_kernel_checks_one() {
     let k = system(false);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
-    // edu is neither PF nor VF: the kernel would refuse a token (EINVAL).
-    let edu = ctx.setup_vf(EDU, &token(A)).unwrap();
-    ctx.free(edu).unwrap();
+    // PLAIN is neither PF nor VF: the kernel would refuse a token (EINVAL).
+    let plain = ctx.setup_vf(PLAIN, &token(A)).unwrap();
+    ctx.free(plain).unwrap();
     // The VF (on vfio-pci) of a PF on another driver: no token is checked,
     // none is passed.
     sriov::set_num_vfs(&k, PF, 1).unwrap();
@@ -345,8 +347,8 @@ fn every_sriov_failure_point_leaves_nothing_behind() {
             what: "setup_vf of a device that is neither PF nor VF",
             iommufd: false,
             vfs: 0,
-            run: |_, ctx, _| ctx.setup_vf(EDU, &token(A)).map(Some),
-            device: &[EDU],
+            run: |_, ctx, _| ctx.setup_vf(PLAIN, &token(A)).map(Some),
+            device: &[PLAIN],
             points: 5,
         },
         Walk {

@@ -136,29 +136,22 @@ pub(crate) fn vfio_pci_enable_sriov<K: Kernel>(kernel: &K) -> Result<Option<bool
 /// to vfio-pci, or a PF (bound to vfio-pci, as a device being opened through
 /// VFIO is). Such devices take the group path under
 /// [`Backend::Auto`](crate::Backend::Auto) (see [`crate::Context::setup_vf`]).
-/// One directory listing for a device that is neither.
+/// Two `readlink`s for a device that is neither: `physfn` (a VF has it; then
+/// its PF's driver link), and `sriov_totalvfs`, a file only PFs have, which
+/// `readlink` answers `EINVAL` when it exists (no directory listing).
 pub(crate) fn token_guarded<K: Kernel>(kernel: &K, dev: &DeviceName) -> Result<bool, Error> {
-    let dir = sys_path!("/sys/bus/pci/devices/{dev}").ok_or_else(too_long)?;
-    let (mut vf, mut pf) = (false, false);
-    let listed = kernel.list_dir_while(&TOKEN, dir.as_c_str(), &mut |entry| {
-        vf |= entry == b"physfn";
-        pf |= entry == b"sriov_totalvfs";
-        !(vf || pf)
-    });
-    match listed {
-        Ok(()) => {}
-        Err(Errno::NOENT | Errno::NOTDIR) => return Ok(false),
-        Err(e) => return Err(failed(e)),
+    if let Some(pf) = read_device_link(kernel, dev, "physfn")? {
+        let path = sys_path!("/sys/bus/pci/devices/{pf}/driver").ok_or_else(too_long)?;
+        let driver = sysfs::driver_at(kernel, path.as_c_str())?;
+        return Ok(driver.is_some_and(|d| d.as_str() == "vfio-pci"));
     }
-    if pf {
-        return Ok(true);
+    let path = sys_path!("/sys/bus/pci/devices/{dev}/sriov_totalvfs").ok_or_else(too_long)?;
+    let mut buf = [0u8; 1];
+    match kernel.readlink(&TOKEN, path.as_c_str(), &mut buf) {
+        Err(Errno::INVAL) => Ok(true),
+        Err(Errno::NOENT) | Ok(_) => Ok(false),
+        Err(e) => Err(failed(e)),
     }
-    if !vf {
-        return Ok(false);
-    }
-    let path = sys_path!("/sys/bus/pci/devices/{dev}/physfn/driver").ok_or_else(too_long)?;
-    let driver = sysfs::driver_at(kernel, path.as_c_str())?;
-    Ok(driver.is_some_and(|d| d.as_str() == "vfio-pci"))
 }
 
 /// The PF to name when the kernel refuses `dev` for its VF token: its PF
@@ -221,43 +214,12 @@ fn set_num_vfs_of<K: Kernel>(kernel: &K, dev: &DeviceName, count: u32) -> Result
         }
     }
     let path = sys_path!("/sys/bus/pci/devices/{dev}/sriov_numvfs").ok_or_else(too_long)?;
-    let mut text = [0u8; 12];
-    let n = format_decimal(count, &mut text);
-    match kernel.write_file(&TOKEN, path.as_c_str(), &text[..n]) {
+    let text = sys_path!("{count}").ok_or_else(too_long)?;
+    match kernel.write_file(&TOKEN, path.as_c_str(), text.as_c_str().to_bytes()) {
         Ok(_) => Ok(()),
         // vfio-pci without enable_sriov (read above, but it may have changed),
         // or a driver that cannot create VFs.
         Err(Errno::NOENT) if vfio_pci => Err(Error::new(ErrorKind::SriovDisabled).with_errno(Errno::NOENT)),
         Err(e) => Err(Error::syscall(Step::WriteSysfs, e)),
-    }
-}
-
-/// Writes `n` in decimal; returns the length.
-fn format_decimal(mut n: u32, out: &mut [u8; 12]) -> usize {
-    let mut digits = [0u8; 10];
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in 0..len {
-        out[i] = digits[len - 1 - i];
-    }
-    len
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn decimals() {
-        let mut out = [0u8; 12];
-        let n = super::format_decimal(0, &mut out);
-        assert_eq!(&out[..n], b"0");
-        let n = super::format_decimal(4_294_967_295, &mut out);
-        assert_eq!(&out[..n], b"4294967295");
     }
 }

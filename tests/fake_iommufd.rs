@@ -179,10 +179,12 @@ fn auto_falls_back_to_the_group_when_the_cdev_is_refused() {
     let k = system(true, true);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let calls = k.calls();
-    // getdents (the cdev's listing), getdents (is it an SR-IOV PF or VF?
-    // Auto opens those through the group), then the cdev's open.
+    // getdents (the cdev's listing), the read of vfio-pci's enable_sriov
+    // (once per context: may a device be an SR-IOV PF or VF, which Auto
+    // opens through the group? Not here), then the cdev's open.
     k.fail_call(3, Errno::ACCESS);
     let edu = ctx.setup(EDU).unwrap();
+    assert_eq!(k.trace()[calls as usize + 1].name, "read");
     assert_eq!(k.trace()[calls as usize + 2].name, "open");
     assert!(!k.failure_pending());
     assert_eq!((ctx.device(&edu).unwrap().backend(), ctx.active_backend()), (Backend::Legacy, Some(Backend::Legacy)));

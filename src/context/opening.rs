@@ -69,7 +69,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// The device's bus and cdev, if iommufd may take it (see [`Backend`])
     /// and it has a cdev on the bus stated (or PCI, then platform). The
     /// listing is skipped when the route would not take a cdev anyway.
-    pub(super) fn cdev_to_take(&self, name: &DeviceName, stated: Option<Bus>) -> Result<Option<(Bus, u32)>, Error> {
+    pub(super) fn cdev_to_take(&mut self, name: &DeviceName, stated: Option<Bus>) -> Result<Option<(Bus, u32)>, Error> {
         let candidates: &[Bus] = match stated {
             Some(Bus::Pci) => &[Bus::Pci],
             Some(Bus::Platform) => &[Bus::Platform],
@@ -84,13 +84,27 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
                 // 6.1 to 6.12): under Auto, a PF and the VFs of a vfio-pci
                 // PF take it, so a VF's token is checked and a PF and its
                 // VFs share one context's address space.
-                if self.backend == Backend::Auto && bus == Bus::Pci && sriov::token_guarded(&self.kernel, name)? {
+                if self.backend == Backend::Auto && bus == Bus::Pci && self.token_guarded(name)? {
                     return Ok(None);
                 }
                 return Ok(Some((bus, cdev)));
             }
         }
         Ok(None)
+    }
+
+    /// Whether PCI device `name` is guarded by a VF token (see
+    /// [`sriov::token_guarded`]); nothing is, and nothing more is read, while
+    /// vfio-pci does not enable SR-IOV (read once per context).
+    fn token_guarded(&mut self, name: &DeviceName) -> Result<bool, Error> {
+        let possible = match self.vfio_pci_sriov {
+            Some(possible) => possible,
+            None => *self.vfio_pci_sriov.insert(sriov::vfio_pci_enable_sriov(&self.kernel)? == Some(true)),
+        };
+        if !possible {
+            return Ok(false);
+        }
+        sriov::token_guarded(&self.kernel, name)
     }
 
     /// How to open a device on `bus` with cdev `cdev` (see [`Backend`]).

@@ -107,8 +107,10 @@ sriov_vf_with_token(const char *pf_name)
 	CHECK(rc == -EACCES && vf.mem == NULL, "VF with another token refused: %d", rc);
 	dao_vfio_vf_token_set("6F1D2C3B-4A59-4E6D-8C7B-0A1B2C3D4E5F");
 	rc = dao_vfio_device_setup(vf_name, &vf);
-	CHECK(rc == 0 && reg_read32(&vf, DAO_VFIO_DEV_BAR0, 8) == 0x00010400, "VF %s set up with the token, NVMe 1.4: %d",
-	      vf_name, rc);
+	/* Opened and mapped. (Its registers read 0 until the PF's user brings its
+	 * controller online with NVMe's Virtualization Management command, which
+	 * tests/board_sriov.rs does: not DAO's business.) */
+	CHECK(rc == 0 && vf.mem != NULL, "VF %s set up with the token, BAR 0 mapped: %d", vf_name, rc);
 	if (rc == 0)
 		dao_vfio_device_free(&vf);
 	dao_vfio_vf_token_set(NULL);

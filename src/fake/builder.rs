@@ -83,6 +83,7 @@ pub struct PciDeviceBuilder {
     msix: u32,
     capabilities: Vec<(u8, Vec<u8>)>,
     reset: bool,
+    sriov_total_vfs: u16,
 }
 
 /// Where the capability list starts in config space.
@@ -105,7 +106,15 @@ impl PciDeviceBuilder {
             msix: 0,
             capabilities: Vec::new(),
             reset: false,
+            sriov_total_vfs: 0,
         }
+    }
+
+    /// Makes it an SR-IOV PF that may have `total_vfs` VFs (see
+    /// [`FakeDevice::with_sriov_pf`]).
+    pub fn sriov_pf(mut self, total_vfs: u16) -> Self {
+        self.sriov_total_vfs = total_vfs;
+        self
     }
 
     /// Vendor and device IDs.
@@ -288,6 +297,7 @@ impl PciDeviceBuilder {
             flags,
             regions,
             irqs,
+            sriov_total_vfs: self.sriov_total_vfs,
         }
     }
 }
@@ -377,6 +387,7 @@ impl PlatformDeviceBuilder {
             flags,
             regions: self.regions,
             irqs: self.irqs,
+            sriov_total_vfs: 0,
         }
     }
 }

@@ -85,6 +85,9 @@ pub struct FakeDevice {
     /// Its interrupt indexes: (flags, count), or `None` for an index whose
     /// info request fails with EINVAL.
     pub irqs: Vec<Option<(IrqFlags, u32)>>,
+    /// Its `sriov_totalvfs` if it is an SR-IOV PF (0: it is not one); see
+    /// [`FakeDevice::with_sriov_pf`].
+    pub sriov_total_vfs: u16,
 }
 
 /// edu's configuration space as QEMU presents it through vfio-pci: vendor
@@ -129,6 +132,7 @@ impl FakeDevice {
                 None,
                 Some((eventfd, 1)),
             ],
+            sriov_total_vfs: 0,
         }
     }
 
@@ -144,6 +148,7 @@ impl FakeDevice {
             flags: DeviceFlags::PLATFORM,
             regions: vec![FakeRegion::mmio(0x1000)],
             irqs: vec![Some((IrqFlags::EVENTFD | IrqFlags::MASKABLE | IrqFlags::AUTOMASKED, 1))],
+            sriov_total_vfs: 0,
         }
     }
 
@@ -162,6 +167,20 @@ impl FakeDevice {
     /// Sets the group (`None`: no IOMMU group).
     pub fn with_group(mut self, group: Option<u32>) -> Self {
         self.group = group;
+        self
+    }
+
+    /// Makes the device an SR-IOV PF that may have `total_vfs` VFs (its
+    /// `sriov_totalvfs`): writing N to its `sriov_numvfs` creates N VFs
+    /// (`0000:01:00.0`'s are `0000:01:00.1`, `0000:01:00.2`..., each a PCI
+    /// device with a 16 KiB BAR 0 and one MSI-X vector, in a new IOMMU
+    /// group), bound to the PF's driver (vfio-pci captures them through
+    /// their `driver_override`, and refuses unless its `enable_sriov` is
+    /// on: [`FakeKernel::set_vfio_pci_enable_sriov`](super::FakeKernel::set_vfio_pci_enable_sriov)).
+    /// Bound to vfio-pci, the PF guards its VFs with a VF token, as Linux
+    /// does: a random one at first, set by `VFIO_DEVICE_FEATURE`.
+    pub fn with_sriov_pf(mut self, total_vfs: u16) -> Self {
+        self.sriov_total_vfs = total_vfs;
         self
     }
 

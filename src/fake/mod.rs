@@ -9,6 +9,15 @@
 //! default driver, devices in use (unbind fails with `EBUSY`), and the sysfs
 //! directories `bind::status` lists.
 //!
+//! So is SR-IOV, as Linux 6.12 and vfio-pci do it: a PF
+//! ([`PciDeviceBuilder::sriov_pf`]) creates and removes VFs through its
+//! `sriov_numvfs` (each VF a PCI device in its own IOMMU group, with
+//! `physfn` and `virtfnK` links, captured by vfio-pci when the PF is on it,
+//! which needs its `enable_sriov`: [`FakeKernel::set_vfio_pci_enable_sriov`]),
+//! and vfio-pci guards a PF's VFs with its VF token
+//! ([`FakeKernel::vf_token`]): `"NAME vf_token=UUID"` in
+//! `VFIO_GROUP_GET_DEVICE_FD`, `VFIO_DEVICE_FEATURE` setting it on the PF.
+//!
 //! Available with the `fake` feature, so drivers built on this crate can be
 //! unit-tested on a machine with no VFIO at all.
 //!
@@ -145,6 +154,7 @@ mod memory;
 mod model;
 mod privilege;
 mod procfs;
+mod sriov;
 mod sysfs;
 mod trace;
 
@@ -243,14 +253,7 @@ impl FakeKernel {
                 r.contents.len()
             );
         }
-        let mut s = self.state();
-        s.backing.push(device.regions.iter().map(|r| Backing::new(r.size, &r.contents)).collect());
-        s.devices.push(device);
-        s.models.push(model);
-        s.resets.push(0);
-        let index = s.devices.len() - 1;
-        s.add_sysfs(index);
-        index
+        self.state().insert_device(device, model, None)
     }
 
     fn device_index(s: &State, name: &str) -> usize {
@@ -341,6 +344,20 @@ impl FakeKernel {
     /// Whether a driver module is loaded.
     pub fn driver_loaded(&self, bus: Bus, driver: &str) -> bool {
         self.state().driver_loaded(bus, driver)
+    }
+
+    /// Sets vfio-pci's `enable_sriov` parameter
+    /// (`/sys/module/vfio_pci/parameters/enable_sriov`, `N` at first as in
+    /// Linux, and absent while vfio-pci is not loaded): off, vfio-pci
+    /// refuses to create or remove its PFs' VFs (`ENOENT`).
+    pub fn set_vfio_pci_enable_sriov(&self, enabled: bool) {
+        self.state().sriov.enable_sriov = enabled;
+    }
+
+    /// The VF token of SR-IOV PF `pf` now (`None`: not a PF), as vfio-pci
+    /// holds it: random at first, then what its user set.
+    pub fn vf_token(&self, pf: &str) -> Option<crate::VfToken> {
+        self.state().vf_token_of(pf).map(crate::VfToken::from_bytes)
     }
 
     /// Unloads (or loads) VFIO: `/dev/vfio/vfio` disappears (or comes back).
@@ -773,31 +790,36 @@ unsafe impl Kernel for FakeKernel {
 
     fn readlink<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         let s = self.enter("readlink", |_| Step::ReadSysfs)?;
-        let path = path.to_str().map_err(|_| Errno::NOENT)?;
-        let target = s
-            .devices
-            .iter()
-            .enumerate()
-            .find_map(|(index, d)| {
-                let dir = format!("/sys/bus/{}/devices/{}", d.bus.sysfs_name(), d.name);
-                let rest = path.strip_prefix(dir.as_str())?;
-                let group_link = |g| format!("../../../../kernel/iommu_groups/{g}");
-                match rest {
-                    "" => Some(format!("../../../devices/fake/{}", d.name)),
-                    "/driver" => {
-                        d.driver.as_ref().map(|drv| format!("../../../../bus/{}/drivers/{drv}", d.bus.sysfs_name()))
+        let path = s.through_sriov_links(path.to_str().map_err(|_| Errno::NOENT)?);
+        let path = path.as_str();
+        let target = match s.sriov_readlink(path) {
+            Some(link) => link?,
+            None => s
+                .devices
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| !d.name.is_empty())
+                .find_map(|(index, d)| {
+                    let dir = format!("/sys/bus/{}/devices/{}", d.bus.sysfs_name(), d.name);
+                    let rest = path.strip_prefix(dir.as_str())?;
+                    let group_link = |g| format!("../../../../kernel/iommu_groups/{g}");
+                    match rest {
+                        "" => Some(format!("../../../devices/fake/{}", d.name)),
+                        "/driver" => {
+                            d.driver.as_ref().map(|drv| format!("../../../../bus/{}/drivers/{drv}", d.bus.sysfs_name()))
+                        }
+                        "/iommu_group" => d.group.map(group_link),
+                        // Through the cdev's `device` link, back to the device.
+                        _ if rest == format!("/vfio-dev/vfio{index}/device/iommu_group") => {
+                            s.list_vfio_dev(index).ok().and(d.group).map(group_link)
+                        }
+                        _ => None,
                     }
-                    "/iommu_group" => d.group.map(group_link),
-                    // Through the cdev's `device` link, back to the device.
-                    _ if rest == format!("/vfio-dev/vfio{index}/device/iommu_group") => {
-                        s.list_vfio_dev(index).ok().and(d.group).map(group_link)
-                    }
-                    _ => None,
-                }
-            })
-            .or_else(|| s.group_link(path))
-            .or_else(|| s.proc_link(path))
-            .ok_or(Errno::NOENT)?;
+                })
+                .or_else(|| s.group_link(path))
+                .or_else(|| s.proc_link(path))
+                .ok_or(Errno::NOENT)?,
+        };
         let n = target.len().min(buf.len());
         buf[..n].copy_from_slice(&target.as_bytes()[..n]);
         Ok(&buf[..n])
@@ -858,14 +880,14 @@ unsafe impl Kernel for FakeKernel {
 
     fn write_file(&self, _: &Token, path: &CStr, data: &[u8]) -> Result<usize, Errno> {
         let mut s = self.enter("write", |_| Step::WriteSysfs)?;
-        let path = path.to_str().map_err(|_| Errno::NOENT)?;
-        s.write_sysfs(path, data)
+        let path = s.through_sriov_links(path.to_str().map_err(|_| Errno::NOENT)?);
+        s.write_sysfs(&path, data)
     }
 
     fn read_file<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         let s = self.enter("read", |_| Step::ReadSysfsFile)?;
-        let path = path.to_str().map_err(|_| Errno::NOENT)?;
-        let text = s.read_sysfs(path)?;
+        let path = s.through_sriov_links(path.to_str().map_err(|_| Errno::NOENT)?);
+        let text = s.read_sysfs(&path)?;
         let n = text.len().min(buf.len());
         buf[..n].copy_from_slice(&text.as_bytes()[..n]);
         Ok(&buf[..n])
@@ -874,11 +896,11 @@ unsafe impl Kernel for FakeKernel {
     fn list_dir_while(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         let names = {
             let s = self.enter("getdents", |_| trace::list_step(path))?;
-            let path = path.to_str().map_err(|_| Errno::NOENT)?;
-            match (s.list_proc(path), s.list_dev(path)) {
+            let path = s.through_sriov_links(path.to_str().map_err(|_| Errno::NOENT)?);
+            match (s.list_proc(&path), s.list_dev(&path)) {
                 (Some(entries), _) => entries?,
                 (None, Some(entries)) => entries,
-                (None, None) => s.list_sysfs(path)?,
+                (None, None) => s.list_sysfs(&path)?,
             }
         };
         // The lock is released: the visitor may make system calls of its own.

@@ -118,6 +118,8 @@ pub(super) struct State {
     pub(super) sysfs: Vec<DeviceSysfs>,
     /// Credentials, node owners, memlock (`privilege.rs`).
     pub(super) privilege: super::privilege::Privilege,
+    /// PFs, their VFs and tokens, vfio-pci's `enable_sriov` (`sriov.rs`).
+    pub(super) sriov: super::sriov::Sriov,
 }
 
 impl State {
@@ -209,7 +211,35 @@ impl State {
             ],
             sysfs: Vec::new(),
             privilege: super::privilege::Privilege::new(),
+            sriov: super::sriov::Sriov::default(),
         }
+    }
+
+    /// Adds a device (in slot `reuse` if given: a removed VF's); returns
+    /// its index.
+    pub(super) fn insert_device(
+        &mut self,
+        device: FakeDevice,
+        model: Option<std::boxed::Box<dyn super::behaviour::DeviceModel>>,
+        reuse: Option<usize>,
+    ) -> usize {
+        let backing = device.regions.iter().map(|r| Backing::new(r.size, &r.contents)).collect();
+        let index = match reuse {
+            Some(i) => {
+                (self.devices[i], self.backing[i], self.models[i], self.resets[i]) = (device, backing, model, 0);
+                i
+            }
+            None => {
+                self.backing.push(backing);
+                self.devices.push(device);
+                self.models.push(model);
+                self.resets.push(0);
+                self.devices.len() - 1
+            }
+        };
+        self.add_sysfs(index);
+        self.add_sriov(index);
+        index
     }
 
     pub(super) fn new_fd(&mut self, object: Object) -> Fd {
@@ -490,15 +520,15 @@ impl State {
                     return Err(Errno::INVAL);
                 }
                 let name = name.to_str().map_err(|_| Errno::INVAL)?;
-                let device = self
-                    .devices
-                    .iter()
-                    .position(|d| d.group == Some(number) && d.name == name && d.bound_to_vfio())
-                    .ok_or(Errno::NODEV)?;
+                let device = self.match_device(number, name)?;
                 if self.device_open(device) {
                     return Err(Errno::BUSY);
                 }
                 Ok(self.new_fd(Object::Device { device }).raw())
+            }
+            (Object::Device { device }, Request::DeviceSetVfToken(feature)) => {
+                let device = *device;
+                self.feature_vf_token(device, feature)
             }
             (Object::Device { device }, Request::DeviceGetInfo(info)) => {
                 let d = &self.devices[*device];

@@ -148,12 +148,18 @@ impl State {
                 self.drivers.push((bus, driver));
             }
         }
-        self.sysfs.push(sysfs);
+        match self.sysfs.get_mut(index) {
+            Some(slot) => *slot = sysfs,
+            None => self.sysfs.push(sysfs),
+        }
     }
 
     /// `write(path, data)` on a sysfs attribute.
     pub(super) fn write_sysfs(&mut self, path: &str, data: &[u8]) -> Result<usize, Errno> {
         let text = value(data)?;
+        if let Some(written) = self.write_sriov(path, text) {
+            return written.map(|()| data.len());
+        }
         match parse(path).ok_or(Errno::NOENT)? {
             Node::Device(bus, name, "driver_override") => {
                 let index = self.device_on(bus, name).ok_or(Errno::NOENT)?;
@@ -215,6 +221,9 @@ impl State {
 
     /// The contents of a sysfs attribute.
     pub(super) fn read_sysfs(&self, path: &str) -> Result<String, Errno> {
+        if let Some(text) = self.read_sriov(path) {
+            return text;
+        }
         match parse(path).ok_or(Errno::NOENT)? {
             Node::Device(bus, name, "driver_override") => {
                 let index = self.device_on(bus, name).ok_or(Errno::NOENT)?;
@@ -231,7 +240,10 @@ impl State {
     /// The entry names of a sysfs directory.
     pub(super) fn list_sysfs(&self, path: &str) -> Result<Vec<String>, Errno> {
         match parse(path).ok_or(Errno::NOENT)? {
-            Node::Devices(bus) => Ok(self.devices.iter().filter(|d| d.bus == bus).map(|d| d.name.clone()).collect()),
+            // A removed VF's slot is nameless.
+            Node::Devices(bus) => {
+                Ok(self.devices.iter().filter(|d| d.bus == bus && !d.name.is_empty()).map(|d| d.name.clone()).collect())
+            }
             Node::Drivers(bus) => Ok(self.drivers.iter().filter(|(b, _)| *b == bus).map(|(_, d)| d.clone()).collect()),
             Node::Driver(bus, driver, "") => {
                 if !self.driver_loaded(bus, driver) {
@@ -262,8 +274,10 @@ impl State {
             }
             Node::Device(bus, name, "vfio-dev") => self.list_vfio_dev(self.device_on(bus, name).ok_or(Errno::NOENT)?),
             Node::Device(bus, name, "") => {
-                self.device_on(bus, name).ok_or(Errno::NOENT)?;
-                Ok(["driver_override", "uevent"].iter().map(|e| e.to_string()).collect())
+                let index = self.device_on(bus, name).ok_or(Errno::NOENT)?;
+                let mut entries = self.sriov_entries(index, false);
+                entries.extend(self.sriov_entries(index, true));
+                Ok(entries)
             }
             _ => Err(Errno::NOENT),
         }

@@ -440,12 +440,14 @@ impl<'a, K: Kernel> Device<'a, K> {
             let off = usize::try_from(offset).unwrap_or(usize::MAX);
             return refuse(AccessError::OutOfBounds { offset: off, width: len, len: len_region });
         }
-        let at =
-            region.fd_offset().checked_add(offset).ok_or(self.access_error(index, AccessError::OutOfBounds {
+        let at = region.fd_offset().checked_add(offset).ok_or(self.access_error(
+            index,
+            AccessError::OutOfBounds {
                 offset: usize::try_from(offset).unwrap_or(usize::MAX),
                 width: len,
                 len: usize::try_from(region.size()).unwrap_or(usize::MAX),
-            }))?;
+            },
+        ))?;
         Ok((region, at))
     }
 

@@ -101,7 +101,13 @@ fn edu_config_space_through_pread_and_pwrite() {
     dev.read_region(pci_region::CONFIG, 0x0c, &mut cls).unwrap();
     assert_eq!(cls, [0x10]);
     let outside = dev.read_region(pci_region::CONFIG, 0xfe, &mut id).unwrap_err();
-    assert!(matches!(outside.kind(), ErrorKind::RegionAccess { region: pci_region::CONFIG, error: AccessError::OutOfBounds { .. } }), "{outside}");
+    assert!(
+        matches!(
+            outside.kind(),
+            ErrorKind::RegionAccess { region: pci_region::CONFIG, error: AccessError::OutOfBounds { .. } }
+        ),
+        "{outside}"
+    );
     assert_eq!(dev.region(pci_region::CONFIG).unwrap().read32(0), Err(AccessError::NotMapped));
     vfio.free(edu).unwrap();
 }

@@ -166,10 +166,16 @@ fn unmappable_regions_use_pread_and_pwrite() {
     dev.read_region(0, 8, &mut sel).unwrap();
     assert_eq!(sel, [0, 1]);
     let refused = dev.read_region(0, 0x16, &mut sig).unwrap_err();
-    assert_eq!(refused.kind(), ErrorKind::RegionAccess { region: 0, error: AccessError::OutOfBounds { offset: 0x16, width: 4, len: 0x18 } });
+    assert_eq!(
+        refused.kind(),
+        ErrorKind::RegionAccess { region: 0, error: AccessError::OutOfBounds { offset: 0x16, width: 4, len: 0x18 } }
+    );
     assert_eq!(
         dev.read_region(0, u64::MAX, &mut sig).unwrap_err().kind(),
-        ErrorKind::RegionAccess { region: 0, error: AccessError::OutOfBounds { offset: usize::MAX, width: 4, len: 0x18 } }
+        ErrorKind::RegionAccess {
+            region: 0,
+            error: AccessError::OutOfBounds { offset: usize::MAX, width: 4, len: 0x18 }
+        }
     );
     ctx.free(h).unwrap();
 }
@@ -189,7 +195,10 @@ fn region_flags_decide_mapping_and_access() {
     assert_eq!(r0.read32(0), Ok(0));
     assert_eq!(r0.write32(0, 1), Err(AccessError::NotWritable));
     assert_eq!(dev.region(1).unwrap().kind(), RegionKind::Unmapped);
-    assert_eq!(dev.read_region(1, 0, &mut [0; 4]).unwrap_err().kind(), ErrorKind::RegionAccess { region: 1, error: AccessError::NotReadable });
+    assert_eq!(
+        dev.read_region(1, 0, &mut [0; 4]).unwrap_err().kind(),
+        ErrorKind::RegionAccess { region: 1, error: AccessError::NotReadable }
+    );
     dev.write_region(1, 0, &[1, 2, 3, 4]).unwrap();
     assert_eq!(dev.region(2).unwrap().kind(), RegionKind::Unmapped, "MMAP without READ or WRITE is not mapped");
     let missing = dev.region(3).unwrap_err();

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! benches/run aarch64 [--quick]      builds both, boots the board, prints the table
+//! benches/run aarch64 --nvme          only the NVMe section (crate, C, kernel)
 //! ```
 //!
 //! On the board this binary starts the C program as a child that serves one
@@ -668,12 +669,13 @@ fn self_check() -> Result<Vec<(Op, Backend, Counts)>> {
 }
 
 fn run() -> Result<()> {
-    let (mut plan, mut quick) = (FULL, false);
+    let (mut plan, mut quick, mut nvme_only) = (FULL, false, false);
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--quick" => (plan, quick) = (QUICK, true),
+            "--nvme" => nvme_only = true,
             "--bench" => {} // added by `cargo bench`
-            other => return Err(format!("unknown argument {other} (use --quick)").into()),
+            other => return Err(format!("unknown argument {other} (use --quick or --nvme)").into()),
         }
     }
     let fake = self_check()?;
@@ -696,6 +698,12 @@ fn run() -> Result<()> {
     let path = std::env::var("DAO_VFIO_BASELINE").unwrap_or_else(|_| "/test/extra/baseline".into());
     let nvme = std::env::var("DAO_VFIO_NVME").ok();
     let mut baseline = Baseline::start(&path, &edu, pl031.as_deref(), nvme.as_deref())?;
+    if nvme_only {
+        let name = nvme.as_deref().ok_or("--nvme: the board has no DAO_VFIO_NVME")?;
+        let (rounds, reads) = nvme_plan(quick);
+        nvme::run(&mut baseline, name, rounds, reads)?;
+        return baseline.finish();
+    }
 
     for row in &rows {
         crate_batch(&target, row, QUICK.iters(row.op))?;
@@ -757,10 +765,19 @@ fn run() -> Result<()> {
     print_tails(&tails);
     print_breakdowns(&results, &fake);
     if let Some(name) = &nvme {
-        let (rounds, reads) = if quick { (1, 500) } else { (7, 20_000) };
+        let (rounds, reads) = nvme_plan(quick);
         nvme::run(&mut baseline, name, rounds, reads)?;
     }
     baseline.finish()
+}
+
+/// The NVMe section's rounds and reads per round, side and depth.
+fn nvme_plan(quick: bool) -> (usize, usize) {
+    if quick {
+        (1, 500)
+    } else {
+        (7, 20_000)
+    }
 }
 
 fn main() -> ExitCode {

@@ -5,8 +5,10 @@
 //! the benchmark (`benches/run`).
 //!
 //! ```text
-//! nvme 0000:00:04.0 [BLOCKS]
+//! nvme [0000:00:04.0 [BLOCKS]]
 //! ```
+//! The controller defaults to `$DAO_VFIO_NVME` (the virtual boards set it:
+//! `cargo run --target aarch64-unknown-linux-musl --example nvme` boots one).
 //! Writes a pattern over the first BLOCKS 4 KiB blocks (default: the whole
 //! namespace), reads it all back and compares every word, then times random
 //! reads at queue depth 1 and 32 (each read checked): IOPS and latency
@@ -69,8 +71,9 @@ fn run(name: &str, blocks: Option<u64>) -> Result<()> {
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let Some(name) = args.next() else {
-        eprintln!("usage: nvme PCI-ADDRESS [BLOCKS]   (e.g. nvme 0000:00:04.0)");
+    // On the virtual boards the controller is named in DAO_VFIO_NVME.
+    let Some(name) = args.next().or_else(|| std::env::var("DAO_VFIO_NVME").ok()) else {
+        eprintln!("usage: nvme PCI-ADDRESS [BLOCKS]   (e.g. nvme 0000:00:04.0; default: $DAO_VFIO_NVME)");
         return ExitCode::from(2);
     };
     let blocks = match args.next().map(|b| b.parse::<u64>()) {

@@ -828,9 +828,13 @@ static void bench_nvme(const char *op, const char *name, unsigned depth, unsigne
 		}
 		now = last = now_ns();
 		slot = dw3 & 0xffff;
+		if (slot >= depth) {
+			fprintf(stderr, "baseline: NVMe completion for command %u, never submitted\n", slot);
+			exit(1);
+		}
 		block = s.block[slot];
 		data = (volatile uint64_t *)(n.mem + NVME_DATA + slot * NVME_BLOCK);
-		if (slot >= depth || dw3 >> 17 || data[0] != nvme_pattern(block, 0) ||
+		if (dw3 >> 17 || data[0] != nvme_pattern(block, 0) ||
 		    data[NVME_BLOCK / 8 - 1] != nvme_pattern(block, NVME_BLOCK / 8 - 1)) {
 			fprintf(stderr, "baseline: NVMe read of block %llu: status %#x, wrong data\n",
 				(unsigned long long)block, dw3 >> 17);

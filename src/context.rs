@@ -136,11 +136,6 @@ pub struct Context<
     /// ranges, which depend on the devices attached): forgotten whenever a
     /// device is set up or freed, so a map makes one system call, not two.
     iommu_info: Option<IommuInfo>,
-    /// Whether vfio-pci may create VFs behind the PFs it drives (its
-    /// `enable_sriov`), read the first time [`Backend::Auto`] must know
-    /// whether a PCI device is guarded by a VF token (see
-    /// [`Context::setup_vf`]); `false` spares every later setup the check.
-    vfio_pci_sriov: Option<bool>,
 }
 
 impl Context<Host> {
@@ -209,7 +204,6 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             devices: heapless::Vec::new(),
             dma: dma::Table::new(),
             iommu_info: None,
-            vfio_pci_sriov: None,
         }
     }
 
@@ -245,7 +239,6 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         self.id = UNOPENED;
         self.next_serial = 0;
         self.iommu_info = None;
-        self.vfio_pci_sriov = None;
         Ok(())
     }
 

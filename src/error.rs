@@ -647,9 +647,22 @@ pub enum ErrorKind {
     },
     /// A VF token was given with [`Backend::Iommufd`](crate::Backend::Iommufd)
     /// forced: the VFIO cdev carries a token only with
-    /// `VFIO_DEVICE_BIND_FLAG_TOKEN`, which Linux 6.1 to 6.12 lack (their
-    /// cdev does not check VF tokens at all); the group path does.
+    /// `VFIO_DEVICE_BIND_FLAG_TOKEN`, which the crate does not send yet (the
+    /// boards' kernels, 6.6 to 6.12, have no such flag, and their cdev checks
+    /// no VF token); the group path carries it.
     VfTokenNeedsGroup,
+    /// A VF token was given to a context of [`Backend::Auto`](crate::Backend::Auto)
+    /// whose devices already use iommufd: the token passes only through the
+    /// device's group (the legacy container), and a context has one IOMMU
+    /// address space.
+    VfTokenBesideIommufd,
+    /// Removing a PF's VFs was refused: a process holds one of them (the
+    /// error's device) through VFIO, and Linux would block the removal
+    /// until it lets go.
+    VfHeld {
+        /// The process.
+        pid: u32,
+    },
     /// A VF token's text was refused.
     InvalidVfToken(crate::vf_token::VfTokenError),
     /// An SR-IOV operation on a device that is not an SR-IOV PF (it has no
@@ -1055,6 +1068,10 @@ impl fmt::Display for Error {
                     f.write_str(" (reset_required=0 for devices without a reset driver)")?;
                 }
             }
+            ErrorKind::VfHeld { pid } => write!(
+                f,
+                "process {pid} holds this VF through VFIO (see /proc/{pid}/fd): Linux would block the removal of the VFs (sriov_numvfs 0) until it frees it; stop that process or have it free the VF, then retry"
+            )?,
             ErrorKind::DeviceHeld { pid } => write!(
                 f,
                 "process {pid} holds the device through VFIO (see /proc/{pid}/fd): Linux would block the unbind until it frees the device; stop that process or have it free the device, or unbind with --wait (bind::unbind_wait), which signals its request notifier and waits"
@@ -1071,7 +1088,10 @@ impl fmt::Display for Error {
                 "the kernel refused the VF token: this PF's VFs are in use, so the PF opens only with their VF token; give the token the PF's VFs were opened with (Context::setup_vf; C: dao_vfio_vf_token_set)",
             )?,
             ErrorKind::VfTokenNeedsGroup => f.write_str(
-                "a VF token cannot be given through the VFIO cdev on this kernel (VFIO_DEVICE_BIND_FLAG_TOKEN is newer than Linux 6.12): open the device in a context made with Backend::Auto or Backend::Legacy, which pass the token through its group",
+                "a VF token cannot be given through the VFIO cdev (this crate does not send VFIO_DEVICE_BIND_FLAG_TOKEN, which kernels up to 6.12 lack): open the device in a context made with Backend::Auto or Backend::Legacy, which pass the token through its group",
+            )?,
+            ErrorKind::VfTokenBesideIommufd => f.write_str(
+                "a VF token passes only through the device's group (the legacy container), and this context's devices already use iommufd (a context has one IOMMU address space): set up the PF and its VFs before the iommufd devices in this context (the devices after them then follow the legacy container), or use a context made with Backend::Legacy",
             )?,
             ErrorKind::InvalidVfToken(e) => write!(f, "bad VF token: {e}")?,
             ErrorKind::NotSriovPf { vf_of: Some(pf) } => write!(

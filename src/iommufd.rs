@@ -144,6 +144,10 @@ fn bind_refusal<K: Kernel>(kernel: &K, dev: &Located, errno: Errno) -> Error {
             _ => ErrorKind::DeviceClaimed,
         },
         Errno::INVAL => ErrorKind::DeviceClaimed,
+        // A kernel whose cdev checks VF tokens, refusing one without it.
+        Errno::ACCESS if dev.bus == Bus::Pci && crate::sriov::token_guarded(kernel, &dev.name).unwrap_or(false) => {
+            crate::sriov::token_refusal(kernel, &dev.name)
+        }
         _ => return Error::syscall(Step::BindIommufd, errno),
     };
     Error::new(kind).with_errno(errno)

@@ -169,7 +169,7 @@ pub(crate) fn token_refusal<K: Kernel>(kernel: &K, dev: &DeviceName) -> ErrorKin
 /// `sriov_totalvfs` ([`ErrorKind::TooManyVfs`]), when it has other VFs
 /// already ([`ErrorKind::VfsEnabled`]: Linux changes the count only through
 /// 0), or, to remove them, when a process holds one of its VFs through VFIO
-/// ([`ErrorKind::DeviceHeld`]: Linux would block until it lets go). The same
+/// ([`ErrorKind::VfHeld`]: Linux would block until it lets go). The same
 /// count again does nothing.
 pub fn set_num_vfs<K: Kernel>(kernel: &K, pf: &str, count: u32) -> Result<(), Error> {
     let dev = DeviceName::new(pf)?;
@@ -199,18 +199,22 @@ fn set_num_vfs_of<K: Kernel>(kernel: &K, dev: &DeviceName, count: u32) -> Result
         return Err(Error::new(ErrorKind::SriovDisabled));
     }
     if count == 0 {
-        let mut held = None;
-        let mut names = heapless::Vec::<DeviceName, 64>::new();
+        // Every VF is asked (no list to fill: a PF may have hundreds).
+        let (mut held, mut failed) = (None, None);
         vfs_of(kernel, dev, &mut |vf| {
-            let _ = names.push(*vf);
-        })?;
-        for vf in &names {
-            crate::bind::holders(kernel, vf.as_str(), Some(Bus::Pci), &mut |pid| {
+            if held.is_some() || failed.is_some() {
+                return;
+            }
+            let asked = crate::bind::holders(kernel, vf.as_str(), Some(Bus::Pci), &mut |pid| {
                 held.get_or_insert((pid, *vf));
-            })?;
+            });
+            failed = asked.err();
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
         if let Some((pid, vf)) = held {
-            return Err(Error::new(ErrorKind::DeviceHeld { pid }).for_device(vf));
+            return Err(Error::new(ErrorKind::VfHeld { pid }).for_device(vf));
         }
     }
     let path = sys_path!("/sys/bus/pci/devices/{dev}/sriov_numvfs").ok_or_else(too_long)?;

@@ -198,8 +198,9 @@ impl KernelLog {
         KernelLog(f)
     }
 
-    /// The IOMMU driver's lines (intel-iommu's `DMAR` faults, arm-smmu-v3's
-    /// events) logged since `open`, waiting up to `wait` for the first.
+    /// The IOMMU driver's fault lines (intel-iommu's `DMAR` faults,
+    /// arm-smmu-v3's events) logged since `open`, waiting up to `wait` for
+    /// the first.
     fn iommu_faults(&mut self, wait: Duration) -> Vec<String> {
         use std::io::Read;
         let start = Instant::now();
@@ -210,7 +211,11 @@ impl KernelLog {
             while let Ok(n @ 1..) = self.0.read(&mut record) {
                 let line = String::from_utf8_lossy(&record[..n]);
                 let text = line.split_once(';').map_or(&*line, |(_, t)| t).trim().to_string();
-                if text.contains("DMAR") || text.contains("smmu") {
+                // intel-iommu: "DMAR: [DMA Write ...] ... fault addr ...";
+                // arm-smmu-v3: "arm-smmu-v3 ...: event 0x10 received:".
+                let dmar_fault = text.contains("DMAR") && text.contains("fault");
+                let smmu_event = text.contains("smmu") && text.contains("event");
+                if dmar_fault || smmu_event {
                     found.push(text);
                 }
             }

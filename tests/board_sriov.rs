@@ -240,7 +240,7 @@ fn a_vf_opens_with_the_pfs_token_beside_its_pf_and_goes_away_with_the_pf_still_u
     // Removal is refused while a VF is held, then done.
     let (code, text) = vfio_bind(&["sriov", &pf, "0"]);
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("holds the device"), "{text}");
+    assert!(text.contains("holds this VF") && text.contains("sriov_numvfs 0"), "{text}");
     vfio.free(vfh).unwrap();
     let (code, text) = vfio_bind(&["sriov", &pf, "0"]);
     assert_eq!(code, 0, "{text}");

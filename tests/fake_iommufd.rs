@@ -179,13 +179,14 @@ fn auto_falls_back_to_the_group_when_the_cdev_is_refused() {
     let k = system(true, true);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let calls = k.calls();
-    // getdents (the cdev's listing), the read of vfio-pci's enable_sriov
-    // (once per context: may a device be an SR-IOV PF or VF, which Auto
-    // opens through the group? Not here), then the cdev's open.
-    k.fail_call(3, Errno::ACCESS);
+    // getdents (the cdev's listing), two readlinks (is it a VF, `physfn`, or
+    // an SR-IOV PF, `sriov_totalvfs`? Auto opens those through the group;
+    // not here), then the cdev's open.
+    k.fail_call(4, Errno::ACCESS);
     let edu = ctx.setup(EDU).unwrap();
-    assert_eq!(k.trace()[calls as usize + 1].name, "read");
-    assert_eq!(k.trace()[calls as usize + 2].name, "open");
+    assert_eq!(k.trace()[calls as usize + 1].name, "readlink");
+    assert_eq!(k.trace()[calls as usize + 2].name, "readlink");
+    assert_eq!(k.trace()[calls as usize + 3].name, "open");
     assert!(!k.failure_pending());
     assert_eq!((ctx.device(&edu).unwrap().backend(), ctx.active_backend()), (Backend::Legacy, Some(Backend::Legacy)));
     // One address space: the next device follows the legacy container.

@@ -82,7 +82,7 @@ fn set_num_vfs_refusals_change_nothing() {
         let e = sriov::set_num_vfs(&k, name, count).unwrap_err();
         assert_eq!(sysfs_state(&k), before, "{e}");
         // A held VF is named itself.
-        assert_eq!(e.device(), Some(if matches!(e.kind(), ErrorKind::DeviceHeld { .. }) { VF1 } else { name }));
+        assert_eq!(e.device(), Some(if matches!(e.kind(), ErrorKind::VfHeld { .. }) { VF1 } else { name }));
         println!("set_num_vfs({name}, {count}): {e}");
         e.kind()
     };
@@ -96,7 +96,7 @@ fn set_num_vfs_refusals_change_nothing() {
     let pf = ctx.setup(PF).unwrap();
     ctx.set_vf_token(&pf, &token(A)).unwrap();
     let vf = ctx.setup_vf(VF1, &token(A)).unwrap();
-    assert!(matches!(refuse(PF, 0), ErrorKind::DeviceHeld { .. }));
+    assert!(matches!(refuse(PF, 0), ErrorKind::VfHeld { .. }));
     ctx.free(vf).unwrap();
     ctx.free(pf).unwrap();
     sriov::set_num_vfs(&k, PF, 0).unwrap();
@@ -105,11 +105,12 @@ fn set_num_vfs_refusals_change_nothing() {
     k.set_vfio_pci_enable_sriov(true);
     k.bind(0, None);
     assert_eq!(refuse(PF, 1), ErrorKind::NotBound { bus: Bus::Pci });
-    // The kernel's own refusal when the check raced: enable_sriov turned
-    // off after it was read.
+    // The kernel's own refusal when the check raced (enable_sriov turned
+    // off after the crate read it on): vfio-pci answers the write ENOENT.
     k.bind(0, Some("vfio-pci"));
-    k.set_vfio_pci_enable_sriov(false);
+    k.fail_step(Step::WriteSysfs, 1, Errno::NOENT);
     assert_eq!(refuse(PF, 1), ErrorKind::SriovDisabled);
+    assert!(!k.failure_pending(), "the write was made, and refused");
     drop(ctx);
     assert_eq!(k.open_fds(), 0);
 }
@@ -223,6 +224,29 @@ fn tokens_need_the_group_path() {
     assert_eq!(k.iommufd_attached(), 0);
     ctx.free(vf).unwrap();
     ctx.free(pf).unwrap();
+    drop(ctx);
+    assert_eq!(k.open_fds(), 0);
+    // Auto beside a device already on iommufd: one address space, so the
+    // PF takes its cdev as the kernel allows, and a token is refused, saying
+    // what to do; nothing is left open.
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let plain = ctx.setup(PLAIN).unwrap();
+    assert_eq!(ctx.active_backend(), Some(Backend::Iommufd));
+    let fds = k.open_fds();
+    let e = ctx.setup_vf(VF0, &token(B)).unwrap_err();
+    assert_eq!((e.kind(), e.device()), (ErrorKind::VfTokenBesideIommufd, Some(VF0)), "{e}");
+    assert!(e.to_string().contains("set up the PF and its VFs before the iommufd devices"), "{e}");
+    assert_eq!((k.open_fds(), ctx.device_count(), ctx.group_count()), (fds, 1, 0));
+    let pf = ctx.setup(PF).unwrap();
+    assert_eq!(ctx.device(&pf).unwrap().backend(), Backend::Iommufd);
+    // A kernel whose cdev checks tokens refuses the VF's bind with EACCES:
+    // the same refusal as on the group path, naming the PF.
+    k.fail_step(Step::BindIommufd, 1, Errno::ACCESS);
+    let e = ctx.setup(VF0).unwrap_err();
+    assert_eq!(pf_label(&e).as_deref(), Some(PF), "{e}");
+    assert_eq!((k.open_fds(), ctx.device_count()), (fds + 1, 2));
+    ctx.free(pf).unwrap();
+    ctx.free(plain).unwrap();
     drop(ctx);
     assert_eq!(k.open_fds(), 0);
 }

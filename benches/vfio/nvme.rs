@@ -104,6 +104,18 @@ struct IoEvent {
     res2: i64,
 }
 
+/// A Linux AIO context, destroyed when dropped: `io_destroy` waits for the
+/// reads still in flight, so an early return never frees a buffer the kernel
+/// may still write.
+struct AioContext(libc::c_ulong);
+
+impl Drop for AioContext {
+    fn drop(&mut self) {
+        // SAFETY: the context was made by io_setup and is destroyed once.
+        unsafe { libc::syscall(libc::SYS_io_destroy, self.0) };
+    }
+}
+
 fn check_block(buf: &[u64], block: u64) -> Result<()> {
     if buf[0] != pattern(block, 0) || buf[BLOCK / 8 - 1] != pattern(block, BLOCK / 8 - 1) {
         return Err(format!("the kernel read block {block}: not its pattern").into());
@@ -154,6 +166,8 @@ fn kernel_batch(dev: &str, blocks: u64, depth: usize, n: usize) -> Result<Side> 
         if unsafe { libc::syscall(libc::SYS_io_setup, depth as libc::c_long, &mut ctx) } != 0 {
             return Err(format!("io_setup: {}", std::io::Error::last_os_error()).into());
         }
+        // Declared after `bufs`, so dropped before them on every path.
+        let aio = AioContext(ctx);
         let mut iocbs = vec![Iocb::default(); depth];
         let mut started = vec![0u64; depth];
         let mut block_of = vec![0u64; depth];
@@ -168,7 +182,9 @@ fn kernel_batch(dev: &str, blocks: u64, depth: usize, n: usize) -> Result<Side> 
                 ..Iocb::default()
             };
             let mut one = [&mut iocbs[slot] as *mut Iocb];
-            // SAFETY: one valid iocb whose buffer lives until its event is reaped.
+            // SAFETY: one valid iocb; its buffer outlives the read, which ends
+            // before `aio` is dropped (io_destroy waits for it) and `aio` is
+            // dropped before `bufs`.
             if unsafe { libc::syscall(libc::SYS_io_submit, ctx, 1 as libc::c_long, one.as_mut_ptr()) } != 1 {
                 return Err(format!("io_submit: {}", std::io::Error::last_os_error()).into());
             }
@@ -216,8 +232,7 @@ fn kernel_batch(dev: &str, blocks: u64, depth: usize, n: usize) -> Result<Side> 
             }
         }
         last = now_ns();
-        // SAFETY: destroys the context made above; nothing is in flight.
-        unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
+        drop(aio);
     }
     drop(bufs);
     Ok((n as f64 * 1e9 / (last - first) as f64, Percentiles::of(lat)))

@@ -322,7 +322,7 @@ pub unsafe extern "C" fn dao_vfio_vf_token_set(uuid: *const c_char) -> c_int {
     } else {
         // SAFETY: non-null, and NUL-terminated by the caller's contract.
         let text = unsafe { CStr::from_ptr(uuid) };
-        match text.to_str().map_err(|_| crate::VfTokenError::BadCharacter(0)).and_then(VfToken::parse) {
+        match text.to_str().map_err(|e| crate::VfTokenError::BadCharacter(e.valid_up_to())).and_then(VfToken::parse) {
             Ok(token) => Some(token),
             Err(e) => return fail(Error::new(ErrorKind::InvalidVfToken(e))),
         }

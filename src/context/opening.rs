@@ -2,6 +2,8 @@
 //! else through its group (opened or shared, and attached to the right
 //! container), and how the new device is described in place in the table.
 
+use rustix::io::Errno;
+
 use super::Context;
 use crate::backend::{self, Backend, Route, RouteInputs};
 use crate::container::{Container, IommuKind};
@@ -30,7 +32,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     ) -> Result<(), Error> {
         let (mut stated, mut node_missing) = (stated, false);
         let cdev = match vf_token {
-            // The cdev of Linux 6.1 to 6.12 cannot carry a token.
+            // The crate passes a token through the group only (the cdev of
+            // the boards' kernels, 6.6 to 6.12, cannot carry one).
             Some(_) if self.backend == Backend::Iommufd => return Err(Error::new(ErrorKind::VfTokenNeedsGroup)),
             Some(_) => None,
             None => self.cdev_to_take(&name, stated)?,
@@ -52,7 +55,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         let (bus, group) = sysfs::locate(&self.kernel, &name, stated)?;
         let iommu = match self.route(bus, None) {
             // A token-guarded device beside iommufd ones: one address space.
-            _ if vf_token.is_some() && self.iommufd_in_use() => Err(ErrorKind::MixedBackends),
+            _ if vf_token.is_some() && self.iommufd_in_use() => Err(ErrorKind::VfTokenBesideIommufd),
             // A device behind an IOMMU whose cdev is listed but has no node
             // (no devtmpfs, or a container given only some nodes): opening
             // the node is what failed, not the kernel's cdev support.
@@ -69,7 +72,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// The device's bus and cdev, if iommufd may take it (see [`Backend`])
     /// and it has a cdev on the bus stated (or PCI, then platform). The
     /// listing is skipped when the route would not take a cdev anyway.
-    pub(super) fn cdev_to_take(&mut self, name: &DeviceName, stated: Option<Bus>) -> Result<Option<(Bus, u32)>, Error> {
+    pub(super) fn cdev_to_take(&self, name: &DeviceName, stated: Option<Bus>) -> Result<Option<(Bus, u32)>, Error> {
         let candidates: &[Bus] = match stated {
             Some(Bus::Pci) => &[Bus::Pci],
             Some(Bus::Platform) => &[Bus::Platform],
@@ -80,31 +83,26 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
                 return Ok(None);
             }
             if let Some(cdev) = iommufd::find_cdev(&self.kernel, bus, name)? {
-                // The kernel checks VF tokens only on the group path (Linux
-                // 6.1 to 6.12): under Auto, a PF and the VFs of a vfio-pci
-                // PF take it, so a VF's token is checked and a PF and its
-                // VFs share one context's address space.
-                if self.backend == Backend::Auto && bus == Bus::Pci && self.token_guarded(name)? {
-                    return Ok(None);
+                // The boards' kernels (6.6 to 6.12) check VF tokens only on
+                // the group path: under Auto, a PF and the VFs of a vfio-pci
+                // PF take it while the context's address space is not
+                // iommufd's already, so a VF's token is checked and a PF and
+                // its VFs share one address space. Beside iommufd devices
+                // they take the cdev, as the kernel allows. A sysfs file
+                // the process may not read leaves the device as any other.
+                if self.backend == Backend::Auto && bus == Bus::Pci && !self.iommufd_in_use() {
+                    let guarded = match sriov::token_guarded(&self.kernel, name) {
+                        Err(e) if matches!(e.errno(), Some(Errno::ACCESS | Errno::PERM)) => false,
+                        other => other?,
+                    };
+                    if guarded {
+                        return Ok(None);
+                    }
                 }
                 return Ok(Some((bus, cdev)));
             }
         }
         Ok(None)
-    }
-
-    /// Whether PCI device `name` is guarded by a VF token (see
-    /// [`sriov::token_guarded`]); nothing is, and nothing more is read, while
-    /// vfio-pci does not enable SR-IOV (read once per context).
-    fn token_guarded(&mut self, name: &DeviceName) -> Result<bool, Error> {
-        let possible = match self.vfio_pci_sriov {
-            Some(possible) => possible,
-            None => *self.vfio_pci_sriov.insert(sriov::vfio_pci_enable_sriov(&self.kernel)? == Some(true)),
-        };
-        if !possible {
-            return Ok(false);
-        }
-        sriov::token_guarded(&self.kernel, name)
     }
 
     /// How to open a device on `bus` with cdev `cdev` (see [`Backend`]).

@@ -1,6 +1,8 @@
 //! SR-IOV through a context: setting a PF's VF token, and setting up a
 //! device with one.
 
+use rustix::io::Errno;
+
 use super::{Context, DeviceHandle};
 use crate::error::{Error, ErrorKind, Step};
 use crate::kernel::{Kernel, Request, TOKEN};
@@ -22,7 +24,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// `"NAME vf_token=UUID"`: such a device is opened through its group.
     /// Under [`Backend::Auto`](crate::Backend::Auto) that is what happens
     /// (a PF and the VFs of a vfio-pci PF take the group path there, token
-    /// or not, since the cdev of Linux 6.1 to 6.12 neither carries nor checks
+    /// or not, since the cdev of Linux 6.6 to 6.12 neither carries nor checks
     /// a token); with [`Backend::Iommufd`](crate::Backend::Iommufd) forced
     /// the setup is refused with [`ErrorKind::VfTokenNeedsGroup`].
     ///
@@ -51,8 +53,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// to [`Context::setup_vf`]. vfio-pci starts each PF with a random token
     /// nobody knows, so its VFs open only once the PF's user sets one. A
     /// device that is not an SR-IOV PF under vfio-pci is refused with
-    /// [`ErrorKind::NotSriovPf`] (the kernel answers `ENOTTY`, or `EINVAL` on
-    /// kernels without the feature).
+    /// [`ErrorKind::NotSriovPf`] (the kernel answers `ENOTTY`; `EINVAL` for a
+    /// device that is not a PCI device).
     #[doc(alias = "VFIO_DEVICE_FEATURE_PCI_VF_TOKEN")]
     pub fn set_vf_token(&self, handle: &DeviceHandle, token: &VfToken) -> Result<(), Error> {
         let slot = self.slot(handle)?;
@@ -65,14 +67,16 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         };
         let set = self.kernel.ioctl(&TOKEN, state.fd(), Request::DeviceSetVfToken(&feature));
         set.map(drop).map_err(|e| {
-            let error = match e {
-                rustix::io::Errno::NOTTY | rustix::io::Errno::INVAL => {
-                    let vf_of = match sriov::role_of(&self.kernel, &name) {
-                        Ok(SriovRole::Vf { pf }) => Some(crate::Label::new(pf.as_str().as_bytes())),
-                        _ => None,
-                    };
-                    Error::new(ErrorKind::NotSriovPf { vf_of }).with_errno(e)
+            // ENOTTY: not a PF to vfio-pci (or a kernel without the
+            // feature); EINVAL: not a PCI device (or an argument refused).
+            // Sysfs says whether the device is a PF before "not a PF" is.
+            let role = matches!(e, Errno::NOTTY | Errno::INVAL).then(|| sriov::role_of(&self.kernel, &name));
+            let error = match role {
+                Some(Ok(SriovRole::Vf { pf })) => {
+                    Error::new(ErrorKind::NotSriovPf { vf_of: Some(crate::Label::new(pf.as_str().as_bytes())) })
+                        .with_errno(e)
                 }
+                Some(Ok(SriovRole::None)) => Error::new(ErrorKind::NotSriovPf { vf_of: None }).with_errno(e),
                 _ => Error::syscall(Step::SetVfToken, e),
             };
             error.for_device(name)

@@ -894,6 +894,7 @@ impl fmt::Display for Error {
                 f,
                 "/dev/vfio/noiommu-{group} is a noiommu group (no IOMMU: the device can DMA anywhere in memory), which Linux opens only for a process with CAP_SYS_RAWIO: give the program that capability (setcap cap_sys_rawio+ep PROGRAM, or AmbientCapabilities=CAP_SYS_RAWIO in its systemd unit), or run as root"
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::MemlockLimit { charge, needed, limit } => {
                 let kib = needed.div_ceil(1024);
                 if needed > limit {
@@ -906,9 +907,11 @@ impl fmt::Display for Error {
                     "; {charge}. Raise the limit to at least that: `ulimit -l {kib}` in the shell that starts the program (its hard limit must allow it), `prlimit --pid PID --memlock={needed}:{needed}`, or `USER - memlock {kib}` in /etc/security/limits.conf (LimitMEMLOCK= in a systemd unit); CAP_IPC_LOCK lifts the limit"
                 )?
             }
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::NoSuchUser { name } => {
                 write!(f, "no user {name} in /etc/passwd: give a user name it lists, or a numeric uid")?
             }
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::NoSuchGroup { name } => {
                 write!(f, "no group {name} in /etc/group: give a group name it lists, or a numeric gid")?
             }
@@ -979,6 +982,7 @@ impl fmt::Display for Error {
             ErrorKind::DevicesOpen { count } => {
                 write!(f, "{count} device(s) are still open: free them before closing the context")?
             }
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::ForeignHandle => {
                 f.write_str("this handle belongs to another context, or what it named was released")?
             }
@@ -991,52 +995,66 @@ impl fmt::Display for Error {
             ErrorKind::IrqAlreadyEnabled { index } => {
                 write!(f, "interrupt index {index} is already enabled: disable it first")?
             }
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::IrqNotEnabled { index, vector } => {
                 write!(f, "interrupt index {index}, vector {vector} has no eventfd: enable the index first (Context::irq_enable(handle, {index}, count) with count > {vector})")?
             }
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::NotMaskable { index } => write!(f, "interrupt index {index} cannot be masked")?,
             ErrorKind::NoNotification { which } => write!(
                 f,
                 "the device offers no {which} notification: its interrupt index has no vector (an error notification needs a device with AER)"
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::ResetUnsupported => {
                 f.write_str("the device does not support VFIO_DEVICE_RESET (no function-level or bus reset)")?
             }
             ErrorKind::NotPci => f.write_str("this operation needs a PCI device")?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::PciCapabilities(e) => write!(f, "malformed PCI capability list: {e}")?,
             ErrorKind::CapabilityChain(e) => write!(f, "malformed VFIO capability chain from the kernel: {e}")?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::NoDmaDomain => {
                 f.write_str("no device behind an IOMMU is open: set one up before mapping DMA memory")?
             }
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::NoIommuDma => f.write_str(
                 "the open devices are noiommu devices: without an IOMMU there is no DMA mapping (their DMA uses physical addresses)",
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::DmaTableFull { capacity } => write!(
                 f,
                 "the DMA mapping table is full ({capacity} mappings): free one, or raise the context's DMA parameter"
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::NoIova { len } => write!(f, "no free IOVA range of {len:#x} bytes is left")?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::IovaUnusable { iova, len, reserved: true } => write!(
                 f,
                 "the IOVA range {iova:#x}..{:#x} chosen is not usable: it is outside the IOMMU's usable ranges (inside a reserved range such as the MSI window, or past the end; Context::iommu_info lists them): choose an IOVA inside one, or let dma_alloc choose",
                 iova.saturating_add(len)
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::IovaUnusable { iova, len, reserved: false } => write!(
                 f,
                 "the IOVA range {iova:#x}..{:#x} chosen overlaps a DMA mapping of this context: choose another, or let dma_alloc choose",
                 iova.saturating_add(len)
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::DmaMemoryMapped { iova, len } => write!(
                 f,
                 "this memory is already mapped for DMA (the mapping at IOVA {iova:#x}, {len:#x} bytes, covers some of it): use that mapping's handle, or free it first"
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::DmaStranded => f.write_str(
                 "the IOMMU domain of this mapping was kept by the kernel when its last device was freed (the unmap and the detach failed): the mapping and its memory stay until the context is dropped",
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::PartialUnmap { unmapped, len } => write!(
                 f,
                 "the IOMMU unmapped {unmapped:#x} of {len:#x} bytes; the mapping and its memory are kept"
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::BadDmaRange { page } => write!(
                 f,
                 "DMA address and length must be non-zero multiples of the IOMMU page size ({page:#x})"
@@ -1044,11 +1062,14 @@ impl fmt::Display for Error {
             ErrorKind::NoSuchRegion { index, count } => {
                 write!(f, "region {index} does not exist (the device has {count} regions)")?
             }
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::Access(error) => write!(f, "region access refused: {error}")?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::RegionAccess { region, error } => {
                 let pci = self.device.as_ref().map(DeviceName::looks_like_pci);
                 write!(f, "{}: access refused: {error}", RegionName { index: region, pci })?
             }
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::ShortTransfer { region, done, wanted } => {
                 let pci = self.device.as_ref().map(DeviceName::looks_like_pci);
                 write!(f, "{}: moved {done} of {wanted} bytes", RegionName { index: region, pci })?
@@ -1057,10 +1078,13 @@ impl fmt::Display for Error {
                 step.write(f, self.device.as_ref().map(DeviceName::looks_like_pci))?;
                 f.write_str(" failed")?
             }
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::InvalidDriverName(NameError::TooLong(len)) => {
                 write!(f, "bad driver name: it is {len} bytes long; driver names are at most {MAX_DRIVER_LEN} bytes")?
             }
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::InvalidDriverName(e) => write!(f, "bad driver name: {e}")?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::DriverMissing { bus, driver } => {
                 let d = driver;
                 write!(f, "driver {d} is not loaded (/sys/bus/{bus}/drivers/{d} does not exist): modprobe {d}")?;
@@ -1068,14 +1092,17 @@ impl fmt::Display for Error {
                     f.write_str(" (reset_required=0 for devices without a reset driver)")?;
                 }
             }
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::VfHeld { pid } => write!(
                 f,
                 "process {pid} holds this VF through VFIO (see /proc/{pid}/fd): Linux would block the removal of the VFs (sriov_numvfs 0) until it frees it; stop that process or have it free the VF, then retry"
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::DeviceHeld { pid } => write!(
                 f,
                 "process {pid} holds the device through VFIO (see /proc/{pid}/fd): Linux would block the unbind until it frees the device; stop that process or have it free the device, or unbind with --wait (bind::unbind_wait), which signals its request notifier and waits"
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::DeviceBusy { bus, driver } => write!(
                 f,
                 "the device is in use: {driver} refused to release it (/sys/bus/{bus}/devices/{dev}/driver/unbind); stop what uses it (close its VFIO fds, unmount, bring the interface down), then retry"
@@ -1094,25 +1121,31 @@ impl fmt::Display for Error {
                 "a VF token passes only through the device's group (the legacy container), and this context's devices already use iommufd (a context has one IOMMU address space): set up the PF and its VFs before the iommufd devices in this context (the devices after them then follow the legacy container), or use a context made with Backend::Legacy",
             )?,
             ErrorKind::InvalidVfToken(e) => write!(f, "bad VF token: {e}")?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::NotSriovPf { vf_of: Some(pf) } => write!(
                 f,
                 "the device is a VF (of PF {pf}), not an SR-IOV PF: create and remove VFs on {pf}"
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::NotSriovPf { vf_of: None } => write!(
                 f,
                 "the device is not an SR-IOV PF (/sys/bus/pci/devices/{dev}/sriov_totalvfs does not exist; a kernel without CONFIG_PCI_IOV has none)"
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::TooManyVfs { asked, total } => write!(
                 f,
                 "{asked} VFs asked for, but the PF can have at most {total} (/sys/bus/pci/devices/{dev}/sriov_totalvfs)"
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::VfsEnabled { current } => write!(
                 f,
                 "the PF has {current} VFs already, and Linux changes their number only through 0: remove them first (vfio-bind sriov {dev} 0, or echo 0 > /sys/bus/pci/devices/{dev}/sriov_numvfs)"
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::SriovDisabled => f.write_str(
                 "the PF is bound to vfio-pci, which creates VFs only when loaded with enable_sriov=1: modprobe vfio-pci enable_sriov=1 (vfio_pci.enable_sriov=1 on the kernel command line when built in; or echo 1 > /sys/module/vfio_pci/parameters/enable_sriov)",
             )?,
+            #[cfg(not(all(feature = "clib", not(feature = "std"))))]
             ErrorKind::BindFailed { bus, driver } => {
                 let d = driver;
                 write!(
@@ -1123,6 +1156,11 @@ impl fmt::Display for Error {
                     f.write_str(" (vfio-pci needs an IOMMU, or vfio enable_unsafe_noiommu_mode=1)")?;
                 }
             }
+            // The C interface never reports the kinds above compiled out of its
+            // library (DMA, binding, SR-IOV administration, register access...):
+            // their messages stay out of libdao_vfio (clib without std).
+            #[cfg(all(feature = "clib", not(feature = "std")))]
+            _ => f.write_str("an error the C interface does not report")?,
         }
         if let Some(errno) = self.errno {
             write!(f, " [{}]", ErrnoDisplay(errno))?;

@@ -136,14 +136,13 @@ pub(crate) fn vfio_pci_enable_sriov<K: Kernel>(kernel: &K) -> Result<Option<bool
 /// to vfio-pci, or a PF (bound to vfio-pci, as a device being opened through
 /// VFIO is). Such devices take the group path under
 /// [`Backend::Auto`](crate::Backend::Auto) (see [`crate::Context::setup_vf`]).
-/// Two `readlink`s for a device that is neither: `physfn` (a VF has it; then
-/// its PF's driver link), and `sriov_totalvfs`, a file only PFs have, which
-/// `readlink` answers `EINVAL` when it exists (no directory listing).
+/// Two `readlink`s, no directory listing: `physfn/driver` (only a VF has
+/// `physfn`; the link names its PF's driver), and `sriov_totalvfs`, a file
+/// only PFs have, which `readlink` answers `EINVAL` when it exists.
 pub(crate) fn token_guarded<K: Kernel>(kernel: &K, dev: &DeviceName) -> Result<bool, Error> {
-    if let Some(pf) = read_device_link(kernel, dev, "physfn")? {
-        let path = sys_path!("/sys/bus/pci/devices/{pf}/driver").ok_or_else(too_long)?;
-        let driver = sysfs::driver_at(kernel, path.as_c_str())?;
-        return Ok(driver.is_some_and(|d| d.as_str() == "vfio-pci"));
+    let path = sys_path!("/sys/bus/pci/devices/{dev}/physfn/driver").ok_or_else(too_long)?;
+    if let Some(pf_driver) = sysfs::driver_at(kernel, path.as_c_str())? {
+        return Ok(pf_driver.as_str() == "vfio-pci");
     }
     let path = sys_path!("/sys/bus/pci/devices/{dev}/sriov_totalvfs").ok_or_else(too_long)?;
     let mut buf = [0u8; 1];

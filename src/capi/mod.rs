@@ -266,10 +266,8 @@ pub unsafe extern "C" fn dao_vfio_device_setup(dev_name: *const c_char, pdev: *m
     let Some(slot) = lib.slots.iter().position(Option::is_none) else {
         return fail(Error::new(ErrorKind::DeviceTableFull { capacity: CAPI_DEVICES }));
     };
-    let setup = match (bus, lib.has_vf_token) {
-        (Bus::Pci, true) => context.setup_vf(name, &VfToken::from_bytes(lib.vf_token)),
-        _ => context.setup_on(bus, name),
-    };
+    let token = lib.has_vf_token.then(|| VfToken::from_bytes(lib.vf_token));
+    let setup = context.setup_on_with_token(bus, name, token.as_ref());
     let handle = match setup {
         Ok(handle) => handle,
         Err(e) => return fail(e),

@@ -31,20 +31,35 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// A missing or wrong token is refused with [`ErrorKind::VfTokenRefused`],
     /// naming the PF; nothing is left open.
     pub fn setup_vf(&mut self, name: &str, token: &VfToken) -> Result<crate::DeviceHandle, Error> {
-        let name = DeviceName::new(name)?;
-        self.setup_vf_named(name, token).map_err(|e| e.for_device(name))
+        self.setup_on_with_token(Bus::Pci, name, Some(token))
     }
 
-    fn setup_vf_named(&mut self, name: DeviceName, token: &VfToken) -> Result<DeviceHandle, Error> {
-        if self.id == super::UNOPENED {
-            return Err(Error::new(ErrorKind::ContextNotOpen));
-        }
-        let applies = match sriov::role_of(&self.kernel, &name)? {
-            SriovRole::Pf { .. } => true,
-            SriovRole::Vf { .. } => sriov::token_guarded(&self.kernel, &name)?,
-            SriovRole::None => false,
+    /// [`Context::setup_on`], passing `token` (if any) where the kernel
+    /// checks one, as [`Context::setup_vf`] does: the C interface's single
+    /// way in (one copy of setup in the C library).
+    pub(crate) fn setup_on_with_token(
+        &mut self,
+        bus: Bus,
+        name: &str,
+        token: Option<&VfToken>,
+    ) -> Result<DeviceHandle, Error> {
+        let name = DeviceName::new(name)?;
+        self.setup_token_named(bus, name, token).map_err(|e| e.for_device(name))
+    }
+
+    fn setup_token_named(
+        &mut self,
+        bus: Bus,
+        name: DeviceName,
+        token: Option<&VfToken>,
+    ) -> Result<DeviceHandle, Error> {
+        let token = match token {
+            Some(_) if self.id == super::UNOPENED => return Err(Error::new(ErrorKind::ContextNotOpen)),
+            // A PF, or a VF whose PF is bound to vfio-pci (two readlinks).
+            Some(t) if bus == Bus::Pci && sriov::token_guarded(&self.kernel, &name)? => Some(t),
+            _ => None,
         };
-        self.setup_named(Some(Bus::Pci), name, applies.then_some(token))
+        self.setup_named(Some(bus), name, token)
     }
 
     /// Sets the VF token of the PF behind `handle`

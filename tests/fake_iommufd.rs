@@ -179,7 +179,7 @@ fn auto_falls_back_to_the_group_when_the_cdev_is_refused() {
     let k = system(true, true);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let calls = k.calls();
-    // getdents (the cdev's listing), two readlinks (is it a VF, `physfn`, or
+    // getdents (the cdev's listing), two readlinks (a VF of which driver, `physfn/driver`, or
     // an SR-IOV PF, `sriov_totalvfs`? Auto opens those through the group;
     // not here), then the cdev's open.
     k.fail_call(4, Errno::ACCESS);

@@ -11,7 +11,7 @@ use crate::kernel::{Fd, Kernel, Protection, Request, TOKEN};
 use crate::name::{Bus, DeviceName};
 use crate::regblock::RegisterBlock;
 use crate::region::{AccessError, Region, RegionKind};
-use crate::sys::{self, DeviceFlags, IrqFlags, RegionFlags};
+use crate::sys::{self, pci_region, DeviceFlags, IrqFlags, RegionFlags};
 
 /// Regions recorded per device: a PCI device has 9, platform devices
 /// usually 1 or 2. Regions past this index are not set up (see
@@ -113,7 +113,13 @@ impl DeviceState {
         self.num_regions = info.num_regions;
         self.num_irqs = info.num_irqs;
         for index in 0..info.num_regions.min(MAX_REGIONS as u32) {
-            let region = self.set_up_region(kernel, index)?;
+            // vfio-pci never maps these two, and most drivers never ask for
+            // them: describing them at every setup would cost two calls.
+            let region = if self.bus == Bus::Pci && (index == pci_region::ROM || index == pci_region::VGA) {
+                Region::unmapped(index, RegionKind::Deferred, RegionFlags::empty(), 0, 0)
+            } else {
+                self.set_up_region(kernel, index)?
+            };
             // Cannot overflow: the loop stops at the capacity.
             let _ = self.regions.push(region);
         }
@@ -124,20 +130,13 @@ impl DeviceState {
 
     /// Describes region `index` and maps it if the kernel allows.
     fn set_up_region<K: Kernel>(&self, kernel: &K, index: u32) -> Result<Region, Error> {
-        let mut info = sys::RegionInfo { argsz: sys::argsz::<sys::RegionInfo>(), index, ..Default::default() };
-        match kernel.ioctl(&TOKEN, self.fd, Request::DeviceGetRegionInfo(&mut info)) {
-            Ok(_) => {}
-            // The kernel's way of saying "no region here" (the VGA index).
-            Err(Errno::INVAL) => return Ok(Region::unmapped(index, RegionKind::Absent, RegionFlags::empty(), 0, 0)),
-            Err(e) => return Err(Error::syscall(Step::RegionInfo(index), e)),
-        }
+        let Some(info) = region_info(kernel, self.fd, index)? else {
+            return Ok(unmapped(index, None));
+        };
         let flags = RegionFlags::from_bits_retain(info.flags);
-        if info.size == 0 {
-            return Ok(Region::unmapped(index, RegionKind::Empty, flags, 0, info.offset));
-        }
         let prot = Protection { read: flags.contains(RegionFlags::READ), write: flags.contains(RegionFlags::WRITE) };
-        if !flags.contains(RegionFlags::MMAP) || !(prot.read || prot.write) {
-            return Ok(Region::unmapped(index, RegionKind::Unmapped, flags, info.size, info.offset));
+        if info.size == 0 || !flags.contains(RegionFlags::MMAP) || !(prot.read || prot.write) {
+            return Ok(unmapped(index, Some(&info)));
         }
         if flags.contains(RegionFlags::CAPS) {
             if let Some(region) = self.set_up_sparse_region(kernel, index, flags, &info)? {
@@ -260,6 +259,29 @@ impl DeviceState {
     }
 }
 
+/// The kernel's description of region `index` (`VFIO_DEVICE_GET_REGION_INFO`);
+/// `None`: no region there (`EINVAL`, the VGA index of a non-VGA device).
+fn region_info<K: Kernel>(kernel: &K, fd: Fd, index: u32) -> Result<Option<sys::RegionInfo>, Error> {
+    let mut info = sys::RegionInfo { argsz: sys::argsz::<sys::RegionInfo>(), index, ..Default::default() };
+    match kernel.ioctl(&TOKEN, fd, Request::DeviceGetRegionInfo(&mut info)) {
+        Ok(_) => Ok(Some(info)),
+        Err(Errno::INVAL) => Ok(None),
+        Err(e) => Err(Error::syscall(Step::RegionInfo(index), e)),
+    }
+}
+
+/// Region `index` as described (`None`: absent), not mapped.
+fn unmapped(index: u32, info: Option<&sys::RegionInfo>) -> Region {
+    match info {
+        None => Region::unmapped(index, RegionKind::Absent, RegionFlags::empty(), 0, 0),
+        Some(info) => {
+            let flags = RegionFlags::from_bits_retain(info.flags);
+            let kind = if info.size == 0 { RegionKind::Empty } else { RegionKind::Unmapped };
+            Region::unmapped(index, kind, flags, info.size, info.offset)
+        }
+    }
+}
+
 /// Unmaps every mapping of a region; all are attempted, the first failure is returned.
 fn unmap_region<K: Kernel>(kernel: &K, region: &mut Region) -> Result<(), Error> {
     let mut result = Ok(());
@@ -353,7 +375,8 @@ impl<'a, K: Kernel> Device<'a, K> {
         self.state.num_irqs
     }
 
-    /// Every region that was set up, by index.
+    /// Every region that was set up, by index (a PCI device's ROM and VGA
+    /// ranges are [`RegionKind::Deferred`]: see [`Device::describe_region`]).
     pub fn regions(&self) -> &'a [Region] {
         &self.state.regions
     }
@@ -426,36 +449,53 @@ impl<'a, K: Kernel> Device<'a, K> {
     }
 
     /// Checks that `len` bytes at `offset` of region `index` may be moved in
-    /// the direction given; returns the region and the fd offset.
-    fn transfer(&self, index: u32, offset: u64, len: usize, write: bool) -> Result<(&'a Region, u64), Error> {
+    /// the direction given; returns the fd offset. A deferred region is
+    /// described first.
+    fn transfer(&self, index: u32, offset: u64, len: usize, write: bool) -> Result<u64, Error> {
         let region = self.region(index)?;
+        let described;
+        let region = if region.kind() == RegionKind::Deferred {
+            described = self.describe_region(index)?;
+            &described
+        } else {
+            region
+        };
         let refuse = |error| Err(self.access_error(index, error));
         let needed = if write { RegionFlags::WRITE } else { RegionFlags::READ };
         if matches!(region.kind(), RegionKind::Absent | RegionKind::Empty) || !region.flags().contains(needed) {
             return refuse(if write { AccessError::NotWritable } else { AccessError::NotReadable });
         }
+        let out_of_bounds = || AccessError::OutOfBounds {
+            offset: usize::try_from(offset).unwrap_or(usize::MAX),
+            width: len,
+            len: usize::try_from(region.size()).unwrap_or(usize::MAX),
+        };
         let end = offset.checked_add(len as u64);
         if end.is_none_or(|end| end > region.size()) {
-            let len_region = usize::try_from(region.size()).unwrap_or(usize::MAX);
-            let off = usize::try_from(offset).unwrap_or(usize::MAX);
-            return refuse(AccessError::OutOfBounds { offset: off, width: len, len: len_region });
+            return refuse(out_of_bounds());
         }
-        let at = region.fd_offset().checked_add(offset).ok_or(self.access_error(
-            index,
-            AccessError::OutOfBounds {
-                offset: usize::try_from(offset).unwrap_or(usize::MAX),
-                width: len,
-                len: usize::try_from(region.size()).unwrap_or(usize::MAX),
-            },
-        ))?;
-        Ok((region, at))
+        region.fd_offset().checked_add(offset).ok_or(self.access_error(index, out_of_bounds()))
+    }
+
+    /// Region `index` as the kernel describes it now (one
+    /// `VFIO_DEVICE_GET_REGION_INFO`), not mapped: how to learn the size and
+    /// flags of a [`RegionKind::Deferred`] region (a PCI device's ROM or VGA
+    /// ranges). The result is [`RegionKind::Absent`], [`RegionKind::Empty`]
+    /// or [`RegionKind::Unmapped`] (also for a region setup mapped: this copy
+    /// maps nothing; use [`Device::region`] for access). `NoSuchRegion` past
+    /// the regions set up.
+    pub fn describe_region(&self, index: u32) -> Result<Region, Error> {
+        self.region(index)?;
+        let info = region_info(self.kernel, self.state.fd, index).map_err(|e| e.for_device(self.state.name))?;
+        Ok(unmapped(index, info.as_ref()))
     }
 
     /// Reads `buf.len()` bytes at `offset` of region `index` with `pread` on
     /// the device fd: the way to reach regions that cannot be mapped (PCI
-    /// config space, fw-cfg's 24 bytes). Makes a system call.
+    /// config space, fw-cfg's 24 bytes). Makes a system call (two for a
+    /// [`RegionKind::Deferred`] region, described first).
     pub fn read_region(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let (_, at) = self.transfer(index, offset, buf.len(), false)?;
+        let at = self.transfer(index, offset, buf.len(), false)?;
         let done = self
             .kernel
             .pread(&TOKEN, self.state.fd, buf, at)
@@ -467,9 +507,9 @@ impl<'a, K: Kernel> Device<'a, K> {
     }
 
     /// Writes `buf` at `offset` of region `index` with `pwrite` on the device
-    /// fd. Makes a system call.
+    /// fd. Makes a system call (two for a [`RegionKind::Deferred`] region).
     pub fn write_region(&self, index: u32, offset: u64, buf: &[u8]) -> Result<(), Error> {
-        let (_, at) = self.transfer(index, offset, buf.len(), true)?;
+        let at = self.transfer(index, offset, buf.len(), true)?;
         let done = self
             .kernel
             .pwrite(&TOKEN, self.state.fd, buf, at)

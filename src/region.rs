@@ -35,6 +35,14 @@ pub enum RegionKind {
     /// capability, e.g. a BAR around an MSI-X table): those areas are mapped
     /// and accessible; the rest is reached with pread/pwrite.
     Sparse,
+    /// A PCI region vfio-pci never maps, the expansion ROM or the legacy VGA
+    /// ranges: not described at setup, so that the drivers that never use
+    /// them (data planes do not) do not pay a system call each. Ask for it
+    /// with [`Device::describe_region`](crate::Device::describe_region);
+    /// [`Device::read_region`](crate::Device::read_region) and
+    /// [`Device::write_region`](crate::Device::write_region) describe it at
+    /// each use.
+    Deferred,
 }
 
 impl fmt::Display for RegionKind {
@@ -45,6 +53,7 @@ impl fmt::Display for RegionKind {
             RegionKind::Unmapped => "not mappable (pread/pwrite)",
             RegionKind::Mapped => "mapped",
             RegionKind::Sparse => "sparse: only its mmap areas are mapped",
+            RegionKind::Deferred => "described when asked for",
         })
     }
 }

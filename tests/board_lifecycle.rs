@@ -18,11 +18,7 @@ use dao_vfio::sys::{pci_irq, pci_region};
 use dao_vfio::{bind, Backend, Context, DmaOptions, ErrorKind, Host, Notification, PciCommand};
 
 mod common;
-use common::{dev, edu_dma, Edu};
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
+use common::{dev, edu_dma, open_fds, Edu};
 
 /// Starts another process that unbinds `name` from its driver.
 fn unbind_in_another_process(name: &str) -> Child {

@@ -8,14 +8,13 @@
 //! token (and is refused without it, or with another), the PF and a VF share
 //! one context, and the VFs are removed with the PF still usable.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dao_vfio::barrier::io_wmb;
 use dao_vfio::{sriov, Backend, Context, DeviceHandle, DmaOptions, ErrorKind, SriovRole, VfToken};
 
 mod common;
-use common::{backend, board, board_has_iommufd, dev};
+use common::{backend, board, board_has_iommufd, dev, link_name, open_fds, vfio_bind};
 
 /// NVMe's version register (BAR 0, offset 8): QEMU 7.2's nvme is NVMe 1.4.
 const NVME_VS: usize = 0x08;
@@ -131,20 +130,6 @@ fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::yield_now();
     }
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn vfio_bind(args: &[&str]) -> (i32, String) {
-    let out = Command::new("/bin/vfio-bind").args(args).output().expect("running /bin/vfio-bind");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
-}
-
-fn link_name(path: &str) -> Option<String> {
-    Some(std::fs::read_link(path).ok()?.file_name()?.to_string_lossy().into_owned())
 }
 
 fn vfs_of(pf: &str) -> Vec<String> {

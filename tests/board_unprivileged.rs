@@ -23,7 +23,7 @@ use dao_vfio::sys::{pci_irq, pci_region};
 use dao_vfio::{Backend, Context, DevNode, DmaOptions, ErrorKind, MemlockCharge};
 
 mod common;
-use common::{dev, edu_dma, Edu};
+use common::{dev, edu_dma, open_fds, Edu};
 
 /// The unprivileged user the tests run as, and its group.
 const UID: u32 = 1000;
@@ -120,10 +120,6 @@ fn cap_eff() -> String {
 
 fn mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps").unwrap().lines().count()
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 /// Runs `body` in a forked child that drops to uid/gid 1000, no

@@ -49,9 +49,17 @@ fn edu_setup_describes_and_maps_regions() {
     assert_eq!(dev.num_regions(), 9);
     let kinds: Vec<RegionKind> = dev.regions().iter().map(|r| r.kind()).collect();
     let mut expected = vec![RegionKind::Mapped];
-    expected.extend([RegionKind::Empty; 6]);
-    expected.extend([RegionKind::Unmapped, RegionKind::Absent]);
-    assert_eq!(kinds, expected);
+    expected.extend([RegionKind::Empty; 5]);
+    expected.extend([RegionKind::Deferred, RegionKind::Unmapped, RegionKind::Deferred]);
+    assert_eq!(kinds, expected, "ROM and VGA are described when asked for");
+    let rom = dev.describe_region(pci_region::ROM).unwrap();
+    assert_eq!((rom.index(), rom.kind(), rom.size()), (pci_region::ROM, RegionKind::Empty, 0));
+    assert_eq!(dev.describe_region(pci_region::VGA).unwrap().kind(), RegionKind::Absent);
+    assert_eq!(
+        dev.read_region(pci_region::VGA, 0, &mut [0; 4]).unwrap_err().kind(),
+        ErrorKind::RegionAccess { region: pci_region::VGA, error: AccessError::NotReadable }
+    );
+    assert_eq!(dev.describe_region(9).unwrap_err().kind(), ErrorKind::NoSuchRegion { index: 9, count: 9 });
     let bar0 = dev.region(pci_region::BAR0).unwrap();
     assert_eq!(bar0.size(), 0x10_0000);
     assert_eq!(bar0.read32(0), Ok(0x010000ed));
@@ -180,6 +188,45 @@ fn unmappable_regions_use_pread_and_pwrite() {
     ctx.free(h).unwrap();
 }
 
+/// A PCI device's ROM is described when first reached, then read with
+/// `pread` like any unmappable region; setup never asks for it.
+#[test]
+fn a_pci_rom_is_described_when_reached() {
+    let k = FakeKernel::new();
+    let mut dev = FakeDevice::edu(EDU, 3);
+    dev.regions[pci_region::ROM as usize] =
+        FakeRegion { flags: RegionFlags::READ, ..FakeRegion::unmappable(0x800) }.with_contents(&[0x55, 0xaa]);
+    k.add_device(dev);
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    let asked = |index: u32| k.trace().iter().filter(|c| c.step == Step::RegionInfo(index)).count();
+    assert_eq!((asked(pci_region::ROM), asked(pci_region::VGA), asked(pci_region::CONFIG)), (0, 0, 1));
+    let dev = ctx.device(&edu).unwrap();
+    assert_eq!(dev.region(pci_region::ROM).unwrap().kind(), RegionKind::Deferred);
+    let rom = dev.describe_region(pci_region::ROM).unwrap();
+    assert_eq!(
+        (rom.kind(), rom.size(), rom.flags(), rom.is_mapped()),
+        (RegionKind::Unmapped, 0x800, RegionFlags::READ, false)
+    );
+    let mut signature = [0u8; 2];
+    dev.read_region(pci_region::ROM, 0, &mut signature).unwrap();
+    assert_eq!(signature, [0x55, 0xaa]);
+    assert_eq!(
+        dev.read_region(pci_region::ROM, 0x7ff, &mut signature).unwrap_err().kind(),
+        ErrorKind::RegionAccess {
+            region: pci_region::ROM,
+            error: AccessError::OutOfBounds { offset: 0x7ff, width: 2, len: 0x800 }
+        }
+    );
+    assert_eq!(
+        dev.write_region(pci_region::ROM, 0, &[0]).unwrap_err().kind(),
+        ErrorKind::RegionAccess { region: pci_region::ROM, error: AccessError::NotWritable }
+    );
+    assert_eq!(dev.region(pci_region::ROM).unwrap().kind(), RegionKind::Deferred, "nothing is kept");
+    ctx.free(edu).unwrap();
+    assert_eq!((k.open_fds(), k.live_mappings()), (1, 0));
+}
+
 #[test]
 fn region_flags_decide_mapping_and_access() {
     let k = FakeKernel::new();
@@ -268,9 +315,14 @@ fn group_rules_are_reported() {
         "{e}"
     );
     assert_eq!(err.device(), Some(EDU));
+    assert_eq!(err.errno(), Some(Errno::PERM), "refused where the kernel claims the group's DMA");
+    assert_eq!(k.failed_call(), None, "a refusal, not an injected failure");
+    let status_reads = |k: &FakeKernel| k.trace().iter().filter(|c| c.step == Step::GroupStatus).count();
+    assert_eq!(status_reads(&k), 1, "the status is read to explain the refusal");
     assert_eq!(k.open_fds(), 1);
     k.bind(intruder, None);
     let edu = ctx.setup(EDU).unwrap();
+    assert_eq!(status_reads(&k), 1, "a viable group's setup does not ask");
     // A second context cannot open the same group.
     let mut other: Ctx = Context::with_kernel(&k).unwrap();
     assert_eq!(other.setup(EDU).unwrap_err().kind(), ErrorKind::GroupBusy { group: 3 });

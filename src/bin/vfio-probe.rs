@@ -38,7 +38,22 @@ fn print_device(dev: &Device<'_, Host>) {
         dev.flags()
     );
     println!("  regions: {}", dev.num_regions());
-    for r in dev.regions() {
+    for set_up in dev.regions() {
+        // A diagnostic tool shows them all: ask for the ones setup deferred.
+        let described;
+        let r = match set_up.kind() {
+            RegionKind::Deferred => match dev.describe_region(set_up.index()) {
+                Ok(region) => {
+                    described = region;
+                    &described
+                }
+                Err(e) => {
+                    println!("    [{}] {e}", set_up.index());
+                    continue;
+                }
+            },
+            _ => set_up,
+        };
         match r.kind() {
             RegionKind::Absent => println!("    [{}] absent", r.index()),
             kind => println!("    [{}] size {:#x}, flags {:?}, {kind}", r.index(), r.size(), r.flags()),

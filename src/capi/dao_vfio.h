@@ -6,7 +6,9 @@
  * --lib --no-default-features --features clib --crate-type staticlib, or
  * cdylib). Differences from DAO, all in the caller's favour:
  * errors return a negative errno and leave *pdev untouched; regions that are
- * absent or cannot be mapped have addr == NULL and their len; free clears
+ * absent or cannot be mapped have addr == NULL and their len (a PCI device's
+ * ROM and VGA entries, which vfio-pci never maps, are not described: NULL
+ * and 0, sparing each setup two system calls); free clears
  * *pdev, so a second free does nothing; fini with devices open keeps them
  * open; every call is thread-safe; `mem` points into the library's own fixed
  * storage (no malloc). Errors are also described on stderr.
@@ -38,7 +40,7 @@ enum dao_vfio_dev_type {
 /** One region of a device (DAO's spelling is kept for source compatibility). */
 struct dao_vfio_mem_resouce {
 	uint8_t *addr; /**< Mapped address; NULL if absent or not mappable. */
-	uint64_t len;  /**< Size of the region in bytes. */
+	uint64_t len;  /**< Size of the region in bytes (0: PCI ROM and VGA). */
 };
 
 /** The same structure, correctly spelled. */

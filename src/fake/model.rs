@@ -476,8 +476,13 @@ impl State {
             }
             (Object::Group { number, container }, Request::GroupSetContainer(cfd)) => {
                 let number = *number;
-                if container.is_some() || !self.group_viable(number) {
+                if container.is_some() {
                     return Err(Errno::INVAL);
+                }
+                // Linux 5.19+: the group's DMA ownership is claimed here,
+                // which a group mate's kernel driver refuses.
+                if !self.group_viable(number) {
+                    return Err(Errno::PERM);
                 }
                 let Some(Object::Container { iommu, groups, .. }) = self.fds.get(&cfd.raw()) else {
                     return Err(Errno::BADF);

@@ -67,11 +67,18 @@ board_qemu_machine() { # BOARD or ARCH
 #   for the polled NVMe driver (examples/nvme.rs) and the kernel's nvme driver beside it;
 # - `dao-nvme-pf`: an SR-IOV physical function with 2 VFs' worth of flexible resources (QEMU 7.2's
 #   nvme does SR-IOV); vfio-pci is loaded with enable_sriov=1, so its VFs can be created.
+# - a shared IOMMU group: the two functions of slot SHARED_SLOT, an edu (function 0, the `mate`)
+#   and an NVMe controller without namespaces (function 1, `dao-nvme-blocker`), one multifunction
+#   device without ACS, which Linux puts in one group; the init binds the mate to vfio-pci and
+#   leaves the blocker to the kernel's nvme driver, so the group is not viable until a test moves it.
 NVME_SERIAL=dao-nvme
 NVME_PF_SERIAL=dao-nvme-pf
+NVME_BLOCKER_SERIAL=dao-nvme-blocker
+SHARED_SLOT=6
 board_qemu_devices() { # DISK
     echo "-drive file=$1,if=none,id=nvm0,format=raw,cache=unsafe -device nvme,serial=$NVME_SERIAL,drive=nvm0" \
-        "-device nvme-subsys,id=subsys0 -device nvme,serial=$NVME_PF_SERIAL,subsys=subsys0,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2,msix_qsize=8,max_ioqpairs=8"
+        "-device nvme-subsys,id=subsys0 -device nvme,serial=$NVME_PF_SERIAL,subsys=subsys0,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2,msix_qsize=8,max_ioqpairs=8" \
+        "-device edu,addr=$SHARED_SLOT.0,multifunction=on -device nvme,serial=$NVME_BLOCKER_SERIAL,addr=$SHARED_SLOT.1,multifunction=on"
 }
 # The disk image's size: small enough to create in a moment, large enough for random reads.
 NVME_DISK_MIB=64

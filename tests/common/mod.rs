@@ -58,6 +58,25 @@ pub fn expected_backend() -> Backend {
     }
 }
 
+/// The number of file descriptors this process has open.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Runs the board's `/bin/vfio-bind` with `args`: its exit code and its
+/// output (stdout, then stderr).
+pub fn vfio_bind(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("/bin/vfio-bind").args(args).output().expect("running /bin/vfio-bind");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The last component of the symlink at `path` (a driver's or a group's
+/// name), if it is one.
+pub fn link_name(path: &str) -> Option<String> {
+    Some(std::fs::read_link(path).ok()?.file_name()?.to_string_lossy().into_owned())
+}
+
 /// A context with [`backend`], as the board run asks.
 pub fn context() -> Context {
     Context::open_with(backend()).unwrap_or_else(|e| panic!("opening a context with {:?}: {e}", backend()))

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use dao_vfio::barrier::{io_rmb, io_wmb};
 use dao_vfio::sys::pci_region;
-use dao_vfio::{Context, DeviceHandle, DmaBuffer, DmaHandle, DmaOptions, Error, Kernel, PciCommand, Region};
+use dao_vfio::{
+    register_block, Context, DeviceHandle, DmaBuffer, DmaHandle, DmaOptions, Error, Kernel, PciCommand, Region, WO,
+};
 
 /// What the driver can fail with: the crate's errors, and the controller's.
 pub type Result<T> = core::result::Result<T, Box<dyn std::error::Error>>;
@@ -182,23 +184,40 @@ fn wait_ready(bar: &Region, ready: bool, timeout: Duration) -> Result<()> {
     }
 }
 
-/// One queue pair's state: tails, heads and phase.
-#[derive(Debug)]
-struct Queue {
+register_block! {
+    /// One doorbell: a submission queue's tail or a completion queue's head.
+    struct Doorbell {
+        0x0 => value: WO<u32>,
+    }
+}
+
+/// One queue pair's state: tails, heads and phase, and its two doorbells,
+/// each a register block checked once (bounds, alignment) when the queue is
+/// made, so ringing it is one store.
+struct Queue<'a> {
     sq: usize,
     cq: usize,
     entries: u16,
     tail: u16,
     head: u16,
     phase: u32,
-    sq_doorbell: usize,
-    cq_doorbell: usize,
+    sq_doorbell: &'a Doorbell,
+    cq_doorbell: &'a Doorbell,
 }
 
-impl Queue {
-    fn new(id: usize, sq: usize, cq: usize, entries: u16, stride: usize) -> Self {
+impl<'a> Queue<'a> {
+    fn new(bar: &'a Region, id: usize, sq: usize, cq: usize, entries: u16, stride: usize) -> Result<Self> {
         let sq_doorbell = reg::DOORBELLS + 2 * id * stride;
-        Queue { sq, cq, entries, tail: 0, head: 0, phase: 1, sq_doorbell, cq_doorbell: sq_doorbell + stride }
+        Ok(Queue {
+            sq,
+            cq,
+            entries,
+            tail: 0,
+            head: 0,
+            phase: 1,
+            sq_doorbell: bar.block(sq_doorbell)?,
+            cq_doorbell: bar.block(sq_doorbell + stride)?,
+        })
     }
 }
 
@@ -250,8 +269,8 @@ impl Run {
 pub struct Controller<'a> {
     bar: &'a Region,
     mem: DmaBuffer<'a>,
-    admin: Queue,
-    io: Queue,
+    admin: Queue<'a>,
+    io: Queue<'a>,
     identity: Identity,
     /// Logical blocks per [`BLOCK`] (from Identify): a command's block count.
     per_block: u64,
@@ -287,8 +306,8 @@ impl<'a> Controller<'a> {
         let mut ctrl = Controller {
             bar,
             mem,
-            admin: Queue::new(0, ADMIN_SQ, ADMIN_CQ, ADMIN_ENTRIES, stride),
-            io: Queue::new(1, IO_SQ, IO_CQ, QUEUE_ENTRIES, stride),
+            admin: Queue::new(bar, 0, ADMIN_SQ, ADMIN_CQ, ADMIN_ENTRIES, stride)?,
+            io: Queue::new(bar, 1, IO_SQ, IO_CQ, QUEUE_ENTRIES, stride)?,
             identity: placeholder,
             per_block: 1,
             timeout,
@@ -327,10 +346,10 @@ impl<'a> Controller<'a> {
     /// completion (outside the I/O loop: it reads the clock for its timeout).
     fn run_one(&mut self, admin: bool, c: Command) -> Result<Completion> {
         let q = if admin { &mut self.admin } else { &mut self.io };
-        submit(self.bar, &self.mem, q, &c)?;
+        submit(&self.mem, q, &c)?;
         let start = Instant::now();
         loop {
-            if let Some(done) = poll(self.bar, &self.mem, q)? {
+            if let Some(done) = poll(&self.mem, q)? {
                 return Ok(done);
             }
             if start.elapsed() > self.timeout {
@@ -447,11 +466,11 @@ impl<'a> Controller<'a> {
                 prepare(&self.mem, DATA + slot * BLOCK, next)?;
                 in_slot[slot] = next;
                 let c = self.rw(opcode, slot as u16, next, self.slot_iova(slot));
-                submit(self.bar, &self.mem, &mut self.io, &c)?;
+                submit(&self.mem, &mut self.io, &c)?;
                 next += 1;
                 inflight += 1;
             }
-            match poll(self.bar, &self.mem, &mut self.io)? {
+            match poll(&self.mem, &mut self.io)? {
                 Some(c) => {
                     let slot = c.cid as usize;
                     if slot >= depth || busy & 1 << slot == 0 {
@@ -518,7 +537,7 @@ impl<'a> Controller<'a> {
             submitted += 1;
         }
         while done < n {
-            let Some(c) = poll(self.bar, &self.mem, &mut self.io)? else {
+            let Some(c) = poll(&self.mem, &mut self.io)? else {
                 if clock() - last > timeout_ns {
                     return Err(stalled(self.bar, done, n));
                 }
@@ -593,21 +612,24 @@ impl Controller<'_> {
         slots.block[slot] = block;
         slots.started[slot] = now;
         let c = self.rw(op::READ, slot as u16, block, self.slot_iova(slot));
-        submit(self.bar, &self.mem, &mut self.io, &c)
+        submit(&self.mem, &mut self.io, &c)
     }
 }
 
 /// Writes `c` at the queue's tail (one bounds check for its 8 qwords), then
 /// (after `io_wmb`: the entry before the doorbell) rings the tail doorbell.
 #[inline(always)] // the I/O loop's step: the command stays in registers
-fn submit(bar: &Region, mem: &DmaBuffer, q: &mut Queue, c: &Command) -> Result<()> {
+fn submit(mem: &DmaBuffer, q: &mut Queue, c: &Command) -> Result<()> {
     mem.write64s(q.sq + q.tail as usize * 64, c)?;
     q.tail += 1;
     if q.tail == q.entries {
         q.tail = 0;
     }
     io_wmb();
-    bar.write32(q.sq_doorbell, q.tail as u32)?;
+    // SAFETY: the controller reads the entries and moves the data they name
+    // through the IOMMU, which maps for it only this driver's DMA buffer: Rust
+    // memory is reached only through the buffer's copying accessors.
+    unsafe { q.sq_doorbell.value.write(q.tail as u32) };
     Ok(())
 }
 
@@ -616,7 +638,7 @@ fn submit(bar: &Region, mem: &DmaBuffer, q: &mut Queue, c: &Command) -> Result<(
 /// Its `io_rmb` orders the phase bit's load before the caller's loads of
 /// what the command wrote.
 #[inline(always)] // the I/O loop's step: the completion stays in registers
-fn poll(bar: &Region, mem: &DmaBuffer, q: &mut Queue) -> Result<Option<Completion>> {
+fn poll(mem: &DmaBuffer, q: &mut Queue) -> Result<Option<Completion>> {
     let at = q.cq + q.head as usize * 16;
     let dw3 = mem.read32(at + 12)?;
     if (dw3 >> 16) & 1 != q.phase {
@@ -628,6 +650,7 @@ fn poll(bar: &Region, mem: &DmaBuffer, q: &mut Queue) -> Result<Option<Completio
         q.head = 0;
         q.phase ^= 1;
     }
-    bar.write32(q.cq_doorbell, q.head as u32)?;
+    // SAFETY: the head only frees completion entries for the controller.
+    unsafe { q.cq_doorbell.value.write(q.head as u32) };
     Ok(Some(Completion { cid: dw3 as u16, status: (dw3 >> 17) as u16 }))
 }

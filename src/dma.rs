@@ -28,6 +28,10 @@ use crate::sys;
 /// IOVA ranges recorded from the kernel's answer.
 pub const MAX_IOVA_RANGES: usize = 16;
 
+/// The shortest mapping: `Table::map` refuses a length that is not a whole
+/// number of IOMMU pages of at least 4 KiB.
+const MIN_MAPPING: usize = 4096;
+
 /// Lowest IOVA the allocator hands out: keeps address 0 (and the first MiB,
 /// where a stray null-based DMA would land) unused.
 const IOVA_FLOOR: u64 = 0x10_0000;
@@ -140,7 +144,15 @@ pub(crate) struct Mapping {
 /// ```
 #[derive(Debug)]
 pub struct DmaBuffer<'a> {
-    mapping: &'a Mapping,
+    /// The mapping's process address, length and IOVA, copied out of the
+    /// table (which the borrow keeps unchanged): each access's bounds check
+    /// reads the view itself, which the compiler can keep in registers
+    /// across the view's own stores, instead of the table's entry behind a
+    /// pointer, which it must reload after every store to DMA memory.
+    vaddr: NonNull<u8>,
+    len: usize,
+    iova: u64,
+    _mapping: PhantomData<&'a Mapping>,
     /// Not `Sync`: one thread at a time uses a view (it is obtained through
     /// `&mut DmaHandle`), so its differently sized accesses never overlap
     /// another thread's.
@@ -150,12 +162,12 @@ pub struct DmaBuffer<'a> {
 impl DmaBuffer<'_> {
     /// The device address of the first byte.
     pub fn iova(&self) -> u64 {
-        self.mapping.iova
+        self.iova
     }
 
     /// The mapped length.
     pub fn len(&self) -> usize {
-        self.mapping.len as usize
+        self.len
     }
 
     /// Always false: mappings are never empty.
@@ -165,18 +177,21 @@ impl DmaBuffer<'_> {
 
     /// The process address of the first byte.
     pub fn as_ptr(&self) -> NonNull<u8> {
-        self.mapping.vaddr
+        self.vaddr
     }
 
+    /// The address of `width` bytes at `offset`, if they are inside. Written
+    /// as `offset <= len - width` (no overflow): a view is never shorter than
+    /// [`MIN_MAPPING`], so for the accessors' constant widths the first test
+    /// folds away and one comparison is left.
+    #[inline]
     fn span(&self, offset: usize, width: usize) -> Result<NonNull<u8>, AccessError> {
-        let len = self.len();
-        match offset.checked_add(width) {
-            Some(end) if end <= len => {
-                // SAFETY: `offset + width <= len`, inside the mapping.
-                Ok(unsafe { self.mapping.vaddr.add(offset) })
-            }
-            _ => Err(AccessError::OutOfBounds { offset, width, len }),
+        let len = self.len;
+        if (width > MIN_MAPPING && width > len) || offset > len - width {
+            return Err(AccessError::OutOfBounds { offset, width, len });
         }
+        // SAFETY: `offset + width <= len`, inside the mapping.
+        Ok(unsafe { self.vaddr.add(offset) })
     }
 
     /// Copies `out.len()` bytes from `offset` into `out`.
@@ -248,6 +263,52 @@ impl DmaBuffer<'_> {
         unsafe { AtomicU64::from_ptr(p.cast().as_ptr()) }.store(value, Ordering::Relaxed);
         Ok(())
     }
+
+    /// Writes `words` to consecutive `u64`s from `offset` (8-aligned), one
+    /// store each in order, as [`DmaBuffer::write64`] would, but with one
+    /// bounds check for all of them: for a descriptor the device reads
+    /// whole, such as a 64-byte NVMe submission entry.
+    ///
+    /// # Errors
+    /// [`AccessError::Misaligned`] if `offset` is not a multiple of 8;
+    /// [`AccessError::OutOfBounds`] (with the whole span's width) if the
+    /// words do not all fit in the buffer. Nothing is written then.
+    #[inline]
+    pub fn write64s(&self, offset: usize, words: &[u64]) -> Result<(), AccessError> {
+        let p = self.words(offset, words.len())?;
+        for (i, &word) in words.iter().enumerate() {
+            // SAFETY: word `i` of a checked, 8-aligned span (see `words`).
+            unsafe { word_at(p, i) }.store(word, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Reads consecutive `u64`s from `offset` (8-aligned) into `out`, one
+    /// load each in order, with one bounds check for all of them (see
+    /// [`DmaBuffer::write64s`]).
+    ///
+    /// # Errors
+    /// As [`DmaBuffer::write64s`]; `out` is left unchanged then.
+    #[inline]
+    pub fn read64s(&self, offset: usize, out: &mut [u64]) -> Result<(), AccessError> {
+        let p = self.words(offset, out.len())?;
+        for (i, word) in out.iter_mut().enumerate() {
+            // SAFETY: as in `write64s`.
+            *word = unsafe { word_at(p, i) }.load(Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The address of `n` consecutive `u64`s at `offset`, checked once:
+    /// 8-aligned and inside the buffer.
+    #[inline]
+    fn words(&self, offset: usize, n: usize) -> Result<NonNull<u8>, AccessError> {
+        if !offset.is_multiple_of(8) {
+            return Err(AccessError::Misaligned { offset, align: 8 });
+        }
+        // A span too long for the address space is out of bounds too.
+        self.span(offset, n.saturating_mul(8))
+    }
 }
 
 /// The byte at `base + i` as an atomic.
@@ -261,6 +322,16 @@ unsafe fn byte_at<'a>(base: NonNull<u8>, i: usize) -> &'a AtomicU8 {
     // SAFETY: forwarded from this function's contract; `AtomicU8` has the
     // size and alignment of `u8`.
     unsafe { AtomicU8::from_ptr(base.as_ptr().add(i)) }
+}
+
+/// Word `i` of an 8-aligned span as an atomic.
+///
+/// # Safety
+/// `base` is 8-aligned and `base + 8 * i..base + 8 * i + 8` is inside a live
+/// DMA mapping, under the rules of [`byte_at`].
+unsafe fn word_at<'a>(base: NonNull<u8>, i: usize) -> &'a AtomicU64 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { AtomicU64::from_ptr(base.as_ptr().cast::<u64>().add(i)) }
 }
 
 /// Where DMA mappings go: the context's IOMMU address space.
@@ -384,7 +455,16 @@ impl<const N: usize> Table<N> {
     }
 
     pub(crate) fn get(&self, serial: u64) -> Option<DmaBuffer<'_>> {
-        self.mappings.iter().find(|m| m.serial == serial).map(|mapping| DmaBuffer { mapping, _one_thread: PhantomData })
+        self.mappings.iter().find(|m| m.serial == serial).map(|m| {
+            debug_assert!(m.len >= MIN_MAPPING as u64, "Table::map refuses shorter mappings");
+            DmaBuffer {
+                vaddr: m.vaddr,
+                len: m.len as usize,
+                iova: m.iova,
+                _mapping: PhantomData,
+                _one_thread: PhantomData,
+            }
+        })
     }
 
     /// Maps `memory` at the chosen or given IOVA, inside what `info` (the
@@ -406,8 +486,8 @@ impl<const N: usize> Table<N> {
             return Err(Error::new(ErrorKind::DmaTableFull { capacity: N }));
         }
         // At least 4 KiB whatever the kernel answers: the views' alignment
-        // claims rest on it.
-        let page = info.min_page_size().max(4096);
+        // claims and their bounds checks (`MIN_MAPPING`) rest on it.
+        let page = info.min_page_size().max(MIN_MAPPING as u64);
         let bad_range = Error::new(ErrorKind::BadDmaRange { page });
         if len == 0 || !len.is_multiple_of(page) || !(vaddr.as_ptr().addr() as u64).is_multiple_of(page) {
             return Err(bad_range);

@@ -144,6 +144,53 @@ fn every_irq_enable_failure_point_leaves_nothing_behind_on(iommufd: bool) {
     assert_eq!(n - 1, 3, "VFIO_DEVICE_GET_IRQ_INFO, eventfd and VFIO_DEVICE_SET_IRQS");
 }
 
+/// `write64s`/`read64s`: consecutive words, one check for the span; the
+/// device sees each word where `write64` would have put it; a refused span
+/// (misaligned, or any part outside) writes and reads nothing.
+#[test]
+fn dma_word_spans_are_checked_once_and_whole() {
+    let k = board(false);
+    let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
+    let edu = ctx.setup(EDU).unwrap();
+    let mut h = ctx.dma_alloc(4096, DmaOptions::default()).unwrap();
+    let iova = ctx.dma(&mut h).unwrap().iova();
+    let buf = ctx.dma(&mut h).unwrap();
+    let entry: [u64; 8] = core::array::from_fn(|i| (0x1111_0000_0000_0000 * (i as u64 + 1)) | i as u64);
+    buf.write64s(0x40, &entry).unwrap();
+    let mut seen = [0u8; 64];
+    // SAFETY: the device's DMA runs on this thread, the buffer's only user.
+    assert!(unsafe { k.dma_read(iova + 0x40, &mut seen) });
+    for (i, word) in seen.chunks(8).enumerate() {
+        assert_eq!(u64::from_le_bytes(word.try_into().unwrap()), entry[i], "word {i} as write64 puts it");
+        assert_eq!(buf.read64(0x40 + 8 * i), Ok(entry[i]));
+    }
+    let mut back = [0u64; 8];
+    buf.read64s(0x40, &mut back).unwrap();
+    assert_eq!(back, entry);
+    // The last words of the buffer fit; one word further does not.
+    buf.write64s(4096 - 16, &[7, 8]).unwrap();
+    let mut two = [0u64; 2];
+    buf.read64s(4096 - 16, &mut two).unwrap();
+    assert_eq!(two, [7, 8]);
+    let past = AccessError::OutOfBounds { offset: 4096 - 8, width: 16, len: 4096 };
+    assert_eq!(buf.write64s(4096 - 8, &[1, 2]), Err(past));
+    assert_eq!(buf.read64(4096 - 8), Ok(8), "a refused span writes not even its first word");
+    let mut untouched = [9u64; 2];
+    assert_eq!(buf.read64s(4096 - 8, &mut untouched), Err(past));
+    assert_eq!(untouched, [9, 9], "a refused read leaves the output as it was");
+    assert_eq!(buf.write64s(0x44, &entry), Err(AccessError::Misaligned { offset: 0x44, align: 8 }));
+    assert_eq!(buf.read64s(0x3c, &mut back), Err(AccessError::Misaligned { offset: 0x3c, align: 8 }));
+    assert_eq!(buf.read64(0x40), Ok(entry[0]), "a misaligned span writes nothing");
+    // An offset near the end of the address space is refused, not wrapped.
+    let far = AccessError::OutOfBounds { offset: usize::MAX - 7, width: 8, len: 4096 };
+    assert_eq!(buf.write64s(usize::MAX - 7, &[0]), Err(far));
+    // No words: nothing to write, but the offset must still be inside.
+    assert_eq!(buf.write64s(4096, &[]), Ok(()));
+    assert_eq!(buf.write64s(4104, &[]), Err(AccessError::OutOfBounds { offset: 4104, width: 0, len: 4096 }));
+    ctx.dma_free(h).unwrap();
+    ctx.free(edu).unwrap();
+}
+
 #[test]
 fn dma_buffers_are_mapped_inside_the_iova_ranges() {
     on_both_backends(dma_buffers_are_mapped_inside_the_iova_ranges_on);

@@ -347,10 +347,17 @@ fn irq_round_trips<K: Kernel>(
 /// CLOCK_MONOTONIC in nanoseconds, read as the C baseline reads it (libc's
 /// `clock_gettime`, the vDSO), so both sides' samples carry the same clock
 /// overhead (`Instant` adds its own arithmetic).
+///
+/// `t` is left uninitialised, as the C side's is: zeroing it first would be
+/// work in every sample that C does not do.
 fn now_ns() -> u64 {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `t` is a valid timespec to write; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    let mut t = core::mem::MaybeUninit::<libc::timespec>::uninit();
+    // SAFETY: `t` is a valid timespec to write; CLOCK_MONOTONIC always
+    // exists, so the call always succeeds and fills `t`.
+    let t = unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, t.as_mut_ptr());
+        t.assume_init()
+    };
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 

@@ -182,15 +182,18 @@ impl DmaBuffer<'_> {
 
     /// The address of `width` bytes at `offset`, if they are inside. Written
     /// as `offset <= len - width` (no overflow): a view is never shorter than
-    /// [`MIN_MAPPING`], so for the accessors' constant widths the first test
-    /// folds away and one comparison is left.
+    /// [`MIN_MAPPING`] (asserted when it is made, in `Table::get`), so for
+    /// the accessors' constant widths the first test folds away and one
+    /// comparison is left.
     #[inline]
     fn span(&self, offset: usize, width: usize) -> Result<NonNull<u8>, AccessError> {
         let len = self.len;
         if (width > MIN_MAPPING && width > len) || offset > len - width {
             return Err(AccessError::OutOfBounds { offset, width, len });
         }
-        // SAFETY: `offset + width <= len`, inside the mapping.
+        // SAFETY: `width <= len` (directly, or as `len >= MIN_MAPPING`,
+        // asserted in `Table::get`), so `len - width` did not wrap and
+        // `offset + width <= len`: inside the mapping.
         Ok(unsafe { self.vaddr.add(offset) })
     }
 
@@ -456,7 +459,9 @@ impl<const N: usize> Table<N> {
 
     pub(crate) fn get(&self, serial: u64) -> Option<DmaBuffer<'_>> {
         self.mappings.iter().find(|m| m.serial == serial).map(|m| {
-            debug_assert!(m.len >= MIN_MAPPING as u64, "Table::map refuses shorter mappings");
+            // Every view's bounds checks rest on it (see `span`): checked here,
+            // once per view, though `Table::map` already refuses shorter ones.
+            assert!(m.len >= MIN_MAPPING as u64, "a DMA mapping shorter than MIN_MAPPING");
             DmaBuffer {
                 vaddr: m.vaddr,
                 len: m.len as usize,

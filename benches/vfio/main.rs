@@ -783,7 +783,7 @@ fn nvme_plan(quick: bool) -> (usize, usize) {
     if quick {
         (1, 500)
     } else {
-        (7, 20_000)
+        (11, 20_000)
     }
 }
 

@@ -766,3 +766,9 @@ pub(crate) fn deallocate<K: Kernel>(kernel: &K, base: NonNull<u8>, len: u64) {
 unsafe impl Send for Mapping {}
 // SAFETY: see `Send`.
 unsafe impl Sync for Mapping {}
+
+// SAFETY: a view is a copy of its mapping's address, length and IOVA plus
+// the borrow that keeps the mapping in place (what `&Mapping` was, which is
+// `Send` as `Mapping` is `Sync`); moving it to another thread moves its one
+// user there. It stays `!Sync` (`_one_thread`), so no two threads use it at once.
+unsafe impl Send for DmaBuffer<'_> {}

@@ -11,7 +11,7 @@ use crate::path::sys_path;
 use crate::sys::{self, GroupFlags};
 use crate::vf_token::VfToken;
 
-/// An open group, not yet attached to a container.
+/// An open, viable group, not yet attached to a container.
 #[derive(Debug)]
 pub(crate) struct Group {
     number: u32,
@@ -22,12 +22,23 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    /// Opens group `number` (the IOMMU node, else the noiommu node). On
-    /// error nothing stays open. Whether it is viable is not asked here: the
-    /// kernel refuses a group that is not when it is attached (see
-    /// [`Group::attach`]).
+    /// Opens group `number` (the IOMMU node, else the noiommu node) and checks
+    /// it is viable. On error nothing stays open.
     pub(crate) fn open<K: Kernel>(kernel: &K, number: u32) -> Result<Self, Error> {
         let (fd, kind) = Self::open_node(kernel, number)?;
+        let mut status = sys::GroupStatus { argsz: sys::argsz::<sys::GroupStatus>(), flags: 0 };
+        let viable = match kernel.ioctl(&TOKEN, fd, Request::GroupGetStatus(&mut status)) {
+            Ok(_) => GroupFlags::from_bits_retain(status.flags).contains(GroupFlags::VIABLE),
+            Err(e) => {
+                kernel.close(&TOKEN, fd);
+                return Err(Error::syscall(Step::GroupStatus, e));
+            }
+        };
+        if !viable {
+            kernel.close(&TOKEN, fd);
+            let blocker = crate::bind::first_blocker(kernel, number);
+            return Err(Error::new(ErrorKind::GroupNotViable { group: number, blocker }));
+        }
         Ok(Group { number, fd, kind, devices: 0 })
     }
 
@@ -83,26 +94,12 @@ impl Group {
         self.devices
     }
 
-    /// `VFIO_GROUP_SET_CONTAINER`. Since Linux 5.19 this is where the kernel
-    /// refuses a group that is not viable (a group mate's driver owns its
-    /// DMA: `EPERM`), so the group's status is read only then, to say so.
+    /// `VFIO_GROUP_SET_CONTAINER`.
     pub(crate) fn attach<K: Kernel>(&self, kernel: &K, container: Fd) -> Result<(), Error> {
         kernel
             .ioctl(&TOKEN, self.fd, Request::GroupSetContainer(container))
             .map(drop)
-            .map_err(|e| self.not_viable(kernel).unwrap_or_else(|| Error::syscall(Step::SetContainer, e)).with_errno(e))
-    }
-
-    /// After a refusal: `GroupNotViable` if the group's status says it is not
-    /// viable (naming a device that makes it so), else `None`.
-    fn not_viable<K: Kernel>(&self, kernel: &K) -> Option<Error> {
-        let mut status = sys::GroupStatus { argsz: sys::argsz::<sys::GroupStatus>(), flags: 0 };
-        kernel.ioctl(&TOKEN, self.fd, Request::GroupGetStatus(&mut status)).ok()?;
-        if GroupFlags::from_bits_retain(status.flags).contains(GroupFlags::VIABLE) {
-            return None;
-        }
-        let blocker = crate::bind::first_blocker(kernel, self.number);
-        Some(Error::new(ErrorKind::GroupNotViable { group: self.number, blocker }))
+            .map_err(|e| Error::syscall(Step::SetContainer, e))
     }
 
     /// `VFIO_GROUP_GET_DEVICE_FD`: the fd of device `name` of this group,

@@ -16,8 +16,10 @@ use crate::kernel::{Emulation, MmioAccess};
 use crate::regblock::RegisterBlock;
 use crate::sys::RegionFlags;
 
-/// What became of a region at setup.
+/// What became of a region at setup. More kinds may come: match with a
+/// wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RegionKind {
     /// The kernel has no region at this index (`EINVAL` from its info
     /// request; the VGA index of a non-VGA device).

@@ -315,14 +315,12 @@ fn group_rules_are_reported() {
         "{e}"
     );
     assert_eq!(err.device(), Some(EDU));
-    assert_eq!(err.errno(), Some(Errno::PERM), "refused where the kernel claims the group's DMA");
-    assert_eq!(k.failed_call(), None, "a refusal, not an injected failure");
-    let status_reads = |k: &FakeKernel| k.trace().iter().filter(|c| c.step == Step::GroupStatus).count();
-    assert_eq!(status_reads(&k), 1, "the status is read to explain the refusal");
+    // Refused before it is attached: a kernel older than 5.19 would attach
+    // it (and let its IOMMU domain take the mate a driver still uses).
+    assert!(k.trace().iter().all(|c| c.step != Step::SetContainer), "a non-viable group is never attached");
     assert_eq!(k.open_fds(), 1);
     k.bind(intruder, None);
     let edu = ctx.setup(EDU).unwrap();
-    assert_eq!(status_reads(&k), 1, "a viable group's setup does not ask");
     // A second context cannot open the same group.
     let mut other: Ctx = Context::with_kernel(&k).unwrap();
     assert_eq!(other.setup(EDU).unwrap_err().kind(), ErrorKind::GroupBusy { group: 3 });
@@ -658,6 +656,9 @@ fn shared_types_are_send_and_sync() {
     send_sync::<dao_vfio::Device<'static, dao_vfio::Host>>();
     send_sync::<dao_vfio::DeviceHandle>();
     send_sync::<dao_vfio::Error>();
+    // A DMA view moves to the thread that uses it (one thread at a time).
+    fn send<T: Send>() {}
+    send::<dao_vfio::DmaBuffer<'static>>();
 }
 
 /// Regression (issue 17.1): the fake's registers are ordinary memory, and

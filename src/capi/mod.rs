@@ -52,7 +52,8 @@ pub const DAO_VFIO_DEV_PCIE: c_int = 1;
 pub struct dao_vfio_mem_resouce {
     /// Mapped address; NULL if absent or not mappable.
     pub addr: *mut u8,
-    /// Size of the region.
+    /// Size of the region (0 for a PCI device's ROM and VGA entries, which
+    /// setup does not describe).
     pub len: u64,
 }
 

@@ -149,6 +149,8 @@ main(void)
 	CHECK(edu.mem[DAO_VFIO_DEV_BAR2].addr == NULL && edu.mem[DAO_VFIO_DEV_BAR2].len == 0,
 	      "BAR2 absent: NULL, 0");
 	CHECK(edu.mem[7].addr == NULL && edu.mem[7].len == 0x100, "config space: NULL, 0x100");
+	CHECK(edu.mem[6].addr == NULL && edu.mem[6].len == 0 && edu.mem[8].addr == NULL && edu.mem[8].len == 0,
+	      "ROM and VGA: not described, NULL and 0");
 	CHECK(reg_read32(&edu, DAO_VFIO_DEV_BAR0, 0) == 0x010000ed, "edu id %#x",
 	      reg_read32(&edu, DAO_VFIO_DEV_BAR0, 0));
 

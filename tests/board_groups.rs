@@ -7,10 +7,9 @@
 //!
 //! One test, in order: while the blocker has a kernel driver the group is not
 //! viable, and setting up the mate is refused through each interface the
-//! board has, naming the blocker and its driver, with nothing left open (the
-//! crate learns it from the kernel's refusal to attach the group, not from a
-//! status read before it); with the blocker on vfio-pci too, both devices
-//! open in one context and share the group; the blocker goes back to nvme.
+//! board has, naming the blocker and its driver, with nothing left open; with
+//! the blocker on vfio-pci too, both devices open in one context and share
+//! the group; the blocker goes back to nvme.
 
 use dao_vfio::{Backend, Context, ErrorKind};
 
@@ -62,7 +61,9 @@ fn a_shared_group_is_refused_until_viable_then_shared() {
     for asked in backends {
         let before = open_fds();
         let mut vfio = Context::open_with(asked).unwrap();
+        let opened = open_fds();
         let e = vfio.setup(&mate).unwrap_err();
+        assert_eq!(open_fds(), opened, "{asked:?}: the refused setup left nothing open in the context");
         match e.kind() {
             ErrorKind::GroupNotViable { group: g, blocker: Some(b) } => {
                 assert_eq!((g, b.device(), b.driver()), (group, blocker.as_str(), "nvme"), "{asked:?}: {e}");

@@ -57,7 +57,9 @@ fn bind(name: &str, driver: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// The block device the kernel's nvme driver made for `name`'s namespace 1.
+/// The block device the kernel's nvme driver made for `name`'s namespace 1,
+/// once it opens (the driver scans namespaces after probing, so the node can
+/// be there a moment before the disk answers: `ENXIO`).
 fn block_device(name: &str) -> Result<String> {
     let start = Instant::now();
     loop {
@@ -65,12 +67,12 @@ fn block_device(name: &str) -> Result<String> {
         for ctrl in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let c = ctrl.file_name().to_string_lossy().into_owned();
             let dev = format!("/dev/{c}n1");
-            if std::path::Path::new(&dev).exists() {
+            if std::fs::File::open(&dev).is_ok() {
                 return Ok(dev);
             }
         }
         if start.elapsed() > Duration::from_secs(30) {
-            return Err(format!("no /dev/nvmeXn1 for {name} 30 s after binding it to nvme").into());
+            return Err(format!("no /dev/nvmeXn1 of {name} opens 30 s after binding it to nvme").into());
         }
         std::thread::sleep(Duration::from_millis(20));
     }

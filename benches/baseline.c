@@ -10,6 +10,17 @@
  * VFIO_IOMMU_MAP_DMA / UNMAP_DMA. Written from <linux/vfio.h>'s documented
  * interface.
  *
+ * It also serves the crate's own C interface (src/capi/dao_vfio.h, the
+ * static libdao_vfio.a linked in): capi_setup_free_edu and
+ * capi_setup_free_pl031 time dao_vfio_device_setup + dao_vfio_device_free
+ * from this same process, so the crate's setup is also compared with the
+ * raw calls in the same kind of process (static glibc), not only from the
+ * benchmark's Rust process. Their calls are the crate's own (raw, outside
+ * these wrappers): not counted here, answered as `-`. And
+ * crate_calls_setup_free_edu and crate_calls_setup_free_pl031 make, with
+ * raw calls, the sequence of calls the crate makes (see crate_calls), so
+ * the cost of the crate's calls is told apart from the cost of its code.
+ *
  * Deliberate differences from DAO, so the comparison is with correct C:
  * - Only regions with the MMAP flag and a non-zero size are mapped (DAO maps
  *   every region, and its failing mmaps would only add system calls).
@@ -24,7 +35,9 @@
  * alternates its own batches with these. OP is setup_free_edu,
  * setup_free_edu_iommufd (the device cdev, bound to an iommufd and attached
  * to its IO address space, where the kernel has them),
- * setup_free_pl031, read32, write32, irq, dma_map_4k, dma_map_2m,
+ * setup_free_pl031, capi_setup_free_edu, capi_setup_free_pl031,
+ * crate_calls_setup_free_edu, crate_calls_setup_free_pl031, read32,
+ * write32, irq, dma_map_4k, dma_map_2m,
  * dma_alloc_4k or dma_alloc_2m; or tail_read32, tail_write32 or tail_irq,
  * each operation timed on its own, answered with `c OP P50 P99 P99.9 MAX`
  * in nanoseconds. System calls are counted by the thin
@@ -45,6 +58,8 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "../src/capi/dao_vfio.h"
 
 /* iommufd and the VFIO device cdev (Linux 6.6+), from <linux/iommufd.h> and
  * <linux/vfio.h>: the build hosts' headers (6.1) predate them. */
@@ -170,6 +185,12 @@ struct device {
 
 static int container = -1;
 
+/* Set for the crate_calls_ requests: make the crate's sequence of calls
+ * instead of DAO's (no VFIO_CHECK_EXTENSION before VFIO_SET_IOMMU, a PCI
+ * device's ROM and VGA regions not described, an explicit
+ * VFIO_GROUP_UNSET_CONTAINER before the group is closed). */
+static int crate_calls;
+
 static void die(const char *what)
 {
 	fprintf(stderr, "baseline: %s: %s\n", what, strerror(errno));
@@ -189,6 +210,10 @@ static int map_regions(struct device *dev)
 		struct vfio_region_info reg = { .argsz = sizeof(reg), .index = i };
 		void *addr;
 		int prot = 0;
+
+		if (crate_calls && dev->num_regions > VFIO_PCI_VGA_REGION_INDEX &&
+		    (i == VFIO_PCI_ROM_REGION_INDEX || i == VFIO_PCI_VGA_REGION_INDEX))
+			continue;
 
 		if (sys_ioctl(dev->device_fd, VFIO_DEVICE_GET_REGION_INFO, &reg) < 0)
 			continue; /* EINVAL: no such region (VGA) */
@@ -249,7 +274,7 @@ static int device_setup(const char *bus, const char *name, struct device *dev)
 	if (sys_ioctl(dev->group_fd, VFIO_GROUP_SET_CONTAINER, &container) < 0)
 		goto close_group;
 	type = noiommu ? VFIO_NOIOMMU_IOMMU : VFIO_TYPE1v2_IOMMU;
-	if (sys_ioctl_int(container, VFIO_CHECK_EXTENSION, type) <= 0)
+	if (!crate_calls && sys_ioctl_int(container, VFIO_CHECK_EXTENSION, type) <= 0)
 		goto close_group;
 	if (sys_ioctl_int(container, VFIO_SET_IOMMU, type) < 0)
 		goto close_group;
@@ -336,6 +361,8 @@ static void device_free(struct device *dev)
 		if (dev->mem[i].addr)
 			sys_munmap(dev->mem[i].addr, dev->mem[i].len);
 	sys_close(dev->device_fd);
+	if (crate_calls && dev->group_fd >= 0)
+		sys_ioctl(dev->group_fd, VFIO_GROUP_UNSET_CONTAINER, NULL);
 	if (dev->group_fd >= 0)
 		sys_close(dev->group_fd);
 	memset(dev, 0, sizeof(*dev));
@@ -382,6 +409,33 @@ static void bench_setup_free(const char *op, const char *bus, const char *name, 
 		device_free(&dev);
 	}
 	report(op, b, iters);
+}
+
+/* The same cycle through the crate's C interface (DAO's calls), from this
+ * process: the library opens its container on the first request (untimed)
+ * and keeps it, as the raw side keeps its own. */
+static void bench_capi_setup_free(const char *op, enum dao_vfio_dev_type type, const char *name,
+				  unsigned long iters)
+{
+	struct dao_vfio_device dev;
+	uint64_t start;
+	int rc = dao_vfio_init();
+
+	if (rc < 0) {
+		errno = -rc;
+		die("dao_vfio_init");
+	}
+	start = now_ns();
+	for (unsigned long i = 0; i < iters; i++) {
+		dev.type = type;
+		rc = dao_vfio_device_setup(name, &dev);
+		if (rc < 0) {
+			errno = -rc;
+			die(name);
+		}
+		dao_vfio_device_free(&dev);
+	}
+	printf("c %s %.1f -\n", op, (double)(now_ns() - start) / iters);
 }
 
 /* edu's BAR 0 registers (QEMU docs/specs/edu.rst). */
@@ -886,6 +940,22 @@ static void batch(const char *op, unsigned long iters, const char *edu_name, con
 		bench_setup_free(op, "platform", pl031_name, iters);
 		return;
 	}
+	if (strcmp(op, "crate_calls_setup_free_edu") == 0 || strcmp(op, "crate_calls_setup_free_pl031") == 0) {
+		int edu = strcmp(op, "crate_calls_setup_free_edu") == 0;
+
+		crate_calls = 1;
+		bench_setup_free(op, edu ? "pci" : "platform", edu ? edu_name : pl031_name, iters);
+		crate_calls = 0;
+		return;
+	}
+	if (strcmp(op, "capi_setup_free_edu") == 0) {
+		bench_capi_setup_free(op, DAO_VFIO_DEV_PCIE, edu_name, iters);
+		return;
+	}
+	if (strcmp(op, "capi_setup_free_pl031") == 0) {
+		bench_capi_setup_free(op, DAO_VFIO_DEV_PLATFORM, pl031_name, iters);
+		return;
+	}
 	if (device_setup("pci", edu_name, &edu) < 0)
 		die(edu_name);
 	if (strcmp(op, "read32") == 0)
@@ -938,7 +1008,7 @@ int main(int argc, char **argv)
 	}
 
 	while (scanf("%63s %lu", op, &iters) == 2) {
-		if (iters == 0 || (strcmp(op, "setup_free_pl031") == 0 && strcmp(argv[2], "-") == 0) ||
+		if (iters == 0 || (strstr(op, "setup_free_pl031") && strcmp(argv[2], "-") == 0) ||
 		    (strncmp(op, "nvme_", 5) == 0 && strcmp(argv[3], "-") == 0)) {
 			fprintf(stderr, "baseline: bad request '%s %lu'\n", op, iters);
 			return 2;
@@ -947,5 +1017,6 @@ int main(int argc, char **argv)
 		fflush(stdout);
 	}
 	sys_close(container); /* dao_vfio_fini */
+	dao_vfio_fini();      /* the crate's, if a capi_ request opened it */
 	return 0;
 }

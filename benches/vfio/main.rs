@@ -7,14 +7,23 @@
 //! ```
 //!
 //! On the board this binary starts the C program as a child that serves one
-//! batch per request, and alternates: for each operation a batch through the
-//! crate, then a batch of the C program (the order swapped every other
-//! round), so both sides of a comparison run seconds apart. Each side sets
-//! the device up before its batch and frees it after (untimed): the two never
-//! hold it at once. After one warm-up round (TCG translates code the first
-//! time it runs), every round times one batch per operation and side. The
-//! table gives each side's median over the rounds of the batch means, and
-//! crate/C as the median of the rounds' paired ratios, with their range.
+//! batch per request, and alternates: for each operation a sub-batch through
+//! the crate, then one of the C program, ABBA, so both sides of a comparison
+//! run within a fraction of a second of each other and a slow spell of the
+//! shared host falls on both. Each side sets the device up before its batch
+//! and frees it after (untimed): the two never hold it at once. After one
+//! warm-up round (TCG translates code the first time it runs), every round
+//! times each operation's sub-batches on both sides. The table gives each
+//! side's median over the rounds of the round means, and crate/C as the
+//! median of the rounds' paired ratios, with their range.
+//!
+//! Three more kinds of row put the setup ratios in proportion, each against
+//! the C program's own setup: the crate's C interface
+//! (`dao_vfio_device_setup`/`_free`) called from the C program's process
+//! (the crate's code without the Rust process around it), the C program
+//! making the crate's sequence of system calls (the calls without the
+//! crate's code), and a second copy of the C program (what a ratio of two
+//! identical sides looks like here).
 //!
 //! System calls are counted, without seccomp or ptrace, by a [`Kernel`] that
 //! forwards to [`Host`] (`counting.rs`); the C program counts in its own
@@ -80,10 +89,29 @@ struct Row {
     backend: Backend,
     c: &'static str,
     label: &'static str,
+    /// Who runs the row's first column (by default the crate, from this process).
+    ours: Ours,
+}
+
+/// Who runs a row's first column.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ours {
+    /// The crate, from this (Rust) process.
+    Crate,
+    /// Another request to the C program: the crate's C interface from its
+    /// process, or its raw calls in the crate's sequence.
+    CRequest(&'static str),
+    /// A second copy of the C program making the same request: C against
+    /// itself, the noise floor of a ratio.
+    SecondC,
 }
 
 const fn row(op: Op, backend: Backend, c: &'static str, label: &'static str) -> Row {
-    Row { op, backend, c, label }
+    Row { op, backend, c, label, ours: Ours::Crate }
+}
+
+const fn other(ours: Ours, op: Op, c: &'static str, label: &'static str) -> Row {
+    Row { op, backend: Legacy, c, label, ours }
 }
 
 use Backend::{Iommufd, Legacy};
@@ -91,6 +119,31 @@ use Backend::{Iommufd, Legacy};
 const ROWS: &[Row] = &[
     row(Op::SetupFreeEdu, Legacy, "setup_free_edu", "setup + free, edu (PCI, type1 IOMMU)"),
     row(Op::SetupFreePl031, Legacy, "setup_free_pl031", "setup + free, pl031 (platform, noiommu)"),
+    other(
+        Ours::CRequest("capi_setup_free_edu"),
+        Op::SetupFreeEdu,
+        "setup_free_edu",
+        "setup + free, edu, the crate's C interface from the C program",
+    ),
+    other(
+        Ours::CRequest("capi_setup_free_pl031"),
+        Op::SetupFreePl031,
+        "setup_free_pl031",
+        "setup + free, pl031, the crate's C interface from the C program",
+    ),
+    other(
+        Ours::CRequest("crate_calls_setup_free_edu"),
+        Op::SetupFreeEdu,
+        "setup_free_edu",
+        "setup + free, edu, C making the crate's system calls",
+    ),
+    other(
+        Ours::CRequest("crate_calls_setup_free_pl031"),
+        Op::SetupFreePl031,
+        "setup_free_pl031",
+        "setup + free, pl031, C making the crate's system calls",
+    ),
+    other(Ours::SecondC, Op::SetupFreeEdu, "setup_free_edu", "setup + free, edu, C against a second copy of itself"),
     row(Op::Read32Typed, Legacy, "read32", "register read, typed field (`regs.id.read()`)"),
     row(Op::Read32Offset, Legacy, "read32", "register read, offset (`bar0.read32(0)`)"),
     row(Op::Write32Typed, Legacy, "write32", "register write, typed field (`regs.liveness.write(v)`)"),
@@ -107,10 +160,15 @@ const ROWS: &[Row] = &[
     row(Op::DmaAlloc(MIB2), Iommufd, "dma_alloc_2m", "DMA alloc + free 2 MiB, crate through iommufd"),
 ];
 
-/// Iterations per batch, and rounds.
+/// Iterations per round and side, rounds, and the sub-batches a round's
+/// iterations are split into.
 #[derive(Clone, Copy)]
 struct Plan {
     rounds: usize,
+    /// Each side's iterations in a round run as this many sub-batches, the
+    /// two sides alternating (ABBA), so a slow spell of the shared host
+    /// falls on both sides of a round's ratio, not on one.
+    subs: u64,
     setup: u64,
     registers: u64,
     irq: u64,
@@ -128,8 +186,8 @@ impl Plan {
     }
 }
 
-const FULL: Plan = Plan { rounds: 21, setup: 200, registers: 2_000_000, irq: 2_000, dma: 100 };
-const QUICK: Plan = Plan { rounds: 3, setup: 10, registers: 10_000, irq: 50, dma: 5 };
+const FULL: Plan = Plan { rounds: 21, subs: 10, setup: 200, registers: 2_000_000, irq: 2_000, dma: 100 };
+const QUICK: Plan = Plan { rounds: 3, subs: 1, setup: 10, registers: 10_000, irq: 50, dma: 5 };
 
 /// Operations timed one by one, for their latency distribution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,6 +261,23 @@ struct Measured {
     sample: Sample,
     counts: Counts,
     iters: u64,
+}
+
+impl Measured {
+    /// One round's sub-batches as one batch: the mean time per operation
+    /// and the calls over all of them.
+    fn combine(subs: &[Measured]) -> Measured {
+        let iters: u64 = subs.iter().map(|m| m.iters).sum();
+        let counts = subs.iter().fold(Counts::default(), |sum, m| sum.plus(&m.counts));
+        let ns = subs.iter().map(|m| m.sample.ns * m.iters as f64).sum::<f64>() / iters as f64;
+        let calls = subs.iter().map(|m| m.sample.calls * m.iters as f64).sum::<f64>() / iters as f64;
+        Measured { sample: Sample { ns, calls }, counts, iters }
+    }
+
+    /// A batch another process timed (its calls as it counted them).
+    fn reported(sample: Sample, iters: u64) -> Measured {
+        Measured { sample, counts: Counts::default(), iters }
+    }
 }
 
 /// Starts a batch: the time and the counts so far.
@@ -474,6 +549,24 @@ fn anonymous(len: usize) -> Result<NonNull<u8>> {
     Ok(NonNull::new(p.cast()).ok_or("mmap returned NULL")?)
 }
 
+/// The processes a row's two columns run in.
+struct Sides<'a> {
+    target: &'a Target<'a>,
+    baseline: &'a mut Baseline,
+    second: &'a mut Baseline,
+}
+
+impl Sides<'_> {
+    /// One batch of a row's first column.
+    fn ours(&mut self, row: &Row, n: u64) -> Result<Measured> {
+        match row.ours {
+            Ours::Crate => crate_batch(self.target, row, n),
+            Ours::CRequest(request) => Ok(Measured::reported(self.baseline.batch(request, n)?, n)),
+            Ours::SecondC => Ok(Measured::reported(self.second.batch(row.c, n)?, n)),
+        }
+    }
+}
+
 /// One crate batch on the real kernel, in a context of its own.
 fn crate_batch(target: &Target, row: &Row, n: u64) -> Result<Measured> {
     let mut vfio: Context<Counting<Host>> = Context::with_backend(Counting::new(Host), row.backend)?;
@@ -516,6 +609,8 @@ impl Baseline {
     fn batch(&mut self, op: &str, n: u64) -> Result<Sample> {
         let line = self.ask(op, n)?;
         match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            // `-`: calls the C program cannot count (the crate's own, through its C interface).
+            ["c", answered, ns, "-"] if *answered == op => Ok(Sample { ns: ns.parse()?, calls: f64::NAN }),
             ["c", answered, ns, calls] if *answered == op => Ok(Sample { ns: ns.parse()?, calls: calls.parse()? }),
             _ => Err(format!("unexpected answer from the C baseline to {op}: {line}").into()),
         }
@@ -560,7 +655,9 @@ fn time(ns: f64) -> String {
 
 fn calls(n: f64, inexact: bool) -> String {
     let at_least = if inexact { "≥ " } else { "" };
-    if n.fract() == 0.0 {
+    if n.is_nan() {
+        "—".to_string() // not counted
+    } else if n.fract() == 0.0 {
         format!("{at_least}{n}")
     } else {
         format!("{at_least}{n:.2}")
@@ -621,7 +718,7 @@ fn print_tails(tails: &Tails) {
 fn print_breakdowns(results: &Results, fake: &[(Op, Backend, Counts)]) {
     println!();
     println!("System calls per operation through the crate, by kind, and whether the fake kernel agrees:");
-    for (row, rounds) in results {
+    for (row, rounds) in results.iter().filter(|(row, _)| row.ours == Ours::Crate) {
         let total = rounds.iter().fold(Counts::default(), |sum, (m, _)| sum.plus(&m.counts));
         let iters = rounds.iter().map(|(m, _)| m.iters).sum();
         let per_op = if total.total() == 0 { "none".to_string() } else { total.breakdown(iters) };
@@ -651,7 +748,7 @@ fn self_check() -> Result<Vec<(Op, Backend, Counts)>> {
     };
     let target = Target { edu, pl031: Some(pl031), raise: &raise };
     let mut found = Vec::new();
-    for row in ROWS {
+    for row in ROWS.iter().filter(|row| row.ours == Ours::Crate) {
         let mut vfio = Context::with_backend(Counting::new(&kernel), row.backend)?;
         // The whole batch, its untimed setup and free included.
         let (before, counted_before) = (kernel.calls(), vfio.kernel().counts());
@@ -712,27 +809,33 @@ fn run() -> Result<()> {
         return baseline.finish();
     }
 
+    let mut second = Baseline::start(&path, &edu, pl031.as_deref(), None)?;
+    let mut sides = Sides { target: &target, baseline: &mut baseline, second: &mut second };
     for row in &rows {
-        crate_batch(&target, row, QUICK.iters(row.op))?;
-        baseline.batch(row.c, QUICK.iters(row.op))?;
+        sides.ours(row, QUICK.iters(row.op))?;
+        sides.baseline.batch(row.c, QUICK.iters(row.op))?;
     }
     let mut results: Results = rows.iter().map(|&r| (r, Vec::new())).collect();
     for round in 0..plan.rounds {
         for (row, rounds) in results.iter_mut() {
-            let n = plan.iters(row.op);
-            // Every other round the C batch goes first, so neither side
-            // always runs right after the other's.
-            let pair = if round % 2 == 0 {
-                let ours = crate_batch(&target, row, n)?;
-                (ours, baseline.batch(row.c, n)?)
-            } else {
-                let theirs = baseline.batch(row.c, n)?;
-                (crate_batch(&target, row, n)?, theirs)
-            };
-            rounds.push(pair);
+            let n = plan.iters(row.op) / plan.subs;
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for sub in 0..plan.subs {
+                // Sub-batches alternate ABBA (and rounds start on alternate
+                // sides), so neither side always runs right after the other's.
+                if (sub + round as u64).is_multiple_of(2) {
+                    ours.push(sides.ours(row, n)?);
+                    theirs.push(Measured::reported(sides.baseline.batch(row.c, n)?, n));
+                } else {
+                    theirs.push(Measured::reported(sides.baseline.batch(row.c, n)?, n));
+                    ours.push(sides.ours(row, n)?);
+                }
+            }
+            rounds.push((Measured::combine(&ours), Measured::combine(&theirs).sample));
         }
         eprintln!("bench: round {}/{} done", round + 1, plan.rounds);
     }
+    second.finish()?;
     let mut tails: Tails = Tail::ALL.iter().map(|&op| (op, Vec::new())).collect();
     for (op, _) in &tails {
         crate_tail(&target, *op, 100)?; // warm-up
@@ -756,16 +859,18 @@ fn run() -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!();
     println!(
-        "Board: {} (QEMU TCG), Linux {}. {} rounds after a warm-up; per round, operation and side one batch of \
-         {} setup+free cycles, {} register accesses, {} interrupt round trips or {} DMA operations. \
-         Times are medians of the batch means; crate/C is the median of the rounds' paired ratios.",
+        "Board: {} (QEMU TCG), Linux {}. {} rounds after a warm-up; per round, operation and side \
+         {} setup+free cycles, {} register accesses, {} interrupt round trips or {} DMA operations, \
+         in sub-batches alternating with the other side's ({} per round and side). Times are medians of the rounds' means; \
+         crate/C is the median of the rounds' paired ratios.",
         std::env::var("DAO_VFIO_BOARD").unwrap_or_else(|_| std::env::consts::ARCH.into()),
         release.trim(),
         plan.rounds,
         plan.setup,
         plan.registers,
         plan.irq,
-        plan.dma
+        plan.dma,
+        plan.subs
     );
     println!();
     print_table(&results);

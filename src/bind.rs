@@ -109,9 +109,10 @@ pub struct Unbound {
 /// Entries whose names are not valid device names are skipped.
 pub fn status<K: Kernel>(kernel: &K, visit: &mut dyn FnMut(&DeviceStatus)) -> Result<(), Error> {
     for bus in [Bus::Pci, Bus::Platform] {
-        let path = sys_path!("/sys/bus/{}/devices", bus.sysfs_name()).ok_or_else(too_long)?;
+        let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/devices");
+        let path = path.as_c_str().ok_or_else(too_long)?;
         let mut failed = None;
-        let listed = kernel.list_dir(&TOKEN, path.as_c_str(), &mut |raw| {
+        let listed = kernel.list_dir(&TOKEN, path, &mut |raw| {
             if failed.is_some() {
                 return;
             }
@@ -239,10 +240,11 @@ fn device_status<K: Kernel>(kernel: &K, bus: Bus, name: DeviceName) -> Result<De
 /// the MMIO ranges Linux gives it as resources, which `vfio-platform` maps.
 /// A device without a node (or a node without `reg`) has none to show.
 fn has_registers<K: Kernel>(kernel: &K, name: &DeviceName) -> Result<bool, Error> {
-    let path = sys_path!("/sys/bus/platform/devices/{name}/of_node/reg").ok_or_else(too_long)?;
+    let path = sys_path!("/sys/bus/platform/devices/", name, "/of_node/reg");
+    let path = path.as_c_str().ok_or_else(too_long)?;
     // One address cell is enough to tell an empty property from a range.
     let mut cell = [0u8; 4];
-    match kernel.read_file(&TOKEN, path.as_c_str(), &mut cell) {
+    match kernel.read_file(&TOKEN, path, &mut cell) {
         Ok(read) => Ok(!read.is_empty()),
         Err(Errno::NOENT) => Ok(false),
         Err(e) => Err(Error::syscall(Step::ReadSysfsFile, e)),
@@ -275,18 +277,20 @@ fn for_each_blocker<K: Kernel>(
     this: Option<&DeviceName>,
     visit: &mut dyn FnMut(&DeviceName, &DriverName),
 ) -> Result<(), Error> {
-    let path = sys_path!("/sys/kernel/iommu_groups/{group}/devices").ok_or_else(too_long)?;
+    let path = sys_path!("/sys/kernel/iommu_groups/", group, "/devices");
+    let path = path.as_c_str().ok_or_else(too_long)?;
     let mut failed = None;
-    let listed = kernel.list_dir(&TOKEN, path.as_c_str(), &mut |raw| {
+    let listed = kernel.list_dir(&TOKEN, path, &mut |raw| {
         let Some(member) = device_name(raw) else { return };
         if failed.is_some() || this == Some(&member) {
             return;
         }
-        let Some(link) = sys_path!("/sys/kernel/iommu_groups/{group}/devices/{member}/driver") else {
+        let link = sys_path!("/sys/kernel/iommu_groups/", group, "/devices/", member, "/driver");
+        let Some(link) = link.as_c_str() else {
             failed = Some(too_long());
             return;
         };
-        match sysfs::driver_at(kernel, link.as_c_str()) {
+        match sysfs::driver_at(kernel, link) {
             Ok(Some(d)) if !sysfs::is_vfio_driver(d.as_str().as_bytes()) => visit(&member, &d),
             Ok(_) => {}
             Err(e) => failed = Some(e),
@@ -308,8 +312,9 @@ fn driver_name(driver: &str) -> Result<DriverName, Error> {
 
 /// Checks `/sys/bus/BUS/drivers/DRIVER` exists (the module is loaded).
 fn require_loaded<K: Kernel>(kernel: &K, bus: Bus, driver: &DriverName) -> Result<(), Error> {
-    let path = sys_path!("/sys/bus/{}/drivers/{}", bus.sysfs_name(), driver.as_str()).ok_or_else(too_long)?;
-    match kernel.list_dir(&TOKEN, path.as_c_str(), &mut |_| {}) {
+    let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/drivers/", driver.as_str());
+    let path = path.as_c_str().ok_or_else(too_long)?;
+    match kernel.list_dir(&TOKEN, path, &mut |_| {}) {
         Ok(()) => Ok(()),
         Err(Errno::NOENT) | Err(Errno::NOTDIR) => {
             Err(Error::new(ErrorKind::DriverMissing { bus, driver: driver.into() }))
@@ -332,12 +337,12 @@ fn write_sysfs<K: Kernel>(kernel: &K, path: &CStr, data: &[u8]) -> Result<(), Er
 
 /// The device's `driver_override`: `None` when unset (the kernel shows `(null)`).
 fn read_override<K: Kernel>(kernel: &K, bus: Bus, dev: &DeviceName) -> Result<Option<DriverName>, Error> {
-    let path = sys_path!("/sys/bus/{}/devices/{}/driver_override", bus.sysfs_name(), dev).ok_or_else(too_long)?;
+    let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/devices/", dev, "/driver_override");
+    let path = path.as_c_str().ok_or_else(too_long)?;
     // Room for the longest name, its newline, and one byte more to tell a
     // longer value (the kernel takes up to a page) from one that fits.
     let mut buf = [0u8; MAX_DRIVER_LEN + 2];
-    let text =
-        kernel.read_file(&TOKEN, path.as_c_str(), &mut buf).map_err(|e| Error::syscall(Step::ReadSysfsFile, e))?;
+    let text = kernel.read_file(&TOKEN, path, &mut buf).map_err(|e| Error::syscall(Step::ReadSysfsFile, e))?;
     let full = text.len() == MAX_DRIVER_LEN + 2;
     let text = text.strip_suffix(b"\n").unwrap_or(text);
     match text {
@@ -352,18 +357,20 @@ fn read_override<K: Kernel>(kernel: &K, bus: Bus, dev: &DeviceName) -> Result<Op
 
 /// Sets (or, with `None`, clears) the device's `driver_override`.
 fn write_override<K: Kernel>(kernel: &K, bus: Bus, dev: &DeviceName, driver: Option<DriverName>) -> Result<(), Error> {
-    let path = sys_path!("/sys/bus/{}/devices/{}/driver_override", bus.sysfs_name(), dev).ok_or_else(too_long)?;
+    let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/devices/", dev, "/driver_override");
+    let path = path.as_c_str().ok_or_else(too_long)?;
     let value = match &driver {
         Some(d) => d.as_str().as_bytes(),
         None => b"\n",
     };
-    write_sysfs(kernel, path.as_c_str(), value)
+    write_sysfs(kernel, path, value)
 }
 
 /// Unbinds the device from `driver`, its current driver.
 fn release<K: Kernel>(kernel: &K, bus: Bus, dev: &DeviceName, driver: DriverName) -> Result<(), Error> {
-    let path = sys_path!("/sys/bus/{}/devices/{}/driver/unbind", bus.sysfs_name(), dev).ok_or_else(too_long)?;
-    match write(kernel, path.as_c_str(), dev.as_str().as_bytes()) {
+    let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/devices/", dev, "/driver/unbind");
+    let path = path.as_c_str().ok_or_else(too_long)?;
+    match write(kernel, path, dev.as_str().as_bytes()) {
         Ok(()) => Ok(()),
         Err(Errno::BUSY) => {
             Err(Error::new(ErrorKind::DeviceBusy { bus, driver: (&driver).into() }).with_errno(Errno::BUSY))
@@ -374,14 +381,16 @@ fn release<K: Kernel>(kernel: &K, bus: Bus, dev: &DeviceName, driver: DriverName
 
 /// Asks the bus to find a driver for the device (`/sys/bus/BUS/drivers_probe`).
 fn probe<K: Kernel>(kernel: &K, bus: Bus, dev: &DeviceName) -> Result<(), Error> {
-    let path = sys_path!("/sys/bus/{}/drivers_probe", bus.sysfs_name()).ok_or_else(too_long)?;
-    write_sysfs(kernel, path.as_c_str(), dev.as_str().as_bytes())
+    let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/drivers_probe");
+    let path = path.as_c_str().ok_or_else(too_long)?;
+    write_sysfs(kernel, path, dev.as_str().as_bytes())
 }
 
 /// Binds the device to `driver` through the driver's `bind` attribute.
 fn attach<K: Kernel>(kernel: &K, bus: Bus, dev: &DeviceName, driver: DriverName) -> Result<(), Errno> {
-    let path = sys_path!("/sys/bus/{}/drivers/{}/bind", bus.sysfs_name(), driver.as_str()).ok_or(Errno::NAMETOOLONG)?;
-    write(kernel, path.as_c_str(), dev.as_str().as_bytes())
+    let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/drivers/", driver.as_str(), "/bind");
+    let path = path.as_c_str().ok_or(Errno::NAMETOOLONG)?;
+    write(kernel, path, dev.as_str().as_bytes())
 }
 
 /// The device's driver and `driver_override` before a change.

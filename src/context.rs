@@ -343,9 +343,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     #[doc(alias = "dao_vfio_device_free")]
     pub fn free(&mut self, handle: DeviceHandle) -> Result<(), Error> {
         let slot = self.slot(&handle)?;
-        let state = self.devices.swap_remove(slot);
-        let name = state.name;
-        self.release_device(state).map_err(|e| e.for_device(name))
+        let name = self.devices[slot].name;
+        self.release_device(slot).map_err(|e| e.for_device(name))
     }
 
     /// Closes the context. Refused while devices are open: the context comes

@@ -37,7 +37,7 @@ use rustix::io::Errno;
 use crate::error::{DevNode, Error, ErrorKind, Label, Step};
 use crate::kernel::{Kernel, NodeOwner, TOKEN};
 use crate::name::{Bus, DeviceName};
-use crate::path::{sys_path, PathBuf};
+use crate::path::{sys_path, PathBuf, Shown};
 use crate::sysfs::{self, too_long};
 
 /// Who a device's nodes are given to.
@@ -123,9 +123,9 @@ fn change<K: Kernel>(kernel: &K, dev: DeviceName, bus: Option<Bus>, to: Option<O
     let mut before: [Option<NodeOwner>; 3] = [None; 3];
     for (node, was) in found.nodes.iter().zip(before.iter_mut()) {
         if let Some(node) = *node {
-            let path = node_path(node)?;
-            *was =
-                Some(kernel.node_owner(&TOKEN, path.as_c_str()).map_err(|e| Error::syscall(Step::StatNode(node), e))?);
+            let path = node_path(node);
+            let path = path.as_c_str().ok_or_else(too_long)?;
+            *was = Some(kernel.node_owner(&TOKEN, path).map_err(|e| Error::syscall(Step::StatNode(node), e))?);
         }
     }
     // /dev/iommu is shared by every device: a revoke leaves it while another
@@ -146,7 +146,9 @@ fn change<K: Kernel>(kernel: &K, dev: DeviceName, bus: Option<Bus>, to: Option<O
     let target = to.unwrap_or(Owner { uid: 0, gid: Some(0) });
     for i in 0..found.nodes.len() {
         let Some(node) = found.nodes[i] else { continue };
-        if let Err(e) = kernel.chown(&TOKEN, node_path(node)?.as_c_str(), target.uid, target.gid) {
+        let path = node_path(node);
+        let path = path.as_c_str().ok_or_else(too_long)?;
+        if let Err(e) = kernel.chown(&TOKEN, path, target.uid, target.gid) {
             put_back(kernel, &found.nodes[..i], &before[..i]);
             return Err(Error::syscall(Step::Chown(node), e));
         }
@@ -159,8 +161,8 @@ fn change<K: Kernel>(kernel: &K, dev: DeviceName, bus: Option<Bus>, to: Option<O
 fn put_back<K: Kernel>(kernel: &K, nodes: &[Option<DevNode>], before: &[Option<NodeOwner>]) {
     for (node, was) in nodes.iter().zip(before) {
         if let (Some(node), Some(was)) = (node, was) {
-            if let Ok(path) = node_path(*node) {
-                let _ = kernel.chown(&TOKEN, path.as_c_str(), was.uid, Some(was.gid));
+            if let Some(path) = node_path(*node).as_c_str() {
+                let _ = kernel.chown(&TOKEN, path, was.uid, Some(was.gid));
             }
         }
     }
@@ -176,7 +178,7 @@ fn other_cdev_owned<K: Kernel>(kernel: &K, own: Option<u32>, uid: u32) -> Result
         if owned || Some(n) == own {
             return;
         }
-        match node_path(DevNode::Cdev(n)).map(|p| kernel.node_owner(&TOKEN, p.as_c_str())) {
+        match node_path(DevNode::Cdev(n)).as_c_str().ok_or_else(too_long).map(|p| kernel.node_owner(&TOKEN, p)) {
             Ok(Ok(o)) => owned = o.uid == uid,
             Ok(Err(Errno::NOENT)) => {}
             Ok(Err(e)) => failed = Some(Error::syscall(Step::StatNode(DevNode::Cdev(n)), e)),
@@ -219,15 +221,16 @@ fn nodes<K: Kernel>(kernel: &K, dev: DeviceName, bus: Option<Bus>) -> Result<Dev
 
 /// The node's owner, `None` if it does not exist.
 fn exists<K: Kernel>(kernel: &K, node: DevNode) -> Result<Option<NodeOwner>, Error> {
-    match kernel.node_owner(&TOKEN, node_path(node)?.as_c_str()) {
+    let path = node_path(node);
+    match kernel.node_owner(&TOKEN, path.as_c_str().ok_or_else(too_long)?) {
         Ok(owner) => Ok(Some(owner)),
         Err(Errno::NOENT) => Ok(None),
         Err(e) => Err(Error::syscall(Step::StatNode(node), e)),
     }
 }
 
-fn node_path(node: DevNode) -> Result<PathBuf, Error> {
-    sys_path!("{node}").ok_or_else(too_long)
+fn node_path(node: DevNode) -> PathBuf {
+    sys_path!(Shown(node))
 }
 
 /// A decimal id; `u32::MAX` (-1, "unchanged" to chown) is refused.

@@ -7,7 +7,7 @@ use crate::container::IommuKind;
 use crate::error::{DevNode, Error, ErrorKind, Step};
 use crate::kernel::{Fd, Kernel, Request, TOKEN};
 use crate::name::DeviceName;
-use crate::path::sys_path;
+use crate::path::{sys_path, Shown};
 use crate::sys::{self, GroupFlags};
 use crate::vf_token::VfToken;
 
@@ -54,14 +54,16 @@ impl Group {
             _ => Error::syscall(Step::OpenGroup, e),
         };
         let too_long = || Error::syscall(Step::OpenGroup, Errno::NAMETOOLONG);
-        let iommu = sys_path!("/dev/vfio/{number}").ok_or_else(too_long)?;
-        match kernel.open(&TOKEN, iommu.as_c_str()) {
+        let iommu = sys_path!("/dev/vfio/", number);
+        let iommu = iommu.as_c_str().ok_or_else(too_long)?;
+        match kernel.open(&TOKEN, iommu) {
             Ok(fd) => return Ok((fd, IommuKind::Type1)),
             Err(Errno::NOENT) => {}
             Err(e) => return Err(failed(e, DevNode::Group(number))),
         }
-        let noiommu = sys_path!("/dev/vfio/noiommu-{number}").ok_or_else(too_long)?;
-        match kernel.open(&TOKEN, noiommu.as_c_str()) {
+        let noiommu = sys_path!("/dev/vfio/noiommu-", number);
+        let noiommu = noiommu.as_c_str().ok_or_else(too_long)?;
+        match kernel.open(&TOKEN, noiommu) {
             Ok(fd) => Ok((fd, IommuKind::NoIommu)),
             Err(Errno::NOENT) => {
                 Err(Error::new(ErrorKind::GroupNodeMissing { group: number }).with_errno(Errno::NOENT))
@@ -114,18 +116,16 @@ impl Group {
     ) -> Result<Fd, Error> {
         let too_long = Error::syscall(Step::GetDeviceFd, Errno::NAMETOOLONG);
         let cname = match vf_token {
-            None => sys_path!("{}", name),
-            Some(t) => sys_path!("{} vf_token={}", name, t),
-        }
-        .ok_or(too_long)?;
-        kernel.ioctl(&TOKEN, self.fd, Request::GroupGetDeviceFd(cname.as_c_str())).map(Fd::from_raw).map_err(
-            |e| match e {
-                Errno::ACCESS if crate::sriov::token_guarded(kernel, name).unwrap_or(false) => {
-                    Error::new(crate::sriov::token_refusal(kernel, name)).with_errno(e)
-                }
-                _ => Error::syscall(Step::GetDeviceFd, e),
-            },
-        )
+            None => sys_path!(name),
+            Some(t) => sys_path!(name, " vf_token=", Shown(t)),
+        };
+        let cname = cname.as_c_str().ok_or(too_long)?;
+        kernel.ioctl(&TOKEN, self.fd, Request::GroupGetDeviceFd(cname)).map(Fd::from_raw).map_err(|e| match e {
+            Errno::ACCESS if crate::sriov::token_guarded(kernel, name).unwrap_or(false) => {
+                Error::new(crate::sriov::token_refusal(kernel, name)).with_errno(e)
+            }
+            _ => Error::syscall(Step::GetDeviceFd, e),
+        })
     }
 
     /// Detaches from the container (if `attached`) and closes the group. The

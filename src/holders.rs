@@ -30,15 +30,17 @@ impl Nodes {
     fn of<K: Kernel>(kernel: &K, bus: Bus, dev: &DeviceName) -> Result<Self, Error> {
         let group = sysfs::group_of(kernel, bus, dev)?;
         let cdev = find_cdev(kernel, bus, dev)?;
+        let fits = |path: PathBuf| path.as_c_str().is_some().then_some(path).ok_or_else(too_long);
         Ok(Nodes {
-            group: group.map(|g| sys_path!("/dev/vfio/{g}").ok_or_else(too_long)).transpose()?,
-            noiommu: group.map(|g| sys_path!("/dev/vfio/noiommu-{g}").ok_or_else(too_long)).transpose()?,
-            cdev: cdev.map(|n| sys_path!("/dev/vfio/devices/vfio{n}").ok_or_else(too_long)).transpose()?,
+            group: group.map(|g| fits(sys_path!("/dev/vfio/", g))).transpose()?,
+            noiommu: group.map(|g| fits(sys_path!("/dev/vfio/noiommu-", g))).transpose()?,
+            cdev: cdev.map(|n| fits(sys_path!("/dev/vfio/devices/vfio", n))).transpose()?,
         })
     }
 
     fn matches(&self, target: &[u8]) -> bool {
-        [&self.group, &self.noiommu, &self.cdev].into_iter().flatten().any(|p| p.as_c_str().to_bytes() == target)
+        let paths = [&self.group, &self.noiommu, &self.cdev].into_iter().flatten();
+        paths.filter_map(PathBuf::as_c_str).any(|p| p.to_bytes() == target)
     }
 }
 
@@ -64,13 +66,15 @@ pub(crate) fn holders<K: Kernel>(
     let mut failed = None;
     let listed = kernel.list_dir(&TOKEN, c"/proc", &mut |raw| {
         let (Some(pid), None) = (pid_of(raw), &failed) else { return };
-        let Some(fds) = sys_path!("/proc/{pid}/fd") else { return };
+        let fds = sys_path!("/proc/", pid, "/fd");
+        let Some(fds) = fds.as_c_str() else { return };
         let mut held = false;
-        let scanned = kernel.list_dir(&TOKEN, fds.as_c_str(), &mut |fd| {
+        let scanned = kernel.list_dir(&TOKEN, fds, &mut |fd| {
             let (Some(fd), false, None) = (pid_of(fd), held, &failed) else { return };
-            let Some(link) = sys_path!("/proc/{pid}/fd/{fd}") else { return };
+            let link = sys_path!("/proc/", pid, "/fd/", fd);
+            let Some(link) = link.as_c_str() else { return };
             let mut buf = [0u8; 64];
-            match kernel.readlink(&TOKEN, link.as_c_str(), &mut buf) {
+            match kernel.readlink(&TOKEN, link, &mut buf) {
                 Ok(target) => held = nodes.matches(target),
                 Err(e) if passed_over(e) => {}
                 Err(e) => failed = Some(Error::syscall(Step::ReadSysfs, e)),

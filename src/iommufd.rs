@@ -75,9 +75,9 @@ impl Iommufd {
         bus: Bus,
         name: &DeviceName,
     ) -> Result<(Fd, u32), CdevOpen> {
-        let path = sys_path!("/dev/vfio/devices/vfio{number}")
-            .ok_or(CdevOpen::Failed(Error::syscall(Step::OpenCdev, Errno::NAMETOOLONG)))?;
-        let fd = kernel.open(&TOKEN, path.as_c_str()).map_err(|e| match e {
+        let path = sys_path!("/dev/vfio/devices/vfio", number);
+        let path = path.as_c_str().ok_or(CdevOpen::Failed(Error::syscall(Step::OpenCdev, Errno::NAMETOOLONG)))?;
+        let fd = kernel.open(&TOKEN, path).map_err(|e| match e {
             // Listed without a node: a noiommu device (Linux 6.12 lists those
             // too), which only its group can open.
             Errno::NOENT => CdevOpen::NoNode,
@@ -167,9 +167,10 @@ pub(crate) enum CdevOpen {
 /// entry.
 pub(crate) fn find_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<u32>, Error> {
     let failed = |e| Error::syscall(Step::FindCdev, e);
-    let dir = sys_path!("/sys/bus/{}/devices/{}/vfio-dev", bus.sysfs_name(), name).ok_or(failed(Errno::NAMETOOLONG))?;
+    let dir = sys_path!("/sys/bus/", bus.sysfs_name(), "/devices/", name, "/vfio-dev");
+    let dir = dir.as_c_str().ok_or(failed(Errno::NAMETOOLONG))?;
     let mut found = None;
-    let listed = kernel.list_dir_while(&TOKEN, dir.as_c_str(), &mut |entry| {
+    let listed = kernel.list_dir_while(&TOKEN, dir, &mut |entry| {
         found = entry.strip_prefix(b"vfio").and_then(crate::sysfs::parse_group_number);
         found.is_none()
     });
@@ -187,11 +188,12 @@ pub(crate) fn find_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> R
 /// DEV's.
 fn cdev_group<K: Kernel>(kernel: &K, number: u32, bus: Bus, name: &DeviceName) -> Result<u32, Error> {
     let failed = |e| Error::syscall(Step::OpenCdev, e);
-    let link = sys_path!("/sys/bus/{}/devices/{}/vfio-dev/vfio{number}/device/iommu_group", bus.sysfs_name(), name)
-        .ok_or(failed(Errno::NAMETOOLONG))?;
+    let link =
+        sys_path!("/sys/bus/", bus.sysfs_name(), "/devices/", name, "/vfio-dev/vfio", number, "/device/iommu_group");
+    let link = link.as_c_str().ok_or(failed(Errno::NAMETOOLONG))?;
     const ROOM: usize = crate::sysfs::LINK_CAPACITY;
     let mut buf = [0u8; ROOM];
-    match kernel.readlink(&TOKEN, link.as_c_str(), &mut buf) {
+    match kernel.readlink(&TOKEN, link, &mut buf) {
         Ok(target) if target.len() < ROOM => crate::sysfs::parse_group_number(target).ok_or(failed(Errno::INVAL)),
         Ok(_) => Err(failed(Errno::NAMETOOLONG)),
         // The cdev opened is another device's now (this one was unbound meanwhile).

@@ -123,7 +123,13 @@ impl DeviceName {
     /// The name.
     pub fn as_str(&self) -> &str {
         // Only printable ASCII was ever stored, so this cannot fail.
-        core::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+        core::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    /// The name's bytes (printable ASCII), without the UTF-8 check of
+    /// [`DeviceName::as_str`].
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 
     /// Guesses the bus from the name's shape: `DDDD:BB:DD.F` is PCI.

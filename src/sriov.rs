@@ -43,9 +43,10 @@ fn too_long() -> Error {
 
 /// Reads a small decimal sysfs attribute; `None` when it does not exist.
 fn read_number<K: Kernel>(kernel: &K, name: &DeviceName, attr: &str) -> Result<Option<u32>, Error> {
-    let path = sys_path!("/sys/bus/pci/devices/{name}/{attr}").ok_or_else(too_long)?;
+    let path = sys_path!("/sys/bus/pci/devices/", name, "/", attr);
+    let path = path.as_c_str().ok_or_else(too_long)?;
     let mut buf = [0u8; 16];
-    match kernel.read_file(&TOKEN, path.as_c_str(), &mut buf) {
+    match kernel.read_file(&TOKEN, path, &mut buf) {
         Ok(text) => {
             let digits = text.strip_suffix(b"\n").unwrap_or(text);
             let parsed = core::str::from_utf8(digits).ok().and_then(|t| t.parse().ok());
@@ -59,9 +60,10 @@ fn read_number<K: Kernel>(kernel: &K, name: &DeviceName, attr: &str) -> Result<O
 /// Reads a link under the device's directory naming another PCI device
 /// (`physfn`, `virtfnN`); `None` when it does not exist.
 fn read_device_link<K: Kernel>(kernel: &K, name: &DeviceName, link: &str) -> Result<Option<DeviceName>, Error> {
-    let path = sys_path!("/sys/bus/pci/devices/{name}/{link}").ok_or_else(too_long)?;
+    let path = sys_path!("/sys/bus/pci/devices/", name, "/", link);
+    let path = path.as_c_str().ok_or_else(too_long)?;
     let mut buf = [0u8; sysfs::LINK_CAPACITY];
-    match kernel.readlink(&TOKEN, path.as_c_str(), &mut buf) {
+    match kernel.readlink(&TOKEN, path, &mut buf) {
         Ok(target) if target.len() < sysfs::LINK_CAPACITY => {
             let last = core::str::from_utf8(sysfs::last_component(target)).map_err(|_| failed(Errno::INVAL))?;
             DeviceName::new(last).map(Some).map_err(|_| failed(Errno::INVAL))
@@ -111,8 +113,9 @@ fn vfs_of<K: Kernel>(kernel: &K, pf: &DeviceName, visit: &mut dyn FnMut(&DeviceN
     };
     let mut seen = 0;
     for i in 0..num_vfs {
-        let link = sys_path!("virtfn{i}").ok_or_else(too_long)?;
-        let link = core::str::from_utf8(link.as_c_str().to_bytes()).map_err(|_| too_long())?;
+        let link = sys_path!("virtfn", i);
+        let link = link.as_c_str().ok_or_else(too_long)?;
+        let link = core::str::from_utf8(link.to_bytes()).map_err(|_| too_long())?;
         if let Some(vf) = read_device_link(kernel, pf, link)? {
             visit(&vf);
             seen += 1;
@@ -140,13 +143,15 @@ pub(crate) fn vfio_pci_enable_sriov<K: Kernel>(kernel: &K) -> Result<Option<bool
 /// `physfn`; the link names its PF's driver), and `sriov_totalvfs`, a file
 /// only PFs have, which `readlink` answers `EINVAL` when it exists.
 pub(crate) fn token_guarded<K: Kernel>(kernel: &K, dev: &DeviceName) -> Result<bool, Error> {
-    let path = sys_path!("/sys/bus/pci/devices/{dev}/physfn/driver").ok_or_else(too_long)?;
-    if let Some(pf_driver) = sysfs::driver_at(kernel, path.as_c_str())? {
+    let path = sys_path!("/sys/bus/pci/devices/", dev, "/physfn/driver");
+    let path = path.as_c_str().ok_or_else(too_long)?;
+    if let Some(pf_driver) = sysfs::driver_at(kernel, path)? {
         return Ok(pf_driver.as_str() == "vfio-pci");
     }
-    let path = sys_path!("/sys/bus/pci/devices/{dev}/sriov_totalvfs").ok_or_else(too_long)?;
+    let path = sys_path!("/sys/bus/pci/devices/", dev, "/sriov_totalvfs");
+    let path = path.as_c_str().ok_or_else(too_long)?;
     let mut buf = [0u8; 1];
-    match kernel.readlink(&TOKEN, path.as_c_str(), &mut buf) {
+    match kernel.readlink(&TOKEN, path, &mut buf) {
         Err(Errno::INVAL) => Ok(true),
         Err(Errno::NOENT) | Ok(_) => Ok(false),
         Err(e) => Err(failed(e)),
@@ -216,9 +221,11 @@ fn set_num_vfs_of<K: Kernel>(kernel: &K, dev: &DeviceName, count: u32) -> Result
             return Err(Error::new(ErrorKind::VfHeld { pid }).for_device(vf));
         }
     }
-    let path = sys_path!("/sys/bus/pci/devices/{dev}/sriov_numvfs").ok_or_else(too_long)?;
-    let text = sys_path!("{count}").ok_or_else(too_long)?;
-    match kernel.write_file(&TOKEN, path.as_c_str(), text.as_c_str().to_bytes()) {
+    let path = sys_path!("/sys/bus/pci/devices/", dev, "/sriov_numvfs");
+    let path = path.as_c_str().ok_or_else(too_long)?;
+    let text = sys_path!(count);
+    let text = text.as_c_str().ok_or_else(too_long)?;
+    match kernel.write_file(&TOKEN, path, text.to_bytes()) {
         Ok(_) => Ok(()),
         // vfio-pci without enable_sriov (read above, but it may have changed),
         // or a driver that cannot create VFs.

@@ -93,8 +93,9 @@ pub(crate) fn find_bus<K: Kernel>(kernel: &K, name: &DeviceName, stated: Option<
     };
     let mut buf = [0u8; LINK_CAPACITY];
     for &bus in candidates {
-        let path = sys_path!("/sys/bus/{}/devices/{}", bus.sysfs_name(), name).ok_or_else(too_long)?;
-        if read_link(kernel, path.as_c_str(), &mut buf)?.is_some() {
+        let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/devices/", name);
+        let path = path.as_c_str().ok_or_else(too_long)?;
+        if read_link(kernel, path, &mut buf)?.is_some() {
             return Ok(bus);
         }
     }
@@ -103,9 +104,10 @@ pub(crate) fn find_bus<K: Kernel>(kernel: &K, name: &DeviceName, stated: Option<
 
 /// Checks the device is bound to a VFIO driver.
 pub(crate) fn check_driver<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<(), Error> {
-    let path = sys_path!("/sys/bus/{}/devices/{}/driver", bus.sysfs_name(), name).ok_or_else(too_long)?;
+    let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/devices/", name, "/driver");
+    let path = path.as_c_str().ok_or_else(too_long)?;
     let mut buf = [0u8; LINK_CAPACITY];
-    match read_link(kernel, path.as_c_str(), &mut buf)? {
+    match read_link(kernel, path, &mut buf)? {
         None => Err(Error::new(ErrorKind::NotBound { bus })),
         Some(link) => {
             let driver = last_component(link);
@@ -130,15 +132,17 @@ pub(crate) fn driver_at<K: Kernel>(kernel: &K, path: &core::ffi::CStr) -> Result
 
 /// The driver the device is bound to, `None` when it is bound to none.
 pub(crate) fn driver_of<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<DriverName>, Error> {
-    let path = sys_path!("/sys/bus/{}/devices/{}/driver", bus.sysfs_name(), name).ok_or_else(too_long)?;
-    driver_at(kernel, path.as_c_str())
+    let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/devices/", name, "/driver");
+    let path = path.as_c_str().ok_or_else(too_long)?;
+    driver_at(kernel, path)
 }
 
 /// The device's IOMMU group number, `None` when it has no group.
 pub(crate) fn group_of<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<u32>, Error> {
-    let path = sys_path!("/sys/bus/{}/devices/{}/iommu_group", bus.sysfs_name(), name).ok_or_else(too_long)?;
+    let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/devices/", name, "/iommu_group");
+    let path = path.as_c_str().ok_or_else(too_long)?;
     let mut buf = [0u8; LINK_CAPACITY];
-    match read_link(kernel, path.as_c_str(), &mut buf)? {
+    match read_link(kernel, path, &mut buf)? {
         None => Ok(None),
         Some(link) => parse_group_number(link).map(Some).ok_or(Error::syscall(Step::ReadSysfs, Errno::INVAL)),
     }

@@ -162,20 +162,15 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// regions are set up in the table slot, never on setup's stack). On error the state is released (regions unmapped, fd
     /// closed) and the table is as it was. The caller checked there is room.
     pub(super) fn install(&mut self, at: Placement, fd: Fd) -> Result<(), Error> {
-        if let Err(state) = self.devices.push(DeviceState::new(at, fd)) {
+        if let Err(mut state) = self.devices.push(DeviceState::new(at, fd)) {
             let _ = state.release(&self.kernel);
             return Err(Error::new(ErrorKind::DeviceTableFull { capacity: DEVICES }));
         }
-        let described = match self.devices.last_mut() {
-            Some(state) => state.describe(&self.kernel),
-            None => unreachable!("pushed just above"),
-        };
-        if let Err(e) = described {
-            if let Some(state) = self.devices.pop() {
-                // The setup error is the one that matters; a failing munmap
-                // during this unwind cannot be acted on either.
-                let _ = state.release(&self.kernel);
-            }
+        let last = self.devices.len() - 1;
+        if let Err(e) = self.devices[last].describe(&self.kernel) {
+            // The setup error is the one that matters; a failing munmap
+            // during this unwind cannot be acted on either.
+            let _ = self.release_slot(last);
             return Err(e);
         }
         Ok(())

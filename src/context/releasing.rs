@@ -5,7 +5,6 @@
 use super::Context;
 use crate::backend::Backend;
 use crate::container::{Container, IommuKind};
-use crate::device::DeviceState;
 use crate::dma::Domain;
 use crate::error::Error;
 use crate::group::Group;
@@ -13,17 +12,30 @@ use crate::iommufd::Iommufd;
 use crate::kernel::Kernel;
 
 impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Context<K, DEVICES, GROUPS, DMA> {
-    /// Releases an open device taken out of the table: its regions, fd and
+    /// Releases the open device in table slot `slot`: its regions, fd and
     /// eventfds, then its share of its group or of the iommufd.
-    pub(super) fn release_device(&mut self, state: DeviceState) -> Result<(), Error> {
+    pub(super) fn release_device(&mut self, slot: usize) -> Result<(), Error> {
         self.iommu_info = None;
-        if state.via == Backend::Iommufd {
-            return self.release_iommufd_device(state);
+        let (via, group) = (self.devices[slot].via, self.devices[slot].group);
+        if via == Backend::Iommufd {
+            return self.release_iommufd_device(slot);
         }
-        let group = state.group;
-        let released = state.release(&self.kernel);
+        let released = self.release_slot(slot);
         let detached = self.release_group(group);
         released.and(detached)
+    }
+
+    /// Releases the device in table slot `slot` where it lies (regions, fd,
+    /// eventfds), then drops the slot: the last one without moving a byte,
+    /// another by moving the last device into it.
+    pub(super) fn release_slot(&mut self, slot: usize) -> Result<(), Error> {
+        let result = self.devices[slot].release(&self.kernel);
+        if slot + 1 == self.devices.len() {
+            self.devices.truncate(slot);
+        } else {
+            let _ = self.devices.swap_remove(slot);
+        }
+        result
     }
 
     /// Closes a device opened through iommufd. The last one takes the DMA
@@ -35,16 +47,18 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// space (the next device attached finds them; `dma_free` can retry; the
     /// context's drop releases them after closing the iommufd), and the
     /// unmap's error is returned.
-    pub(super) fn release_iommufd_device(&mut self, state: DeviceState) -> Result<(), Error> {
-        let Some(iommufd) = self.iommufd.as_mut() else {
-            return state.release(&self.kernel);
+    pub(super) fn release_iommufd_device(&mut self, slot: usize) -> Result<(), Error> {
+        let Some(iommufd) = self.iommufd.as_ref() else {
+            return self.release_slot(slot);
         };
         let domain = Domain::Ioas { iommufd: iommufd.fd(), ioas: iommufd.ioas() };
         let takes_dma = iommufd.devices() == 1 && self.dma.len() > 0;
         let unmapped = if takes_dma { self.dma.unmap_all_from_iommu(&self.kernel, domain) } else { Ok(()) };
         // Closing the cdev detaches the device from the IO address space.
-        let result = state.release(&self.kernel);
-        iommufd.device_detached();
+        let result = self.release_slot(slot);
+        if let Some(iommufd) = self.iommufd.as_mut() {
+            iommufd.device_detached();
+        }
         if !takes_dma {
             return result;
         }
@@ -153,8 +167,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// Releases every device, group, container, the iommufd and the DMA
     /// memory: a drop, or a close in place.
     pub(super) fn release_all(&mut self) {
-        while let Some(state) = self.devices.pop() {
-            let _ = self.release_device(state);
+        while let Some(last) = self.devices.len().checked_sub(1) {
+            let _ = self.release_device(last);
         }
         while let Some(group) = self.groups.pop() {
             let _ = self.detach(group);

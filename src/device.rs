@@ -55,7 +55,8 @@ impl IrqIndex {
 #[repr(C)]
 pub(crate) struct DeviceState {
     regions: heapless::Vec<Region, MAX_REGIONS>,
-    // Widest first, so that `repr(C)` adds no padding.
+    // Widest first: `repr(C)` pads no more than Rust's own layout did (one
+    // byte before `bound`; the size is unchanged).
     pub(crate) serial: u64,
     pub(crate) group: u32,
     fd: Fd,

@@ -3,7 +3,9 @@
 //! A path is put together from parts (text, names, numbers) byte by byte,
 //! not through `core::fmt`: setup builds a few paths per device, and the
 //! formatting machinery cost more instructions than the rest of setup's own
-//! code between its system calls.
+//! code between its system calls (callgrind, against the fake kernel). Only
+//! rare paths ([`Shown`]: a VF token, a device node's name for `grant`)
+//! still format.
 
 use core::ffi::CStr;
 use core::fmt::{self, Write};
@@ -45,7 +47,8 @@ impl PathBuf {
     /// a NUL. Callers only join validated names and numbers, whose total
     /// length fits `CAPACITY` by construction; they report `None` all the
     /// same. (The byte after the path is always NUL: the buffer starts
-    /// zeroed and the last byte is never written.)
+    /// zeroed, parts are only appended, and `push_bytes` keeps the last
+    /// byte free.)
     pub(crate) fn as_c_str(&self) -> Option<&CStr> {
         if self.overflowed {
             return None;

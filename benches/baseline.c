@@ -18,7 +18,8 @@
  * benchmark's Rust process (the library as shipped: profile clib, built for
  * size, behind the C interface's lock and slot search). Their calls are the crate's own (raw, outside
  * these wrappers): not counted here, answered as `-`. And
- * crate_calls_setup_free_edu and crate_calls_setup_free_pl031 make, with
+ * crate_calls_setup_free_edu, crate_calls_setup_free_pl031 and
+ * crate_calls_setup_free_edu_iommufd make, with
  * raw calls, the sequence of calls the crate makes (see crate_calls), so
  * the cost of the crate's calls is told apart from the cost of its code.
  *
@@ -37,7 +38,8 @@
  * setup_free_edu_iommufd (the device cdev, bound to an iommufd and attached
  * to its IO address space, where the kernel has them),
  * setup_free_pl031, capi_setup_free_edu, capi_setup_free_pl031,
- * crate_calls_setup_free_edu, crate_calls_setup_free_pl031, read32,
+ * crate_calls_setup_free_edu, crate_calls_setup_free_pl031,
+ * crate_calls_setup_free_edu_iommufd, read32,
  * write32, irq, dma_map_4k, dma_map_2m,
  * dma_alloc_4k or dma_alloc_2m; or tail_read32, tail_write32 or tail_irq,
  * each operation timed on its own, answered with `c OP P50 P99 P99.9 MAX`
@@ -153,6 +155,12 @@ static ssize_t sys_pwrite(int fd, const void *buf, size_t len, off_t offset)
 	return pwrite(fd, buf, len, offset);
 }
 
+static int sys_faccessat(int dir, const char *path)
+{
+	syscalls++;
+	return faccessat(dir, path, F_OK, 0);
+}
+
 /* getdents64 has no glibc wrapper in the glibc of the build hosts. */
 static long sys_getdents64(int fd, void *buf, size_t len)
 {
@@ -189,7 +197,8 @@ static int container = -1;
 /* Set for the crate_calls_ requests: make the crate's sequence of calls
  * instead of DAO's (no VFIO_CHECK_EXTENSION before VFIO_SET_IOMMU, a PCI
  * device's ROM and VGA regions not described, an explicit
- * VFIO_GROUP_UNSET_CONTAINER before the group is closed). */
+ * VFIO_GROUP_UNSET_CONTAINER before the group is closed; through iommufd,
+ * the cdev's directory kept open to prove the cdev opened is the device's). */
 static int crate_calls;
 
 static void die(const char *what)
@@ -299,8 +308,10 @@ static uint32_t ioas;
 
 /* The device's cdev number N, from its sysfs vfio-dev/vfioN: open the
  * directory, read entries until vfioN, close (readdir's calls, without
- * DIR's allocation). */
-static int find_cdev(const char *name)
+ * DIR's allocation). With crate_calls the directory is left open in
+ * *listed, for the crate's proof that the cdev opened is still the
+ * device's (device_setup_iommufd). */
+static int find_cdev(const char *name, int *listed)
 {
 	char path[256];
 	union {
@@ -326,7 +337,10 @@ static int find_cdev(const char *name)
 			at += reclen;
 		}
 	}
-	sys_close(dir);
+	if (crate_calls && number >= 0)
+		*listed = dir;
+	else
+		sys_close(dir);
 	return number;
 }
 
@@ -335,7 +349,8 @@ static int find_cdev(const char *name)
 static int device_setup_iommufd(const char *name, struct device *dev)
 {
 	char node[64];
-	int number = find_cdev(name);
+	int listed = -1;
+	int number = find_cdev(name, &listed);
 	struct base_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
 	struct base_attach_pt attach = { .argsz = sizeof(attach), .pt_id = ioas };
 
@@ -346,6 +361,17 @@ static int device_setup_iommufd(const char *name, struct device *dev)
 		return -1;
 	snprintf(node, sizeof(node), "/dev/vfio/devices/vfio%d", number);
 	dev->device_fd = sys_open(node, O_RDWR | O_CLOEXEC);
+	if (listed >= 0) {
+		/* The crate's proof: vfioN is still in the directory listed. */
+		snprintf(node, sizeof(node), "vfio%d", number);
+		int found = dev->device_fd < 0 ? 0 : sys_faccessat(listed, node);
+
+		sys_close(listed);
+		if (found < 0) {
+			sys_close(dev->device_fd);
+			return -1;
+		}
+	}
 	if (dev->device_fd < 0)
 		return -1;
 	if (sys_ioctl(dev->device_fd, BASE_VFIO_DEVICE_BIND_IOMMUFD, &bind) < 0 ||
@@ -946,6 +972,16 @@ static void batch(const char *op, unsigned long iters, const char *edu_name, con
 
 		crate_calls = 1;
 		bench_setup_free(op, edu ? "pci" : "platform", edu ? edu_name : pl031_name, iters);
+		crate_calls = 0;
+		return;
+	}
+	if (strcmp(op, "crate_calls_setup_free_edu_iommufd") == 0) {
+		if (iommufd < 0) {
+			fprintf(stderr, "baseline: no /dev/iommu for %s\n", op);
+			exit(2);
+		}
+		crate_calls = 1;
+		bench_setup_free(op, NULL, edu_name, iters);
 		crate_calls = 0;
 		return;
 	}

@@ -12,6 +12,7 @@ use crate::name::{Bus, DeviceName};
 use crate::regblock::RegisterBlock;
 use crate::region::{AccessError, Region, RegionKind};
 use crate::sys::{self, pci_region, DeviceFlags, IrqFlags, RegionFlags};
+use crate::sysfs;
 
 /// Regions recorded per device: a PCI device has 9, platform devices
 /// usually 1 or 2. Regions past this index are not set up (see
@@ -58,7 +59,9 @@ pub(crate) struct DeviceState {
     // Widest first: `repr(C)` pads no more than Rust's own layout did (one
     // byte before `bound`; the size is unchanged).
     pub(crate) serial: u64,
-    pub(crate) group: u32,
+    /// Its IOMMU group, or [`GROUP_NOT_READ`] for a device opened through
+    /// its cdev (read when asked: see [`Device::group`]).
+    group: u32,
     fd: Fd,
     flags: DeviceFlags,
     num_regions: u32,
@@ -72,11 +75,17 @@ pub(crate) struct DeviceState {
     pub(crate) bound: irq::Bindings,
 }
 
+/// [`DeviceState`]'s group before it is read: no IOMMU group has this
+/// number (Linux numbers them from 0 as `int`s).
+const GROUP_NOT_READ: u32 = u32::MAX;
+
 /// Where a device is and how it was opened.
 pub(crate) struct Placement {
     pub(crate) name: DeviceName,
     pub(crate) bus: Bus,
-    pub(crate) group: u32,
+    /// Its IOMMU group: known when it was opened through its group, not
+    /// read for one opened through its cdev.
+    pub(crate) group: Option<u32>,
     pub(crate) noiommu: bool,
     /// [`Backend::Legacy`] (from its group) or [`Backend::Iommufd`] (its cdev).
     pub(crate) via: Backend,
@@ -91,7 +100,7 @@ impl DeviceState {
             serial: at.serial,
             name: at.name,
             bus: at.bus,
-            group: at.group,
+            group: at.group.unwrap_or(GROUP_NOT_READ),
             noiommu: at.noiommu,
             via: at.via,
             fd,
@@ -230,6 +239,12 @@ impl DeviceState {
         Ok(Some(region))
     }
 
+    /// Its IOMMU group, if known (always, for a device opened through its
+    /// group).
+    pub(crate) fn known_group(&self) -> Option<u32> {
+        (self.group != GROUP_NOT_READ).then_some(self.group)
+    }
+
     /// Unmaps every region, closes the device fd, then the interrupt eventfds
     /// (closing the device disables its interrupts). Everything is released
     /// even if a step fails; the first failure is returned. It runs where the
@@ -349,9 +364,26 @@ impl<'a, K: Kernel> Device<'a, K> {
         self.state.bus
     }
 
-    /// Its IOMMU group number.
-    pub fn group(&self) -> u32 {
-        self.state.group
+    /// Its IOMMU group number. Known from setup for a device opened through
+    /// its group; for one opened through its cdev (iommufd, whose interface
+    /// has no groups) it is read from sysfs when asked, one `readlink` per call.
+    pub fn group(&self) -> Result<u32, Error> {
+        if let Some(group) = self.state.known_group() {
+            return Ok(group);
+        }
+        match sysfs::group_of(self.kernel, self.state.bus, &self.state.name) {
+            Ok(Some(group)) => Ok(group),
+            // A device held open keeps its group: sysfs hides it.
+            Ok(None) => Err(Error::syscall(Step::ReadSysfs, Errno::NOENT).for_device(self.state.name)),
+            Err(e) => Err(e.for_device(self.state.name)),
+        }
+    }
+
+    /// Its IOMMU group, if known without asking the kernel (for the C
+    /// interface's `group_fd`).
+    #[cfg(feature = "capi")]
+    pub(crate) fn known_group(&self) -> Option<u32> {
+        self.state.known_group()
     }
 
     /// Whether its group is a noiommu group (no isolation, no DMA mapping).

@@ -193,7 +193,7 @@ fn errors_from_the_real_kernel() {
         // Linux: a group held through its node is busy to both interfaces
         // (EBUSY); a device bound through its cdev cannot be bound again
         // (EINVAL), and its group node is busy.
-        let group = vfio.device(&edu).unwrap().group();
+        let group = vfio.device(&edu).unwrap().group().unwrap();
         let expected = match (common::expected_backend(), backend) {
             (Backend::Iommufd, Backend::Iommufd) => ErrorKind::DeviceClaimed,
             _ => ErrorKind::GroupBusy { group },

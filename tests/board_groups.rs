@@ -96,7 +96,7 @@ fn both_devices_share_the_group(mate: &str, blocker: &str, group: u32) {
     let m = vfio.setup(mate).unwrap();
     let b = vfio.setup(blocker).unwrap();
     let (dm, db) = (vfio.device(&m).unwrap(), vfio.device(&b).unwrap());
-    assert_eq!((dm.group(), db.group()), (group, group));
+    assert_eq!((dm.group().unwrap(), db.group().unwrap()), (group, group));
     assert_eq!((dm.backend(), db.backend()), (expected_backend(), expected_backend()));
     assert_eq!(dm.region(0).unwrap().read32(0), Ok(EDU_ID));
     assert_eq!(db.region(0).unwrap().read32(NVME_VS), Ok(NVME_1_4));

@@ -1,8 +1,9 @@
 //! The kernel wanting a device back while a driver holds it, on the real
 //! kernel: run on the virtual boards (`tests/board/test`), ignored on the
 //! host. An unbind with and without the request notifier (issues 12 and
-//! 21), a driver killed mid-loop and its devices set up again at once, and
-//! the bind tool refusing to hang on a held device.
+//! 21), a driver killed mid-loop and its devices set up again at once, the
+//! bind tool refusing to hang on a held device, and what tells setup that a
+//! cdev it listed went to another device meanwhile.
 //!
 //! Issue 21's sequence, met on the x86_64 board: a process holds edu (BAR 0
 //! mapped, MSI enabled, a DMA buffer) and reads its registers; another
@@ -83,6 +84,51 @@ fn free_while_unbinding(backend: Backend) {
     assert_eq!(vfio.device(&edu).unwrap().region(pci_region::BAR0).unwrap().read32(0), Ok(0x010000ed));
     vfio.free(edu).unwrap();
     vfio.close().map_err(|(_, e)| e).unwrap();
+}
+
+/// What setup's proof that an opened cdev is still its device's rests on
+/// (`ListedCdev::prove`, src/iommufd.rs): from the device's `vfio-dev`
+/// directory, opened when its cdev was listed, `vfioN` is found while it is
+/// the device's, and never once the device was unbound: not after it is
+/// bound again either, when its cdev may even have the same number (the
+/// directory then is a new one). Linux lists `vfio-dev/vfioN` from 6.1; the
+/// node is 6.6+.
+#[test]
+#[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
+fn a_listed_cdev_directory_proves_nothing_once_its_device_was_unbound() {
+    use rustix::fs::{Access, AtFlags, Mode, OFlags, CWD};
+    use rustix::io::Errno;
+    let name = dev("DAO_VFIO_EDU");
+    let listed = format!("/sys/bus/pci/devices/{name}/vfio-dev");
+    let open_listed = || {
+        rustix::fs::openat(CWD, listed.as_str(), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .unwrap()
+    };
+    let cdev = || -> String {
+        let mut entries = std::fs::read_dir(&listed).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap());
+        entries.find(|e| e.starts_with("vfio")).expect("edu's vfio-dev directory lists its cdev")
+    };
+    let proof =
+        |dir: &rustix::fd::OwnedFd, cdev: &str| rustix::fs::accessat(dir, cdev, Access::EXISTS, AtFlags::empty());
+    let dir = open_listed();
+    let before = cdev();
+    assert_eq!(proof(&dir, &before), Ok(()), "bound: the proof holds");
+    assert_eq!(proof(&dir, "vfio4095"), Err(Errno::NOENT), "a cdev not listed proves nothing");
+
+    std::fs::write(format!("/sys/bus/pci/devices/{name}/driver/unbind"), &name).unwrap();
+    assert_eq!(driver_of(&name), None);
+    assert_eq!(proof(&dir, &before), Err(Errno::NOENT), "unbound: the proof fails");
+    bind::bind(&Host, &name, None, None).unwrap();
+    let after = cdev();
+    println!("edu's cdev: {before} before the unbind, {after} after the bind");
+    assert_eq!(proof(&dir, &before), Err(Errno::NOENT), "bound again: the old directory is gone");
+    assert_eq!(proof(&dir, &after), Err(Errno::NOENT), "bound again: the old directory is gone");
+    // Listed anew, the proof holds again, and a context sets edu up.
+    assert_eq!(proof(&open_listed(), &after), Ok(()));
+    let mut vfio = common::context();
+    let edu = vfio.setup(&name).unwrap();
+    assert_eq!(vfio.device(&edu).unwrap().region(pci_region::BAR0).unwrap().read32(0), Ok(0x010000ed));
+    vfio.free(edu).unwrap();
 }
 
 #[test]

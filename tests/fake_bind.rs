@@ -400,6 +400,15 @@ unsafe impl Kernel for WithDeviceTree<'_> {
     fn readlink<'b>(&self, t: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         self.fake.readlink(t, path, buf)
     }
+    fn access_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
+        self.fake.access_at(t, dir, path)
+    }
+    fn open_dir(&self, t: &Token, path: &CStr) -> Result<Fd, Errno> {
+        self.fake.open_dir(t, path)
+    }
+    fn list_open_dir_while(&self, t: &Token, dir: Fd, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
+        self.fake.list_open_dir_while(t, dir, visit)
+    }
     fn eventfd(&self, t: &Token) -> Result<Fd, Errno> {
         self.fake.eventfd(t)
     }

@@ -36,7 +36,11 @@ fn auto_picks_iommufd_where_the_kernel_and_the_device_offer_it() {
     assert_eq!(k.open_fds(), 1, "/dev/iommu only: no container is opened");
     let edu = ctx.setup(EDU).unwrap();
     let dev = ctx.device(&edu).unwrap();
-    assert_eq!((dev.backend(), dev.group(), dev.is_noiommu()), (Backend::Iommufd, 3, false));
+    assert_eq!((dev.backend(), dev.is_noiommu()), (Backend::Iommufd, false));
+    // Not read at setup through the cdev: one readlink when asked.
+    let calls = k.calls();
+    assert_eq!(dev.group().unwrap(), 3);
+    assert_eq!((k.calls() - calls, k.trace().last().unwrap().name), (1, "readlink"));
     assert_eq!(dev.region(0).unwrap().read32(0), Ok(0x010000ed));
     assert_eq!((ctx.active_backend(), ctx.group_count(), ctx.iommu_type()), (Some(Backend::Iommufd), 0, None));
     assert_eq!((k.open_fds(), k.iommufd_attached()), (2, 1), "the iommufd and the device's cdev");
@@ -179,14 +183,17 @@ fn auto_falls_back_to_the_group_when_the_cdev_is_refused() {
     let k = system(true, true);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let calls = k.calls();
-    // getdents (the cdev's listing), two readlinks (a VF of which driver, `physfn/driver`, or
-    // an SR-IOV PF, `sriov_totalvfs`? Auto opens those through the group;
-    // not here), then the cdev's open.
-    k.fail_call(4, Errno::ACCESS);
+    // The cdev's listing (open, getdents), two readlinks (a VF of which
+    // driver, `physfn/driver`, or an SR-IOV PF, `sriov_totalvfs`? Auto opens
+    // those through the group; not here), then the cdev's open.
+    k.fail_call(5, Errno::ACCESS);
     let edu = ctx.setup(EDU).unwrap();
-    assert_eq!(k.trace()[calls as usize + 1].name, "readlink");
+    assert_eq!(k.trace()[calls as usize].name, "open");
+    assert_eq!(k.trace()[calls as usize + 1].name, "getdents");
     assert_eq!(k.trace()[calls as usize + 2].name, "readlink");
-    assert_eq!(k.trace()[calls as usize + 3].name, "open");
+    assert_eq!(k.trace()[calls as usize + 3].name, "readlink");
+    assert_eq!(k.trace()[calls as usize + 4].name, "open");
+    assert_eq!(k.trace()[calls as usize + 4].step, Step::OpenCdev);
     assert!(!k.failure_pending());
     assert_eq!((ctx.device(&edu).unwrap().backend(), ctx.active_backend()), (Backend::Legacy, Some(Backend::Legacy)));
     // One address space: the next device follows the legacy container.
@@ -196,7 +203,7 @@ fn auto_falls_back_to_the_group_when_the_cdev_is_refused() {
     assert_eq!(clean(&k), (0, 0, 0, 0));
     // Forced iommufd does not fall back: the refusal is the answer.
     let mut ctx = Ctx::with_backend(&k, Backend::Iommufd).unwrap();
-    k.fail_call(2, Errno::ACCESS);
+    k.fail_call(3, Errno::ACCESS);
     let e = ctx.setup(EDU).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Permission { node: dao_vfio::DevNode::Cdev(_) }), "{e}");
     assert_eq!(k.open_fds(), 1);
@@ -293,6 +300,30 @@ fn mappings_the_kernel_keeps_stay_in_the_table_until_they_can_go() {
 }
 
 #[test]
+fn a_cdev_that_went_to_another_device_is_refused() {
+    // Between the cdev's listing and its open, the device was unbound and
+    // its cdev's number went to another device: the lookup from the listed
+    // directory finds no `vfioN` (ENOENT). Setup says the device went away
+    // and leaves nothing open.
+    let k = system(true, true);
+    let mut ctx = Ctx::with_backend(&k, Backend::Iommufd).unwrap();
+    let (fds, calls) = (k.open_fds(), k.calls() as usize);
+    // The listing (open, getdents), the cdev's open, then the proof.
+    k.fail_call(4, Errno::NOENT);
+    let e = ctx.setup(EDU).unwrap_err();
+    let trace = k.trace();
+    let names: Vec<&str> = trace[calls..calls + 4].iter().map(|c| c.name).collect();
+    assert_eq!(names, ["open", "getdents", "open", "faccessat"]);
+    assert_eq!((trace[calls].step, trace[calls + 2].step), (Step::FindCdev, Step::OpenCdev));
+    assert_eq!((e.kind(), e.errno()), (ErrorKind::Syscall(Step::OpenCdev), Some(Errno::NODEV)), "{e}");
+    assert_eq!((k.open_fds(), ctx.device_count(), ctx.group_count()), (fds, 0, 0));
+    // Without the failure the proof holds: the same setup succeeds.
+    let edu = ctx.setup(EDU).unwrap();
+    assert_eq!(ctx.device(&edu).unwrap().backend(), Backend::Iommufd);
+    assert_eq!(ctx.device(&edu).unwrap().group().unwrap(), 3);
+}
+
+#[test]
 fn a_cdev_without_its_node_says_so_when_iommufd_is_forced() {
     // The cdev is listed in sysfs, but /dev/vfio/devices/vfioN is not there
     // (no devtmpfs, or a container given only some nodes): the open's ENOENT
@@ -300,8 +331,8 @@ fn a_cdev_without_its_node_says_so_when_iommufd_is_forced() {
     let k = system(true, true);
     let mut ctx = Ctx::with_backend(&k, Backend::Iommufd).unwrap();
     let fds = k.open_fds();
-    // getdents (the cdev's listing), then the cdev's open.
-    k.fail_call(2, Errno::NOENT);
+    // The cdev's listing (open, getdents), then the cdev's open.
+    k.fail_call(3, Errno::NOENT);
     let e = ctx.setup(EDU).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Syscall(Step::OpenCdev), "{e}");
     assert_eq!((k.open_fds(), ctx.device_count(), ctx.group_count()), (fds, 0, 0));

@@ -2,13 +2,14 @@
 //! calls each makes: how the benchmarks count the crate's system calls without
 //! seccomp or ptrace.
 //!
-//! Most methods are one system call. Three are several, per `src/kernel/host.rs`:
+//! Most methods are one system call. Four are several, per `src/kernel/host.rs`:
 //! `write_file` is open, write, close; `read_file` is open, one read or more,
 //! close; `list_dir_while` is open, getdents64 until it returns 0 or the visitor
-//! stops, close. Where the
+//! stops, close; `list_open_dir_while` is those getdents64 alone (`open_dir`
+//! counts as an open). Where the
 //! number cannot be known from outside it is taken as the least possible and
 //! flagged inexact, so a table never shows a guess as exact. (Of these, the
-//! benchmarked operations use `list_dir` and `read_file` to find a device's
+//! benchmarked operations use the listing methods and `read_file` to find a device's
 //! cdev in sysfs, where the count is exact: see there.)
 
 use core::cell::Cell;
@@ -30,6 +31,7 @@ enum Method {
     Pread,
     Pwrite,
     Readlink,
+    Access,
     Eventfd,
     Read,
     Poll,
@@ -54,6 +56,7 @@ const NAMES: [&str; METHODS] = [
     "pread",
     "pwrite",
     "readlink",
+    "faccessat",
     "eventfd",
     "read",
     "poll",
@@ -145,6 +148,11 @@ impl Counts {
     }
 }
 
+/// The bytes of a `getdents64` record for a name of `name_len` bytes.
+fn listing_record(name_len: usize) -> usize {
+    (19 + name_len + 1).next_multiple_of(8)
+}
+
 /// Forwards to `K`, counting. Not `Sync` (plain cells): the benchmarks use
 /// one thread, and a cell costs less than an atomic in the timed loops.
 pub struct Counting<K> {
@@ -171,6 +179,32 @@ impl<K: Kernel> Counting<K> {
     /// A method that is one system call.
     fn count(&self, method: Method) {
         self.count_multi(method, 1, true);
+    }
+
+    /// Counts a listing `list` makes with `visit`, as `around` calls (its
+    /// open and close, if it makes them) plus its getdents64 calls. From the
+    /// listing's size in getdents64 records (`.` and `..` included): one
+    /// that fits a small buffer comes in one getdents64, and a second returns
+    /// 0; one the visitor stops in its first buffer takes one getdents64.
+    /// (Host lists over a 2 KiB buffer; 1 KiB leaves room to spare.)
+    fn counted_listing(
+        &self,
+        around: u64,
+        visit: &mut dyn FnMut(&[u8]) -> bool,
+        list: impl FnOnce(&mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        let (mut bytes, mut stopped) = (listing_record(1) + listing_record(2), false);
+        let result = list(&mut |name| {
+            bytes += listing_record(name.len());
+            stopped = !visit(name);
+            !stopped
+        });
+        match result {
+            Ok(()) => self.count_multi(Method::ListDir, around + if stopped { 1 } else { 2 }, bytes <= 1024),
+            // A failed open, or more.
+            Err(_) => self.count_multi(Method::ListDir, 1, false),
+        }
+        result
     }
 
     /// A method that made `syscalls` system calls, or at least that many
@@ -273,25 +307,20 @@ unsafe impl<K: Kernel> Kernel for Counting<K> {
         result
     }
     fn list_dir_while(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
-        // The listing's size in getdents64 records (`.` and `..` included):
-        // one that fits a small buffer comes in one getdents64, and a second
-        // returns 0, so a successful listing is exactly open, 2 getdents64,
-        // close; one the visitor stops in its first buffer is open, one
-        // getdents64, close. (Host lists over a 2 KiB buffer; 1 KiB leaves
-        // room to spare.)
-        let record = |name_len: usize| (19 + name_len + 1).next_multiple_of(8);
-        let (mut bytes, mut stopped) = (record(1) + record(2), false);
-        let result = self.inner.list_dir_while(t, path, &mut |name| {
-            bytes += record(name.len());
-            stopped = !visit(name);
-            !stopped
-        });
-        match result {
-            Ok(()) => self.count_multi(Method::ListDir, if stopped { 3 } else { 4 }, bytes <= 1024),
-            // A failed open, or more.
-            Err(_) => self.count_multi(Method::ListDir, 1, false),
-        }
-        result
+        // open, the getdents64 calls, close.
+        self.counted_listing(2, visit, |v| self.inner.list_dir_while(t, path, v))
+    }
+    fn open_dir(&self, t: &Token, path: &CStr) -> Result<Fd, Errno> {
+        self.count(Method::Open);
+        self.inner.open_dir(t, path)
+    }
+    fn list_open_dir_while(&self, t: &Token, dir: Fd, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
+        // The getdents64 calls alone.
+        self.counted_listing(0, visit, |v| self.inner.list_open_dir_while(t, dir, v))
+    }
+    fn access_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
+        self.count(Method::Access);
+        self.inner.access_at(t, dir, path)
     }
     fn memlock_limit(&self, t: &Token) -> Option<u64> {
         self.count(Method::Other);

@@ -155,6 +155,13 @@ const ROWS: &[Row] = &[
     row(Op::DmaAlloc(KIB4), Legacy, "dma_alloc_4k", "DMA alloc + free 4 KiB (`dma_alloc` + `dma_free`)"),
     row(Op::DmaAlloc(MIB2), Legacy, "dma_alloc_2m", "DMA alloc + free 2 MiB (`dma_alloc` + `dma_free`)"),
     row(Op::SetupFreeEdu, Iommufd, "setup_free_edu_iommufd", "setup + free, edu, both through iommufd (device cdev)"),
+    Row {
+        op: Op::SetupFreeEdu,
+        backend: Iommufd,
+        c: "setup_free_edu_iommufd",
+        label: "setup + free, edu through iommufd, C making the crate's system calls",
+        ours: Ours::CRequest("crate_calls_setup_free_edu_iommufd"),
+    },
     row(Op::DmaMap(KIB4), Iommufd, "dma_map_4k", "DMA map + unmap 4 KiB, crate through iommufd"),
     row(Op::DmaMap(MIB2), Iommufd, "dma_map_2m", "DMA map + unmap 2 MiB, crate through iommufd"),
     row(Op::DmaAlloc(KIB4), Iommufd, "dma_alloc_4k", "DMA alloc + free 4 KiB, crate through iommufd"),

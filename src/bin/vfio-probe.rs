@@ -29,11 +29,12 @@ Exit status: 0 every device was set up and freed, 1 one was not (the message say
 
 fn print_device(dev: &Device<'_, Host>) {
     let iommu = if dev.is_noiommu() { "noiommu" } else { "iommu" };
+    // Read from sysfs for a device opened through its cdev.
+    let group = dev.group().map_or_else(|e| format!("unknown ({e})"), |g| g.to_string());
     println!(
-        "{}: bus {}, group {} ({iommu}), opened through {:?}, flags {:?}",
+        "{}: bus {}, group {group} ({iommu}), opened through {:?}, flags {:?}",
         dev.name(),
         dev.bus(),
-        dev.group(),
         dev.backend(),
         dev.flags()
     );

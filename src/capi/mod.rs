@@ -284,7 +284,8 @@ pub unsafe extern "C" fn dao_vfio_device_setup(dev_name: *const c_char, pdev: *m
         Outputs {
             name: dev.name_value(),
             device_fd: dev.fd().raw(),
-            group_fd: context.group_fd(dev.group()).map_or(-1, |fd| fd.raw()),
+            // Only a device opened through its group has a group fd.
+            group_fd: dev.known_group().and_then(|group| context.group_fd(group)).map_or(-1, |fd| fd.raw()),
             num_resource: dev.regions().len() as c_uint,
             mem: mem.as_mut_ptr(),
         }

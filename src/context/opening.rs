@@ -10,7 +10,7 @@ use crate::container::{Container, IommuKind};
 use crate::device::{DeviceState, Placement};
 use crate::error::{Error, ErrorKind, Step};
 use crate::group::Group;
-use crate::iommufd::{self, CdevOpen, Located};
+use crate::iommufd::{self, CdevOpen, ListedCdev, Located};
 use crate::kernel::{Fd, Kernel};
 use crate::name::{Bus, DeviceName};
 use crate::sriov;
@@ -72,7 +72,13 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// The device's bus and cdev, if iommufd may take it (see [`Backend`])
     /// and it has a cdev on the bus stated (or PCI, then platform). The
     /// listing is skipped when the route would not take a cdev anyway.
-    pub(super) fn cdev_to_take(&self, name: &DeviceName, stated: Option<Bus>) -> Result<Option<(Bus, u32)>, Error> {
+    /// The cdev's `vfio-dev` directory stays open, for
+    /// [`Context::open_through_iommufd`] to prove the cdev is the device's.
+    pub(super) fn cdev_to_take(
+        &self,
+        name: &DeviceName,
+        stated: Option<Bus>,
+    ) -> Result<Option<(Bus, ListedCdev)>, Error> {
         let candidates: &[Bus] = match stated {
             Some(Bus::Pci) => &[Bus::Pci],
             Some(Bus::Platform) => &[Bus::Platform],
@@ -82,7 +88,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             if !matches!(self.route(bus, Some(0)), Route::Cdev(_)) {
                 return Ok(None);
             }
-            if let Some(cdev) = iommufd::find_cdev(&self.kernel, bus, name)? {
+            if let Some(cdev) = iommufd::list_cdev(&self.kernel, bus, name)? {
                 // The boards' kernels (6.6 to 6.12) check VF tokens only on
                 // the group path: under Auto, a PF and the VFs of a vfio-pci
                 // PF take it while the context's address space is not
@@ -92,11 +98,12 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
                 // the process may not read leaves the device as any other.
                 if self.backend == Backend::Auto && bus == Bus::Pci && !self.iommufd_in_use() {
                     let guarded = match sriov::token_guarded(&self.kernel, name) {
-                        Err(e) if matches!(e.errno(), Some(Errno::ACCESS | Errno::PERM)) => false,
-                        other => other?,
+                        Err(e) if matches!(e.errno(), Some(Errno::ACCESS | Errno::PERM)) => Ok(false),
+                        other => other,
                     };
-                    if guarded {
-                        return Ok(None);
+                    if !matches!(guarded, Ok(false)) {
+                        cdev.close(&self.kernel);
+                        return guarded.map(|_| None);
                     }
                 }
                 return Ok(Some((bus, cdev)));
@@ -139,17 +146,21 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     }
 
     /// Opens the device through its cdev, bound to the context's iommufd and
-    /// attached to its IO address space.
+    /// attached to its IO address space. Closes `cdev`'s directory.
     pub(super) fn open_through_iommufd(
         &mut self,
         bus: Bus,
         name: DeviceName,
-        cdev: u32,
+        cdev: ListedCdev,
         serial: u64,
     ) -> Result<(), CdevOpen> {
-        let iommufd = self.iommufd.as_ref().ok_or(CdevOpen::Failed(Error::new(ErrorKind::NoIommufd)))?;
-        let (fd, group) = iommufd.open_device(&self.kernel, cdev, bus, &name)?;
-        let placement = Placement { name, bus, group, noiommu: false, via: Backend::Iommufd, serial };
+        let Some(iommufd) = self.iommufd.as_ref() else {
+            cdev.close(&self.kernel);
+            return Err(CdevOpen::Failed(Error::new(ErrorKind::NoIommufd)));
+        };
+        let fd = iommufd.open_device(&self.kernel, cdev, bus, &name)?;
+        // Its group is read when asked (see `Device::group`).
+        let placement = Placement { name, bus, group: None, noiommu: false, via: Backend::Iommufd, serial };
         self.install(placement, fd).map_err(CdevOpen::Failed)?;
         if let Some(iommufd) = self.iommufd.as_mut() {
             iommufd.device_attached();
@@ -191,7 +202,7 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         let noiommu = group.kind() == IommuKind::NoIommu;
         let opened = group.device_fd(&self.kernel, &at.name, vf_token).and_then(|fd| {
             let placement =
-                Placement { name: at.name, bus: at.bus, group: at.group, noiommu, via: Backend::Legacy, serial };
+                Placement { name: at.name, bus: at.bus, group: Some(at.group), noiommu, via: Backend::Legacy, serial };
             self.install(placement, fd)
         });
         if opened.is_err() {

@@ -16,13 +16,16 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// eventfds, then its share of its group or of the iommufd.
     pub(super) fn release_device(&mut self, slot: usize) -> Result<(), Error> {
         self.iommu_info = None;
-        let (via, group) = (self.devices[slot].via, self.devices[slot].group);
-        if via == Backend::Iommufd {
-            return self.release_iommufd_device(slot);
+        let device = &self.devices[slot];
+        // A device opened through its group always knows it.
+        match device.known_group() {
+            Some(group) if device.via == Backend::Legacy => {
+                let released = self.release_slot(slot);
+                let detached = self.release_group(group);
+                released.and(detached)
+            }
+            _ => self.release_iommufd_device(slot),
         }
-        let released = self.release_slot(slot);
-        let detached = self.release_group(group);
-        released.and(detached)
     }
 
     /// Releases the device in table slot `slot` where it lies (regions, fd,

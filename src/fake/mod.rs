@@ -152,6 +152,7 @@ mod device;
 mod iommufd;
 mod memory;
 mod model;
+mod paths;
 mod privilege;
 mod procfs;
 mod sriov;
@@ -162,7 +163,6 @@ use core::ffi::CStr;
 use core::ptr::NonNull;
 use core::time::Duration;
 use std::boxed::Box;
-use std::format;
 use std::string::{String, ToString};
 use std::sync::{Mutex, MutexGuard};
 use std::vec::Vec;
@@ -605,6 +605,16 @@ impl FakeKernel {
     }
 }
 
+/// Calls `visit` with each name until it returns `false`, with the state's
+/// lock released: the visitor may make system calls of its own.
+fn visit_names(names: Vec<String>, visit: &mut dyn FnMut(&[u8]) -> bool) {
+    for name in names {
+        if !visit(name.as_bytes()) {
+            break;
+        }
+    }
+}
+
 /// Every access to a mapped fake region, made under the state's lock (see
 /// [`FakeKernel::emulation`]).
 ///
@@ -790,39 +800,16 @@ unsafe impl Kernel for FakeKernel {
 
     fn readlink<'b>(&self, _: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         let s = self.enter("readlink", |_| Step::ReadSysfs)?;
-        let path = s.through_sriov_links(path.to_str().map_err(|_| Errno::NOENT)?);
-        let path = path.as_str();
-        let target = match s.sriov_readlink(path) {
-            Some(link) => link?,
-            None => s
-                .devices
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| !d.name.is_empty())
-                .find_map(|(index, d)| {
-                    let dir = format!("/sys/bus/{}/devices/{}", d.bus.sysfs_name(), d.name);
-                    let rest = path.strip_prefix(dir.as_str())?;
-                    let group_link = |g| format!("../../../../kernel/iommu_groups/{g}");
-                    match rest {
-                        "" => Some(format!("../../../devices/fake/{}", d.name)),
-                        "/driver" => {
-                            d.driver.as_ref().map(|drv| format!("../../../../bus/{}/drivers/{drv}", d.bus.sysfs_name()))
-                        }
-                        "/iommu_group" => d.group.map(group_link),
-                        // Through the cdev's `device` link, back to the device.
-                        _ if rest == format!("/vfio-dev/vfio{index}/device/iommu_group") => {
-                            s.list_vfio_dev(index).ok().and(d.group).map(group_link)
-                        }
-                        _ => None,
-                    }
-                })
-                .or_else(|| s.group_link(path))
-                .or_else(|| s.proc_link(path))
-                .ok_or(Errno::NOENT)?,
-        };
+        let target = s.link_target(path.to_str().map_err(|_| Errno::NOENT)?)?;
         let n = target.len().min(buf.len());
         buf[..n].copy_from_slice(&target.as_bytes()[..n]);
         Ok(&buf[..n])
+    }
+
+    fn access_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
+        let s = self.enter("faccessat", |_| Step::ReadSysfs)?;
+        let path = s.resolve_from(&s.dir_path(dir)?, path.to_str().map_err(|_| Errno::NOENT)?)?;
+        s.exists(&path)
     }
 
     fn eventfd(&self, _: &Token) -> Result<Fd, Errno> {
@@ -895,20 +882,27 @@ unsafe impl Kernel for FakeKernel {
 
     fn list_dir_while(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         let names = {
-            let s = self.enter("getdents", |_| trace::list_step(path))?;
-            let path = s.through_sriov_links(path.to_str().map_err(|_| Errno::NOENT)?);
-            match (s.list_proc(&path), s.list_dev(&path)) {
-                (Some(entries), _) => entries?,
-                (None, Some(entries)) => entries,
-                (None, None) => s.list_sysfs(&path)?,
-            }
+            let s = self.enter("getdents", |_| trace::list_step(path.to_bytes()))?;
+            s.listing(&s.through_sriov_links(path.to_str().map_err(|_| Errno::NOENT)?))?
         };
-        // The lock is released: the visitor may make system calls of its own.
-        for name in names {
-            if !visit(name.as_bytes()) {
-                break;
-            }
-        }
+        visit_names(names, visit);
+        Ok(())
+    }
+
+    fn open_dir(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
+        let mut s = self.enter("open", |_| trace::list_step(path.to_bytes()))?;
+        let path = s.through_sriov_links(path.to_str().map_err(|_| Errno::NOENT)?);
+        s.listing(&path)?;
+        Ok(s.new_fd(Object::Dir { path }))
+    }
+
+    fn list_open_dir_while(&self, _: &Token, dir: Fd, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
+        let names = {
+            let s = self.enter("getdents", |s| trace::list_step(s.dir_path(dir).unwrap_or_default().as_bytes()))?;
+            // Listed whole each time (the crate lists an open directory once).
+            s.listing(&s.dir_path(dir)?)?
+        };
+        visit_names(names, visit);
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The fake kernel's state and the VFIO rules it enforces, as Linux does.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::string::String;
 use std::vec;
 use std::vec::Vec;
 
@@ -43,6 +44,11 @@ pub(super) enum Object {
     Iommufd {
         next_id: u32,
         ioas: BTreeMap<u32, Vec<DmaEntry>>,
+    },
+    /// A directory opened to be listed and looked up from (its path, past
+    /// any SR-IOV link).
+    Dir {
+        path: String,
     },
     /// A device opened through its cdev: usable once bound to an iommufd
     /// (`bound`: that fd), reaching memory once attached to an IOAS.

@@ -41,6 +41,7 @@ impl State {
             Object::EventFd { .. } => "anon_inode:[eventfd]".to_string(),
             Object::Iommufd { .. } => "/dev/iommu".to_string(),
             Object::Cdev { device, .. } => format!("/dev/vfio/devices/vfio{device}"),
+            Object::Dir { path } => path.clone(),
         })
     }
 }

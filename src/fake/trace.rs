@@ -100,8 +100,8 @@ pub(super) fn node_of(path: &core::ffi::CStr) -> crate::DevNode {
 }
 
 /// The step of a directory listing.
-pub(super) fn list_step(path: &core::ffi::CStr) -> Step {
-    if path.to_bytes().ends_with(b"/vfio-dev") {
+pub(super) fn list_step(path: &[u8]) -> Step {
+    if path.ends_with(b"/vfio-dev") {
         Step::FindCdev
     } else {
         Step::ListSysfs

@@ -7,7 +7,7 @@ use core::time::Duration;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
-use rustix::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use rustix::fs::{Mode, OFlags, RawDir};
 use rustix::io::Errno;
 use rustix::ioctl::{Ioctl, IoctlOutput, Opcode};
@@ -252,16 +252,21 @@ unsafe impl Kernel for Host {
 
     fn list_dir_while(&self, _: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        let mut space = [MaybeUninit::<u8>::uninit(); 2048];
-        let mut dir = RawDir::new(&fd, &mut space);
-        while let Some(entry) = dir.next() {
-            let entry = entry?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." && !visit(name) {
-                break;
-            }
-        }
-        Ok(())
+        list_entries(fd.as_fd(), visit)
+    }
+
+    fn open_dir(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
+        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(Fd::from_raw(fd.into_raw_fd()))
+    }
+
+    fn list_open_dir_while(&self, _: &Token, dir: Fd, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
+        list_entries(borrow(dir), visit)
+    }
+
+    fn access_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
+        // No flags: the plain faccessat system call.
+        rustix::fs::accessat(borrow(dir), path, rustix::fs::Access::EXISTS, rustix::fs::AtFlags::empty())
     }
 
     fn memlock_limit(&self, _: &Token) -> Option<u64> {
@@ -290,6 +295,21 @@ unsafe impl Kernel for Host {
         }
         Ok(&buf[..len])
     }
+}
+
+/// `getdents64` on an open directory over a stack buffer, calling `visit`
+/// with each name but `.` and `..` until it returns `false`.
+fn list_entries(dir: BorrowedFd<'_>, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
+    let mut space = [MaybeUninit::<u8>::uninit(); 2048];
+    let mut entries = RawDir::new(dir, &mut space);
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." && !visit(name) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 impl Host {

@@ -211,9 +211,10 @@ pub(crate) const TOKEN: Token = Token(());
 /// The system calls the crate makes: implemented by [`Host`] and, with the
 /// `fake` feature, by `dao_vfio::fake::FakeKernel`.
 ///
-/// Every path is absolute and NUL-terminated; every fd is opened `O_RDWR |
-/// O_CLOEXEC` (the sysfs methods open their own fd with `O_CLOEXEC` and close
-/// it before returning). The methods can only be called by this crate (see [`Token`]).
+/// Every path is absolute and NUL-terminated (but [`Kernel::access_at`]'s,
+/// relative to a directory); every fd is opened `O_RDWR | O_CLOEXEC` (but
+/// [`Kernel::open_dir`]'s; the sysfs methods open their own fd with
+/// `O_CLOEXEC` and close it before returning). The methods can only be called by this crate (see [`Token`]).
 ///
 /// # Safety
 ///
@@ -305,6 +306,22 @@ pub unsafe trait Kernel {
     /// `getdents64`) once `visit` returns `false`. Nothing is allocated.
     fn list_dir_while(&self, token: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno>;
 
+    /// `open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)`: a directory to list
+    /// ([`Kernel::list_open_dir_while`]) and to look paths up from
+    /// ([`Kernel::access_at`]) while it is open; closed with [`Kernel::close`].
+    /// A path looked up from it finds nothing once the directory is removed,
+    /// even if another of the same name replaces it.
+    fn open_dir(&self, token: &Token, path: &CStr) -> Result<Fd, Errno>;
+
+    /// `getdents64` on `dir` (from [`Kernel::open_dir`]) over a stack buffer,
+    /// from the directory's position: as [`Kernel::list_dir_while`], without
+    /// the open and the close.
+    fn list_open_dir_while(&self, token: &Token, dir: Fd, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno>;
+
+    /// `faccessat(dir, path, F_OK, 0)`, `path` relative to directory `dir`
+    /// (from [`Kernel::open_dir`]): whether it exists (`ENOENT` if not).
+    fn access_at(&self, token: &Token, dir: Fd, path: &CStr) -> Result<(), Errno>;
+
     /// [`Kernel::list_dir_while`] over every entry.
     fn list_dir(&self, token: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
         self.list_dir_while(token, path, &mut |name| {
@@ -386,6 +403,15 @@ unsafe impl<K: Kernel> Kernel for &K {
     }
     fn list_dir_while(&self, t: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         (**self).list_dir_while(t, path, visit)
+    }
+    fn open_dir(&self, t: &Token, path: &CStr) -> Result<Fd, Errno> {
+        (**self).open_dir(t, path)
+    }
+    fn list_open_dir_while(&self, t: &Token, dir: Fd, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
+        (**self).list_open_dir_while(t, dir, visit)
+    }
+    fn access_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
+        (**self).access_at(t, dir, path)
     }
     fn memlock_limit(&self, t: &Token) -> Option<u64> {
         (**self).memlock_limit(t)

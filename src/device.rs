@@ -59,8 +59,8 @@ pub(crate) struct DeviceState {
     // Widest first: `repr(C)` pads no more than Rust's own layout did (one
     // byte before `bound`; the size is unchanged).
     pub(crate) serial: u64,
-    /// Its IOMMU group, or [`GROUP_NOT_READ`] for a device opened through
-    /// its cdev (read when asked: see [`Device::group`]).
+    /// Its IOMMU group, for a device opened through its group; unused (0)
+    /// for one opened through its cdev (read when asked: see [`Device::group`]).
     group: u32,
     fd: Fd,
     flags: DeviceFlags,
@@ -75,16 +75,12 @@ pub(crate) struct DeviceState {
     pub(crate) bound: irq::Bindings,
 }
 
-/// [`DeviceState`]'s group before it is read: no IOMMU group has this
-/// number (Linux numbers them from 0 as `int`s).
-const GROUP_NOT_READ: u32 = u32::MAX;
-
 /// Where a device is and how it was opened.
 pub(crate) struct Placement {
     pub(crate) name: DeviceName,
     pub(crate) bus: Bus,
-    /// Its IOMMU group: known when it was opened through its group, not
-    /// read for one opened through its cdev.
+    /// Its IOMMU group: known when it is opened through its group (`via`
+    /// [`Backend::Legacy`]), not read for one opened through its cdev.
     pub(crate) group: Option<u32>,
     pub(crate) noiommu: bool,
     /// [`Backend::Legacy`] (from its group) or [`Backend::Iommufd`] (its cdev).
@@ -100,7 +96,7 @@ impl DeviceState {
             serial: at.serial,
             name: at.name,
             bus: at.bus,
-            group: at.group.unwrap_or(GROUP_NOT_READ),
+            group: at.group.unwrap_or(0),
             noiommu: at.noiommu,
             via: at.via,
             fd,
@@ -239,10 +235,9 @@ impl DeviceState {
         Ok(Some(region))
     }
 
-    /// Its IOMMU group, if known (always, for a device opened through its
-    /// group).
+    /// Its IOMMU group, if known: for a device opened through its group.
     pub(crate) fn known_group(&self) -> Option<u32> {
-        (self.group != GROUP_NOT_READ).then_some(self.group)
+        (self.via == Backend::Legacy).then_some(self.group)
     }
 
     /// Unmaps every region, closes the device fd, then the interrupt eventfds
@@ -347,7 +342,7 @@ impl<K: Kernel> core::fmt::Debug for Device<'_, K> {
         f.debug_struct("Device")
             .field("name", &self.state.name)
             .field("bus", &self.state.bus)
-            .field("group", &self.state.group)
+            .field("group", &self.state.known_group())
             .field("flags", &self.state.flags)
             .finish_non_exhaustive()
     }
@@ -373,7 +368,7 @@ impl<'a, K: Kernel> Device<'a, K> {
         }
         match sysfs::group_of(self.kernel, self.state.bus, &self.state.name) {
             Ok(Some(group)) => Ok(group),
-            // A device held open keeps its group: sysfs hides it.
+            // No `iommu_group` link: not for a device bound and held open.
             Ok(None) => Err(Error::syscall(Step::ReadSysfs, Errno::NOENT).for_device(self.state.name)),
             Err(e) => Err(e.for_device(self.state.name)),
         }

@@ -87,7 +87,9 @@ pub enum Step {
     IoasUnmap,
     /// Listing the device's `vfio-dev` sysfs directory for its cdev.
     FindCdev,
-    /// `open("/dev/vfio/devices/vfioN")`.
+    /// `open("/dev/vfio/devices/vfioN")`, and the check that follows that
+    /// the node opened is still the device's (`vfioN` in its sysfs
+    /// `vfio-dev` directory; `ENODEV` when it is not).
     OpenCdev,
     /// `VFIO_DEVICE_BIND_IOMMUFD`.
     BindIommufd,

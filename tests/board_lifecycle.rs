@@ -115,6 +115,17 @@ fn a_listed_cdev_directory_proves_nothing_once_its_device_was_unbound() {
     assert_eq!(proof(&dir, &before), Ok(()), "bound: the proof holds");
     assert_eq!(proof(&dir, "vfio4095"), Err(Errno::NOENT), "a cdev not listed proves nothing");
 
+    /// Binds edu back if an assertion fails while it is unbound, so that
+    /// the tests after this one still find it.
+    struct BindBack<'a>(&'a str);
+    impl Drop for BindBack<'_> {
+        fn drop(&mut self) {
+            if driver_of(self.0).is_none() {
+                let _ = bind::bind(&Host, self.0, None, None);
+            }
+        }
+    }
+    let _bind_back = BindBack(&name);
     std::fs::write(format!("/sys/bus/pci/devices/{name}/driver/unbind"), &name).unwrap();
     assert_eq!(driver_of(&name), None);
     assert_eq!(proof(&dir, &before), Err(Errno::NOENT), "unbound: the proof fails");

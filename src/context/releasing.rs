@@ -3,7 +3,6 @@
 //! go with the last device of an IOMMU domain, and everything when it closes.
 
 use super::Context;
-use crate::backend::Backend;
 use crate::container::{Container, IommuKind};
 use crate::dma::Domain;
 use crate::error::Error;
@@ -16,15 +15,14 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
     /// eventfds, then its share of its group or of the iommufd.
     pub(super) fn release_device(&mut self, slot: usize) -> Result<(), Error> {
         self.iommu_info = None;
-        let device = &self.devices[slot];
-        // A device opened through its group always knows it.
-        match device.known_group() {
-            Some(group) if device.via == Backend::Legacy => {
+        // Known for every device opened through its group (`Backend::Legacy`).
+        match self.devices[slot].known_group() {
+            Some(group) => {
                 let released = self.release_slot(slot);
                 let detached = self.release_group(group);
                 released.and(detached)
             }
-            _ => self.release_iommufd_device(slot),
+            None => self.release_iommufd_device(slot),
         }
     }
 

@@ -807,9 +807,9 @@ unsafe impl Kernel for FakeKernel {
     }
 
     fn access_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
-        let s = self.enter("faccessat", |_| Step::ReadSysfs)?;
-        let path = s.resolve_from(&s.dir_path(dir)?, path.to_str().map_err(|_| Errno::NOENT)?)?;
-        s.exists(&path)
+        // The crate's one lookup from a directory: the cdev proof.
+        let s = self.enter("faccessat", |_| Step::OpenCdev)?;
+        s.entry_exists(dir, path.to_str().map_err(|_| Errno::NOENT)?)
     }
 
     fn eventfd(&self, _: &Token) -> Result<Fd, Errno> {
@@ -900,7 +900,7 @@ unsafe impl Kernel for FakeKernel {
         let names = {
             let s = self.enter("getdents", |s| trace::list_step(s.dir_path(dir).unwrap_or_default().as_bytes()))?;
             // Listed whole each time (the crate lists an open directory once).
-            s.listing(&s.dir_path(dir)?)?
+            s.open_dir_listing(dir)?
         };
         visit_names(names, visit);
         Ok(())

@@ -46,7 +46,9 @@ pub(super) enum Object {
         ioas: BTreeMap<u32, Vec<DmaEntry>>,
     },
     /// A directory opened to be listed and looked up from (its path, past
-    /// any SR-IOV link).
+    /// any SR-IOV link). Unlike Linux's, it does not go stale when its
+    /// device is unbound and bound again; but a device keeps its cdev
+    /// number here, so a proof through it names the same device either way.
     Dir {
         path: String,
     },

@@ -1,5 +1,5 @@
 //! How the fake answers path lookups: what a directory lists, what a link
-//! points at, and paths looked up from a directory opened by fd.
+//! points at, and the entries of a directory opened by fd.
 
 use std::format;
 use std::string::String;
@@ -29,46 +29,24 @@ impl State {
         }
     }
 
-    /// `relative` looked up from directory `base`, as Linux walks it: each
-    /// name walked through (followed by `/`) must be an entry of the
-    /// directory it is in, and `..` goes back to the parent. Returns the
-    /// absolute path of what the last name names (not checked: the caller's
-    /// lookup does).
-    pub(super) fn resolve_from(&self, base: &str, relative: &str) -> Result<String, Errno> {
-        if relative.starts_with('/') {
-            return Ok(relative.into());
+    /// The entries of directory `dir` now. One Linux removed (its device
+    /// unbound) lists nothing but `.` and `..`: here, nothing.
+    pub(super) fn open_dir_listing(&self, dir: Fd) -> Result<Vec<String>, Errno> {
+        match self.listing(&self.dir_path(dir)?) {
+            Err(Errno::NOENT) => Ok(Vec::new()),
+            listed => listed,
         }
-        let mut at: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
-        let mut names = relative.split('/').filter(|p| !p.is_empty() && *p != ".").peekable();
-        while let Some(name) = names.next() {
-            if name == ".." {
-                at.pop();
-                continue;
-            }
-            if names.peek().is_some() {
-                let dir = format!("/{}", at.join("/"));
-                if !self.listing(&dir)?.iter().any(|entry| entry == name) {
-                    return Err(Errno::NOENT);
-                }
-            }
-            at.push(name);
-        }
-        Ok(format!("/{}", at.join("/")))
     }
 
-    /// Whether `path` exists: it is listed in its parent directory (`/`
-    /// always exists).
-    pub(super) fn exists(&self, path: &str) -> Result<(), Errno> {
-        match path.rsplit_once('/') {
-            Some((_, "")) | None => Ok(()),
-            Some((parent, name)) => {
-                let parent = if parent.is_empty() { "/" } else { parent };
-                if self.listing(parent)?.iter().any(|entry| entry == name) {
-                    Ok(())
-                } else {
-                    Err(Errno::NOENT)
-                }
-            }
+    /// Whether `name` is an entry of directory `dir` now. The crate looks up
+    /// one name from an open directory; a path is not modelled (`EINVAL`).
+    pub(super) fn entry_exists(&self, dir: Fd, name: &str) -> Result<(), Errno> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(Errno::INVAL);
+        }
+        match self.open_dir_listing(dir)?.iter().any(|entry| entry == name) {
+            true => Ok(()),
+            false => Err(Errno::NOENT),
         }
     }
 
@@ -107,19 +85,20 @@ mod tests {
     use crate::fake::{FakeDevice, FakeKernel};
 
     #[test]
-    fn a_lookup_from_a_directory_walks_only_through_its_entries() {
+    fn an_open_directory_answers_for_its_entries_now() {
         let k = FakeKernel::new();
         k.add_device(FakeDevice::edu("0000:00:01.0", 3));
         k.set_iommufd(true, true);
+        let dir = k.state().new_fd(Object::Dir { path: "/sys/bus/pci/devices/0000:00:01.0/vfio-dev".into() });
         let s = k.state();
-        let dir = "/sys/bus/pci/devices/0000:00:01.0/vfio-dev";
-        let group = s.resolve_from(dir, "vfio0/../../iommu_group");
-        assert_eq!(group.as_deref(), Ok("/sys/bus/pci/devices/0000:00:01.0/iommu_group"));
-        assert_eq!(s.link_target(&group.unwrap()).as_deref(), Ok("../../../../kernel/iommu_groups/3"));
-        // vfio1 is not listed there: nothing to walk back from.
-        assert_eq!(s.resolve_from(dir, "vfio1/../../iommu_group"), Err(Errno::NOENT));
-        assert_eq!(s.resolve_from(dir, "./vfio0/.."), Ok(dir.into()));
-        assert_eq!(s.exists(&s.resolve_from(dir, "vfio0").unwrap()), Ok(()));
-        assert_eq!(s.exists(&s.resolve_from(dir, "vfio1").unwrap()), Err(Errno::NOENT));
+        assert_eq!(s.entry_exists(dir, "vfio0"), Ok(()));
+        assert_eq!(s.entry_exists(dir, "vfio1"), Err(Errno::NOENT));
+        assert_eq!(s.entry_exists(dir, "vfio0/dev"), Err(Errno::INVAL), "one name, not a path");
+        drop(s);
+        // Unbound, the device's vfio-dev directory lists nothing.
+        k.bind(0, None);
+        let s = k.state();
+        assert_eq!(s.open_dir_listing(dir), Ok(Vec::new()));
+        assert_eq!(s.entry_exists(dir, "vfio0"), Err(Errno::NOENT));
     }
 }

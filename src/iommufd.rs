@@ -125,14 +125,6 @@ impl Iommufd {
     }
 }
 
-/// A device found in sysfs: its name, bus and IOMMU group.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Located {
-    pub(crate) name: DeviceName,
-    pub(crate) bus: Bus,
-    pub(crate) group: u32,
-}
-
 /// What a refused `VFIO_DEVICE_BIND_IOMMUFD` means (Linux 6.6 to 6.12):
 /// - `EBUSY`: the group is open through its legacy node (another context or
 ///   process holds it that way);

@@ -52,6 +52,14 @@ pub(crate) fn too_long() -> Error {
     Error::syscall(Step::ReadSysfs, Errno::NAMETOOLONG)
 }
 
+/// A device found in sysfs ([`locate`]): its name, bus and IOMMU group.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Located {
+    pub(crate) name: DeviceName,
+    pub(crate) bus: Bus,
+    pub(crate) group: u32,
+}
+
 /// Finds the device's bus (the one stated, or PCI then platform) and IOMMU
 /// group with one `readlink` per bus tried: the `iommu_group` link exists
 /// only for a device that exists and has a group. Without it, the reason is

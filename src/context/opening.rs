@@ -10,11 +10,11 @@ use crate::container::{Container, IommuKind};
 use crate::device::{DeviceState, Placement};
 use crate::error::{Error, ErrorKind, Step};
 use crate::group::Group;
-use crate::iommufd::{self, CdevOpen, ListedCdev, Located};
+use crate::iommufd::{self, CdevOpen, ListedCdev};
 use crate::kernel::{Fd, Kernel};
 use crate::name::{Bus, DeviceName};
 use crate::sriov;
-use crate::sysfs;
+use crate::sysfs::{self, Located};
 use crate::vf_token::VfToken;
 
 impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Context<K, DEVICES, GROUPS, DMA> {

@@ -35,6 +35,7 @@
 
 mod counting;
 mod nvme;
+mod watchdog;
 
 use std::error::Error;
 use std::hint::black_box;

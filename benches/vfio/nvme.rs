@@ -5,9 +5,7 @@
 //! at depth 1, Linux AIO, `io_submit`/`io_getevents`, at depth 32), in one
 //! boot, each round running the three sides one after another.
 
-use std::os::unix::fs::OpenOptionsExt;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dao_vfio::{Backend, Context};
 
@@ -15,10 +13,22 @@ use dao_vfio::{Backend, Context};
 #[allow(dead_code)] // the example's and the tests' parts
 mod driver;
 
+mod kernel;
+
+use super::watchdog::Watchdog;
 use super::{median, now_ns, time, Baseline, Percentiles, Result};
-use driver::{pattern, Nvme, BLOCK, MAX_DEPTH};
+use driver::{Nvme, BLOCK, MAX_DEPTH};
+use kernel::{bind, block_device, watched_batch, Outcome};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a step may run before the watchdog names it (the longest, a
+/// full run's kernel batch, takes a few seconds).
+const STEP_STALL: Duration = Duration::from_secs(30);
+/// How many times in a run the kernel's driver may stall (each time its
+/// round's batches are rerun, about a minute each) before the section gives
+/// up: at least this many, and one a round (a `--quick` run then stays well
+/// inside the board's 300 s, a full one inside its 1800 s).
+const MIN_KERNEL_STALLS: usize = 3;
 
 /// One side's batch: IOPS and latency percentiles.
 type Side = (f64, Percentiles);
@@ -49,197 +59,6 @@ fn write_disk(name: &str) -> Result<u64> {
     Ok(blocks)
 }
 
-fn bind(name: &str, driver: Option<&str>) -> Result<()> {
-    let out = Command::new("/bin/vfio-bind").arg("bind").arg(name).args(driver).output()?;
-    if !out.status.success() {
-        return Err(format!("vfio-bind bind {name} {driver:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(())
-}
-
-/// The block device the kernel's nvme driver made for `name`'s namespace 1,
-/// once it opens (the driver scans namespaces after probing, so the node can
-/// be there a moment before the disk answers: `ENXIO`).
-fn block_device(name: &str) -> Result<String> {
-    let start = Instant::now();
-    loop {
-        let dir = format!("/sys/bus/pci/devices/{name}/nvme");
-        for ctrl in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let c = ctrl.file_name().to_string_lossy().into_owned();
-            let dev = format!("/dev/{c}n1");
-            if std::fs::File::open(&dev).is_ok() {
-                return Ok(dev);
-            }
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            return Err(format!("no /dev/nvmeXn1 of {name} opens 30 s after binding it to nvme").into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Linux AIO's control block (`struct iocb`, little-endian).
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Iocb {
-    data: u64,
-    key: u32,
-    rw_flags: u32,
-    opcode: u16,
-    reqprio: i16,
-    fildes: u32,
-    buf: u64,
-    nbytes: u64,
-    offset: i64,
-    reserved2: u64,
-    flags: u32,
-    resfd: u32,
-}
-
-/// `struct io_event`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct IoEvent {
-    data: u64,
-    obj: u64,
-    res: i64,
-    res2: i64,
-}
-
-/// A Linux AIO context, destroyed when dropped: `io_destroy` waits for the
-/// reads still in flight, so an early return never frees a buffer the kernel
-/// may still write.
-struct AioContext(libc::c_ulong);
-
-impl Drop for AioContext {
-    fn drop(&mut self) {
-        // SAFETY: the context was made by io_setup and is destroyed once.
-        unsafe { libc::syscall(libc::SYS_io_destroy, self.0) };
-    }
-}
-
-fn check_block(buf: &[u64], block: u64) -> Result<()> {
-    if buf[0] != pattern(block, 0) || buf[BLOCK / 8 - 1] != pattern(block, BLOCK / 8 - 1) {
-        return Err(format!("the kernel read block {block}: not its pattern").into());
-    }
-    Ok(())
-}
-
-fn xorshift(rng: &mut u64, blocks: u64) -> u64 {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    *rng % blocks
-}
-
-/// The kernel's batch: `n` random reads with `O_DIRECT` on the block device.
-fn kernel_batch(dev: &str, blocks: u64, depth: usize, n: usize) -> Result<Side> {
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(dev)?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    // Page-aligned buffers (O_DIRECT), one per command in flight.
-    let mut bufs = vec![[0u64; BLOCK / 8]; MAX_DEPTH + 1];
-    // One block more than needed: the first page boundary inside is the base.
-    let base = {
-        let p = bufs.as_mut_ptr() as usize;
-        (p + BLOCK - 1) & !(BLOCK - 1)
-    };
-    let buf = |slot: usize| (base + slot * BLOCK) as *mut u64;
-    let mut lat = vec![0u64; n];
-    let mut rng = 0x5eedu64 | 1;
-    let (first, last);
-    if depth == 1 {
-        first = now_ns();
-        for l in lat.iter_mut() {
-            let block = xorshift(&mut rng, blocks);
-            let t = now_ns();
-            // SAFETY: `buf(0)` is BLOCK bytes inside `bufs`.
-            let got = unsafe { libc::pread(fd, buf(0).cast(), BLOCK, (block * BLOCK as u64) as i64) };
-            *l = now_ns() - t;
-            if got != BLOCK as isize {
-                return Err(format!("pread of {dev}: {}", std::io::Error::last_os_error()).into());
-            }
-            // SAFETY: as above, just written by the kernel.
-            check_block(unsafe { std::slice::from_raw_parts(buf(0), BLOCK / 8) }, block)?;
-        }
-        last = now_ns();
-    } else {
-        let mut ctx: libc::c_ulong = 0;
-        // SAFETY: io_setup writes the context id to `ctx`.
-        if unsafe { libc::syscall(libc::SYS_io_setup, depth as libc::c_long, &mut ctx) } != 0 {
-            return Err(format!("io_setup: {}", std::io::Error::last_os_error()).into());
-        }
-        // Declared after `bufs`, so dropped before them on every path.
-        let aio = AioContext(ctx);
-        let mut iocbs = vec![Iocb::default(); depth];
-        let mut started = vec![0u64; depth];
-        let mut block_of = vec![0u64; depth];
-        let mut events = vec![IoEvent::default(); depth];
-        let submit = |iocbs: &mut [Iocb], slot: usize, block: u64| -> Result<()> {
-            iocbs[slot] = Iocb {
-                data: slot as u64,
-                fildes: fd as u32,
-                buf: buf(slot) as u64,
-                nbytes: BLOCK as u64,
-                offset: (block * BLOCK as u64) as i64,
-                ..Iocb::default()
-            };
-            let mut one = [&mut iocbs[slot] as *mut Iocb];
-            // SAFETY: one valid iocb; its buffer outlives the read, which ends
-            // before `aio` is dropped (io_destroy waits for it) and `aio` is
-            // dropped before `bufs`.
-            if unsafe { libc::syscall(libc::SYS_io_submit, ctx, 1 as libc::c_long, one.as_mut_ptr()) } != 1 {
-                return Err(format!("io_submit: {}", std::io::Error::last_os_error()).into());
-            }
-            Ok(())
-        };
-        first = now_ns();
-        let (mut submitted, mut done) = (0, 0);
-        while submitted < depth.min(n) {
-            block_of[submitted] = xorshift(&mut rng, blocks);
-            started[submitted] = now_ns();
-            submit(&mut iocbs, submitted, block_of[submitted])?;
-            submitted += 1;
-        }
-        while done < n {
-            // SAFETY: `events` has room for `depth` events; no timeout.
-            let got = unsafe {
-                libc::syscall(
-                    libc::SYS_io_getevents,
-                    ctx,
-                    1 as libc::c_long,
-                    depth as libc::c_long,
-                    events.as_mut_ptr(),
-                    0usize,
-                )
-            };
-            if got < 1 {
-                return Err(format!("io_getevents: {}", std::io::Error::last_os_error()).into());
-            }
-            let now = now_ns();
-            for e in &events[..got as usize] {
-                let slot = e.data as usize;
-                if e.res != BLOCK as i64 {
-                    return Err(format!("AIO read of {dev}: result {}", e.res).into());
-                }
-                // SAFETY: the kernel finished writing this slot's buffer.
-                check_block(unsafe { std::slice::from_raw_parts(buf(slot), BLOCK / 8) }, block_of[slot])?;
-                lat[done] = now - started[slot];
-                done += 1;
-                if submitted < n {
-                    block_of[slot] = xorshift(&mut rng, blocks);
-                    started[slot] = now_ns();
-                    submit(&mut iocbs, slot, block_of[slot])?;
-                    submitted += 1;
-                }
-            }
-        }
-        last = now_ns();
-        drop(aio);
-    }
-    drop(bufs);
-    Ok((n as f64 * 1e9 / (last - first) as f64, Percentiles::of(lat)))
-}
-
 /// The C program's batch.
 fn c_batch(baseline: &mut Baseline, depth: usize, n: usize) -> Result<Side> {
     let op = if depth == 1 { "nvme_qd1" } else { "nvme_qd32" };
@@ -253,29 +72,67 @@ fn c_batch(baseline: &mut Baseline, depth: usize, n: usize) -> Result<Side> {
     }
 }
 
+/// The kernel's batches of one round, a warm-up before each; `None` when the
+/// driver stalled (the controller is back on vfio-pci then).
+fn kernel_round(
+    watchdog: &Watchdog,
+    round: usize,
+    name: &str,
+    dev: &str,
+    blocks: u64,
+    depths: &[usize],
+    n: usize,
+) -> Result<Option<Vec<Side>>> {
+    let mut sides = Vec::new();
+    for &depth in depths {
+        watchdog.step(format!("round {}: the kernel's reads at depth {depth} on {dev}", round + 1));
+        for reads in [200, n] {
+            match watched_batch(name, dev, blocks, depth, reads)? {
+                Outcome::Done(side) if reads == n => sides.push(side),
+                Outcome::Done(_) => {} // the warm-up
+                Outcome::Stalled => return Ok(None),
+            }
+        }
+    }
+    Ok(Some(sides))
+}
+
 /// One round at one depth: (crate, C, kernel), in an order that rotates.
 type Round = [Side; 3];
 
 /// Runs the section and prints its table.
 pub fn run(baseline: &mut Baseline, name: &str, rounds: usize, n: usize) -> Result<()> {
+    let watchdog = Watchdog::start("NVMe", STEP_STALL);
+    watchdog.step("writing the pattern through the crate");
     let blocks = write_disk(name)?;
     let depths = [1, MAX_DEPTH];
     let mut results: Vec<Vec<Round>> = vec![Vec::new(); depths.len()];
     // Warm-up (TCG translates code the first time it runs).
     for &depth in &depths {
+        watchdog.step(format!("warm-up at depth {depth}, crate"));
         crate_batch(name, depth, 200)?;
+        watchdog.step(format!("warm-up at depth {depth}, C"));
         c_batch(baseline, depth, 200)?;
     }
+    let mut stalls = 0;
     for round in 0..rounds {
-        let mut kernel = Vec::new();
-        bind(name, Some("nvme"))?;
-        let dev = block_device(name)?;
-        for &depth in &depths {
-            kernel_batch(&dev, blocks, depth, 200)?; // warm-up
-            kernel.push(kernel_batch(&dev, blocks, depth, n)?);
-        }
-        bind(name, None)?;
+        let kernel = loop {
+            watchdog.step(format!("round {}: binding {name} to nvme", round + 1));
+            bind(name, Some("nvme"))?;
+            watchdog.step(format!("round {}: waiting for {name}'s block device", round + 1));
+            let dev = block_device(name)?;
+            match kernel_round(&watchdog, round, name, &dev, blocks, &depths, n)? {
+                Some(sides) => {
+                    watchdog.step(format!("round {}: unbinding {name} from nvme", round + 1));
+                    bind(name, None)?;
+                    break sides;
+                }
+                None if stalls < MIN_KERNEL_STALLS.max(rounds) => stalls += 1,
+                None => return Err(format!("the kernel's nvme driver stalled {} times", stalls + 1).into()),
+            }
+        };
         for (i, &depth) in depths.iter().enumerate() {
+            watchdog.step(format!("round {}: crate and C at depth {depth}", round + 1));
             let (ours, theirs) = if round % 2 == 0 {
                 let ours = crate_batch(name, depth, n)?;
                 (ours, c_batch(baseline, depth, n)?)
@@ -287,6 +144,7 @@ pub fn run(baseline: &mut Baseline, name: &str, rounds: usize, n: usize) -> Resu
         }
         eprintln!("bench: NVMe round {}/{rounds} done", round + 1);
     }
+    drop(watchdog);
     println!();
     println!(
         "NVMe: random 4 KiB reads over the {} MiB namespace (each read checked against the pattern written first), \
@@ -318,6 +176,14 @@ pub fn run(baseline: &mut Baseline, name: &str, rounds: usize, n: usize) -> Resu
                 time(med(&|x| x.1.p999)),
             );
         }
+    }
+    if stalls > 0 {
+        println!();
+        println!(
+            "The kernel's nvme driver stalled {stalls} time(s) in this run (no read completed for {:?}): each time the \
+             controller was unbound from nvme, bound again, and that round's kernel batches were rerun.",
+            kernel::STALL
+        );
     }
     Ok(())
 }

@@ -155,10 +155,20 @@ static ssize_t sys_pwrite(int fd, const void *buf, size_t len, off_t offset)
 	return pwrite(fd, buf, len, offset);
 }
 
-static int sys_faccessat(int dir, const char *path)
+static int sys_openat(int dir, const char *path, int flags)
 {
 	syscalls++;
-	return faccessat(dir, path, F_OK, 0);
+	return openat(dir, path, flags);
+}
+
+/* Whether path (from dir) exists: readlinkat, as the crate's proof makes it
+ * (EINVAL: there, and not a link). */
+static int sys_exists_at(int dir, const char *path)
+{
+	char target[1];
+
+	syscalls++;
+	return readlinkat(dir, path, target, sizeof(target)) >= 0 || errno == EINVAL ? 0 : -1;
 }
 
 /* getdents64 has no glibc wrapper in the glibc of the build hosts. */
@@ -198,7 +208,8 @@ static int container = -1;
  * instead of DAO's (no VFIO_CHECK_EXTENSION before VFIO_SET_IOMMU, a PCI
  * device's ROM and VGA regions not described, an explicit
  * VFIO_GROUP_UNSET_CONTAINER before the group is closed; through iommufd,
- * the cdev's directory kept open to prove the cdev opened is the device's). */
+ * the cdev's directory kept open to prove the cdev opened is the device's,
+ * and the directory and node looked up from directories held open). */
 static int crate_calls;
 
 static void die(const char *what)
@@ -302,9 +313,12 @@ close_group:
 	return -1;
 }
 
-/* Through iommufd (set up in main when the kernel has it). */
+/* Through iommufd (set up in main when the kernel has it), with the
+ * directories the crate's context holds beside it (opened there too, used
+ * by the crate_calls_ request). */
 static int iommufd = -1;
 static uint32_t ioas;
+static int pci_devices = -1, cdev_nodes = -1;
 
 /* The device's cdev number N, from its sysfs vfio-dev/vfioN: open the
  * directory, read entries until vfioN, close (readdir's calls, without
@@ -321,8 +335,13 @@ static int find_cdev(const char *name, int *listed)
 	int dir, number = -1;
 	long n;
 
-	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vfio-dev", name);
-	dir = sys_open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (crate_calls) {
+		snprintf(path, sizeof(path), "%s/vfio-dev", name);
+		dir = sys_openat(pci_devices, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	} else {
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vfio-dev", name);
+		dir = sys_open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	}
 	if (dir < 0)
 		return -1;
 	while (number < 0 && (n = sys_getdents64(dir, buf.bytes, sizeof(buf.bytes))) > 0) {
@@ -359,12 +378,17 @@ static int device_setup_iommufd(const char *name, struct device *dev)
 	snprintf(dev->name, sizeof(dev->name), "%s", name);
 	if (number < 0)
 		return -1;
-	snprintf(node, sizeof(node), "/dev/vfio/devices/vfio%d", number);
-	dev->device_fd = sys_open(node, O_RDWR | O_CLOEXEC);
+	if (crate_calls) {
+		snprintf(node, sizeof(node), "vfio%d", number);
+		dev->device_fd = sys_openat(cdev_nodes, node, O_RDWR | O_CLOEXEC);
+	} else {
+		snprintf(node, sizeof(node), "/dev/vfio/devices/vfio%d", number);
+		dev->device_fd = sys_open(node, O_RDWR | O_CLOEXEC);
+	}
 	if (listed >= 0) {
 		/* The crate's proof: vfioN is still in the directory listed. */
 		snprintf(node, sizeof(node), "vfio%d", number);
-		int found = dev->device_fd < 0 ? 0 : sys_faccessat(listed, node);
+		int found = dev->device_fd < 0 ? 0 : sys_exists_at(listed, node);
 
 		sys_close(listed);
 		if (found < 0) {
@@ -1042,6 +1066,10 @@ int main(int argc, char **argv)
 		if (ioctl(iommufd, BASE_IOMMU_IOAS_ALLOC, &alloc) < 0)
 			die("IOMMU_IOAS_ALLOC");
 		ioas = alloc.out_ioas_id;
+		pci_devices = open("/sys/bus/pci/devices", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		cdev_nodes = open("/dev/vfio/devices", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (pci_devices < 0 || cdev_nodes < 0)
+			die("the directories held beside the iommufd");
 	}
 
 	while (scanf("%63s %lu", op, &iters) == 2) {

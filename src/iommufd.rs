@@ -5,6 +5,7 @@
 use rustix::io::Errno;
 
 use crate::error::{DevNode, Error, ErrorKind, Step};
+use crate::held_dirs::HeldDirs;
 use crate::kernel::{Fd, Kernel, Request, TOKEN};
 use crate::name::{Bus, DeviceName};
 use crate::path::sys_path;
@@ -17,23 +18,28 @@ pub(crate) struct Iommufd {
     ioas: u32,
     /// Devices attached to the IOAS.
     devices: u32,
+    /// Where setup looks a device's sysfs directory and cdev node up from.
+    dirs: HeldDirs,
 }
 
 impl Iommufd {
-    /// Opens `/dev/iommu` and allocates an IOAS. On error nothing stays open.
+    /// Opens `/dev/iommu` and allocates an IOAS, then opens the directories
+    /// setup looks names up from ([`HeldDirs`]). On error nothing stays open.
     pub(crate) fn open<K: Kernel>(kernel: &K) -> Result<Self, Error> {
-        let fd = kernel.open(&TOKEN, c"/dev/iommu").map_err(|e| match e {
-            Errno::NOENT | Errno::NODEV | Errno::NXIO => Error::new(ErrorKind::NoIommufd).with_errno(e),
-            Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission { node: DevNode::Iommufd }).with_errno(e),
-            _ => Error::syscall(Step::OpenIommufd, e),
-        })?;
-        let mut alloc = sys::IoasAlloc { size: sys::argsz::<sys::IoasAlloc>(), ..Default::default() };
-        match kernel.ioctl(&TOKEN, fd, Request::IoasAlloc(&mut alloc)) {
-            Ok(_) => Ok(Iommufd { fd, ioas: alloc.out_ioas_id, devices: 0 }),
-            Err(e) => {
-                kernel.close(&TOKEN, fd);
-                Err(Error::syscall(Step::IoasAlloc, e))
+        let (fd, ioas) = open_ioas(kernel)?;
+        Ok(Iommufd { fd, ioas, devices: 0, dirs: HeldDirs::open(kernel) })
+    }
+
+    /// A fresh `/dev/iommu` and IOAS in place of these (closed: the kernel
+    /// drops their mappings), keeping the directories held. `Err(self)`,
+    /// unchanged, when the fresh ones cannot be made.
+    pub(crate) fn renew<K: Kernel>(self, kernel: &K) -> Result<Self, Self> {
+        match open_ioas(kernel) {
+            Ok((fd, ioas)) => {
+                kernel.close(&TOKEN, self.fd);
+                Ok(Iommufd { fd, ioas, devices: 0, dirs: self.dirs })
             }
+            Err(_) => Err(self),
         }
     }
 
@@ -58,9 +64,16 @@ impl Iommufd {
         self.devices = self.devices.saturating_sub(1);
     }
 
-    /// Closes `/dev/iommu`: the kernel destroys the IOAS and its mappings.
+    /// `/sys/bus/BUS/devices`, if held open: where [`list_cdev`] starts.
+    pub(crate) fn devices_dir(&self, bus: Bus) -> Option<Fd> {
+        self.dirs.devices(bus)
+    }
+
+    /// Closes `/dev/iommu` (the kernel destroys the IOAS and its mappings)
+    /// and the directories held.
     pub(crate) fn close<K: Kernel>(self, kernel: &K) {
         kernel.close(&TOKEN, self.fd);
+        self.dirs.close(kernel);
     }
 
     /// Opens the device's cdev `/dev/vfio/devices/vfioN` (listed in `cdev`),
@@ -77,11 +90,11 @@ impl Iommufd {
         name: &DeviceName,
     ) -> Result<Fd, CdevOpen> {
         let number = cdev.number();
-        let path = sys_path!("/dev/vfio/devices/vfio", number);
-        let opened = match path.as_c_str() {
-            Some(path) => kernel.open(&TOKEN, path),
-            None => Err(Errno::NAMETOOLONG),
+        let opened = match self.dirs.cdev_nodes() {
+            Some(dir) => sys_path!("vfio", number).as_c_str().map(|node| kernel.open_at(&TOKEN, dir, node)),
+            None => sys_path!("/dev/vfio/devices/vfio", number).as_c_str().map(|path| kernel.open(&TOKEN, path)),
         };
+        let opened = opened.unwrap_or(Err(Errno::NAMETOOLONG));
         let fd = match opened {
             Ok(fd) => fd,
             Err(e) => {
@@ -122,6 +135,24 @@ impl Iommufd {
             .ioctl(&TOKEN, fd, Request::DeviceAttachIommufdPt(&mut attach))
             .map(drop)
             .map_err(|e| Error::syscall(Step::AttachIoas, e))
+    }
+}
+
+/// Opens `/dev/iommu` and allocates an IOAS in it; returns both. On error
+/// nothing stays open.
+fn open_ioas<K: Kernel>(kernel: &K) -> Result<(Fd, u32), Error> {
+    let fd = kernel.open(&TOKEN, c"/dev/iommu").map_err(|e| match e {
+        Errno::NOENT | Errno::NODEV | Errno::NXIO => Error::new(ErrorKind::NoIommufd).with_errno(e),
+        Errno::ACCESS | Errno::PERM => Error::new(ErrorKind::Permission { node: DevNode::Iommufd }).with_errno(e),
+        _ => Error::syscall(Step::OpenIommufd, e),
+    })?;
+    let mut alloc = sys::IoasAlloc { size: sys::argsz::<sys::IoasAlloc>(), ..Default::default() };
+    match kernel.ioctl(&TOKEN, fd, Request::IoasAlloc(&mut alloc)) {
+        Ok(_) => Ok((fd, alloc.out_ioas_id)),
+        Err(e) => {
+            kernel.close(&TOKEN, fd);
+            Err(Error::syscall(Step::IoasAlloc, e))
+        }
     }
 }
 
@@ -176,16 +207,27 @@ pub(crate) enum CdevOpen {
 /// directory), if it has one: one directory listing, which stops at the
 /// entry.
 pub(crate) fn find_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<u32>, Error> {
-    Ok(list_cdev(kernel, bus, name)?.map(|cdev| cdev.close(kernel)))
+    Ok(list_cdev(kernel, None, bus, name)?.map(|cdev| cdev.close(kernel)))
 }
 
 /// As [`find_cdev`], keeping the device's `vfio-dev` directory open: what
 /// proves, once the cdev's node is open, that the node is still the device's.
-pub(crate) fn list_cdev<K: Kernel>(kernel: &K, bus: Bus, name: &DeviceName) -> Result<Option<ListedCdev>, Error> {
+/// `devices`: `/sys/bus/BUS/devices`, if held open ([`Iommufd::devices_dir`]),
+/// to look `DEV/vfio-dev` up from.
+pub(crate) fn list_cdev<K: Kernel>(
+    kernel: &K,
+    devices: Option<Fd>,
+    bus: Bus,
+    name: &DeviceName,
+) -> Result<Option<ListedCdev>, Error> {
     let failed = |e| Error::syscall(Step::FindCdev, e);
-    let path = sys_path!("/sys/bus/", bus.sysfs_name(), "/devices/", name, "/vfio-dev");
-    let path = path.as_c_str().ok_or(failed(Errno::NAMETOOLONG))?;
-    let dir = match kernel.open_dir(&TOKEN, path) {
+    let opened = match devices {
+        Some(devices) => sys_path!(name, "/vfio-dev").as_c_str().map(|path| kernel.open_dir_at(&TOKEN, devices, path)),
+        None => sys_path!("/sys/bus/", bus.sysfs_name(), "/devices/", name, "/vfio-dev")
+            .as_c_str()
+            .map(|path| kernel.open_dir(&TOKEN, path)),
+    };
+    let dir = match opened.ok_or(failed(Errno::NAMETOOLONG))? {
         Ok(dir) => dir,
         Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
         Err(e) => return Err(failed(e)),
@@ -232,7 +274,7 @@ impl ListedCdev {
 
     /// Once the cdev's node is open (which keeps its number from going to
     /// another device), checks it is still this device's: `vfioN` is still
-    /// in the directory listed (one `faccessat` from it, which finds nothing
+    /// in the directory listed (one `readlinkat` from it, which finds nothing
     /// once that directory is removed, as it is when the device is unbound).
     /// Relative to the open directory, the lookup walks one name, not the
     /// device's path from `/sys/bus` again; nothing else is read (README,
@@ -242,7 +284,7 @@ impl ListedCdev {
         let failed = |e| Error::syscall(Step::OpenCdev, e);
         let entry = sys_path!("vfio", self.number);
         let found = match entry.as_c_str() {
-            Some(entry) => kernel.access_at(&TOKEN, self.dir, entry),
+            Some(entry) => kernel.exists_at(&TOKEN, self.dir, entry),
             None => Err(Errno::NAMETOOLONG),
         };
         kernel.close(&TOKEN, self.dir);

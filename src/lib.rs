@@ -71,6 +71,7 @@ mod error;
 pub mod fake;
 pub mod grant;
 mod group;
+mod held_dirs;
 mod holders;
 mod iommufd;
 mod iova;

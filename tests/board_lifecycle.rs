@@ -91,25 +91,31 @@ fn free_while_unbinding(backend: Backend) {
 /// directory, opened when its cdev was listed, `vfioN` is found while it is
 /// the device's, and never once the device was unbound: not after it is
 /// bound again either, when its cdev may even have the same number (the
-/// directory then is a new one). Linux lists `vfio-dev/vfioN` from 6.1; the
-/// node is 6.6+.
+/// directory then is a new one). As setup does, the directory is opened
+/// from an open `/sys/bus/pci/devices`, and `vfioN` looked up with a
+/// `readlinkat` (`EINVAL`: there, not a link). Linux lists `vfio-dev/vfioN`
+/// from 6.1; the node is 6.6+.
 #[test]
 #[ignore = "needs a device bound to VFIO: runs on the virtual board (tests/board/test)"]
 fn a_listed_cdev_directory_proves_nothing_once_its_device_was_unbound() {
-    use rustix::fs::{Access, AtFlags, Mode, OFlags, CWD};
+    use rustix::fs::{Mode, OFlags};
     use rustix::io::Errno;
     let name = dev("DAO_VFIO_EDU");
     let listed = format!("/sys/bus/pci/devices/{name}/vfio-dev");
-    let open_listed = || {
-        rustix::fs::openat(CWD, listed.as_str(), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .unwrap()
-    };
+    let directory = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let devices = rustix::fs::open("/sys/bus/pci/devices", directory, Mode::empty()).unwrap();
+    let open_listed = || rustix::fs::openat(&devices, format!("{name}/vfio-dev"), directory, Mode::empty()).unwrap();
     let cdev = || -> String {
         let mut entries = std::fs::read_dir(&listed).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap());
         entries.find(|e| e.starts_with("vfio")).expect("edu's vfio-dev directory lists its cdev")
     };
-    let proof =
-        |dir: &rustix::fd::OwnedFd, cdev: &str| rustix::fs::accessat(dir, cdev, Access::EXISTS, AtFlags::empty());
+    let proof = |dir: &rustix::fd::OwnedFd, cdev: &str| {
+        let mut target = [0u8; 1];
+        match rustix::fs::readlinkat_raw(dir, cdev, &mut target[..]) {
+            Ok(_) | Err(Errno::INVAL) => Ok(()),
+            Err(e) => Err(e),
+        }
+    };
     let dir = open_listed();
     let before = cdev();
     assert_eq!(proof(&dir, &before), Ok(()), "bound: the proof holds");

@@ -400,8 +400,14 @@ unsafe impl Kernel for WithDeviceTree<'_> {
     fn readlink<'b>(&self, t: &Token, path: &CStr, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
         self.fake.readlink(t, path, buf)
     }
-    fn access_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
-        self.fake.access_at(t, dir, path)
+    fn exists_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
+        self.fake.exists_at(t, dir, path)
+    }
+    fn open_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
+        self.fake.open_at(t, dir, path)
+    }
+    fn open_dir_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
+        self.fake.open_dir_at(t, dir, path)
     }
     fn open_dir(&self, t: &Token, path: &CStr) -> Result<Fd, Errno> {
         self.fake.open_dir(t, path)

@@ -24,6 +24,11 @@ fn system(iommufd: bool, cdevs: bool) -> FakeKernel {
     k
 }
 
+/// What an open iommufd context holds: `/dev/iommu`, and the directories it
+/// looks a device's names up from (`/sys/bus/pci/devices`,
+/// `/sys/bus/platform/devices`, `/dev/vfio/devices`).
+const HELD: usize = 4;
+
 fn clean(k: &FakeKernel) -> (usize, usize, u32, u32) {
     (k.open_fds(), k.live_mappings(), k.bad_closes(), k.freed_while_mapped())
 }
@@ -33,7 +38,7 @@ fn auto_picks_iommufd_where_the_kernel_and_the_device_offer_it() {
     let k = system(true, true);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     assert_eq!((ctx.backend(), ctx.active_backend()), (Backend::Auto, None));
-    assert_eq!(k.open_fds(), 1, "/dev/iommu only: no container is opened");
+    assert_eq!(k.open_fds(), HELD, "/dev/iommu and its directories: no container is opened");
     let edu = ctx.setup(EDU).unwrap();
     let dev = ctx.device(&edu).unwrap();
     assert_eq!((dev.backend(), dev.is_noiommu()), (Backend::Iommufd, false));
@@ -43,9 +48,9 @@ fn auto_picks_iommufd_where_the_kernel_and_the_device_offer_it() {
     assert_eq!((k.calls() - calls, k.trace().last().unwrap().name), (1, "readlink"));
     assert_eq!(dev.region(0).unwrap().read32(0), Ok(0x010000ed));
     assert_eq!((ctx.active_backend(), ctx.group_count(), ctx.iommu_type()), (Some(Backend::Iommufd), 0, None));
-    assert_eq!((k.open_fds(), k.iommufd_attached()), (2, 1), "the iommufd and the device's cdev");
+    assert_eq!((k.open_fds(), k.iommufd_attached()), (HELD + 1, 1), "the iommufd's and the device's cdev");
     ctx.free(edu).unwrap();
-    assert_eq!((k.open_fds(), k.iommufd_attached(), ctx.active_backend()), (1, 0, None));
+    assert_eq!((k.open_fds(), k.iommufd_attached(), ctx.active_backend()), (HELD, 0, None));
     ctx.close().map_err(|(_, e)| e).unwrap();
     assert_eq!(clean(&k), (0, 0, 0, 0));
 }
@@ -54,13 +59,13 @@ fn auto_picks_iommufd_where_the_kernel_and_the_device_offer_it() {
 fn auto_takes_the_legacy_container_otherwise() {
     // No iommufd (before Linux 6.2, or the x86_64 board's 6.1), and iommufd
     // without device cdevs (6.2 to 6.5, or CONFIG_VFIO_DEVICE_CDEV=n).
-    for (iommufd, fds) in [(false, 3), (true, 4)] {
+    for (iommufd, fds) in [(false, 3), (true, 3 + HELD)] {
         let k = system(iommufd, false);
         let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
         let edu = ctx.setup(EDU).unwrap();
         assert_eq!(ctx.device(&edu).unwrap().backend(), Backend::Legacy);
         assert_eq!((ctx.active_backend(), ctx.group_count()), (Some(Backend::Legacy), 1));
-        assert_eq!(k.open_fds(), fds, "iommufd {iommufd}: container, group and device");
+        assert_eq!(k.open_fds(), fds, "iommufd {iommufd}: container, group and device (and what iommufd holds)");
         drop(ctx);
         assert_eq!(clean(&k), (0, 0, 0, 0));
     }
@@ -80,7 +85,7 @@ fn a_forced_backend_that_is_absent_says_so() {
     assert_eq!(err.kind(), ErrorKind::NoDeviceCdev { bus: Bus::Pci });
     assert!(err.to_string().contains("CONFIG_VFIO_DEVICE_CDEV"), "{err}");
     assert!(err.to_string().contains("/sys/bus/pci/devices/0000:00:02.0/vfio-dev"), "{err}");
-    assert_eq!((k.open_fds(), ctx.device_count(), ctx.group_count()), (1, 0, 0), "nothing stays open");
+    assert_eq!((k.open_fds(), ctx.device_count(), ctx.group_count()), (HELD, 0, 0), "nothing stays open");
     // noiommu devices keep the legacy path, whatever was asked.
     let rtc = ctx.setup(RTC).unwrap();
     assert_eq!(ctx.device(&rtc).unwrap().backend(), Backend::Legacy);
@@ -138,7 +143,7 @@ fn a_group_has_one_owner() {
         let err = b.setup(name).unwrap_err();
         assert_eq!((err.kind(), err.errno()), (ErrorKind::DeviceClaimed, Some(errno)), "{name}");
         assert!(err.to_string().contains("close it there first"), "{err}");
-        assert_eq!(k.open_fds(), fds + 1, "{name}: the cdev is closed again");
+        assert_eq!(k.open_fds(), fds + HELD, "{name}: the cdev is closed again");
     }
     // Auto tries the legacy path after an EPERM; the group node is busy there
     // too, so iommufd's refusal is the one reported.
@@ -174,7 +179,7 @@ fn a_group_has_one_owner() {
         "{e}"
     );
     assert_eq!(err.errno(), Some(Errno::PERM));
-    assert_eq!(k.open_fds(), 1);
+    assert_eq!(k.open_fds(), HELD);
 }
 
 #[test]
@@ -183,16 +188,16 @@ fn auto_falls_back_to_the_group_when_the_cdev_is_refused() {
     let k = system(true, true);
     let mut ctx: Ctx = Context::with_kernel(&k).unwrap();
     let calls = k.calls();
-    // The cdev's listing (open, getdents), two readlinks (a VF of which
+    // The cdev's listing (openat, getdents), two readlinks (a VF of which
     // driver, `physfn/driver`, or an SR-IOV PF, `sriov_totalvfs`? Auto opens
     // those through the group; not here), then the cdev's open.
     k.fail_call(5, Errno::ACCESS);
     let edu = ctx.setup(EDU).unwrap();
-    assert_eq!(k.trace()[calls as usize].name, "open");
+    assert_eq!(k.trace()[calls as usize].name, "openat");
     assert_eq!(k.trace()[calls as usize + 1].name, "getdents");
     assert_eq!(k.trace()[calls as usize + 2].name, "readlink");
     assert_eq!(k.trace()[calls as usize + 3].name, "readlink");
-    assert_eq!(k.trace()[calls as usize + 4].name, "open");
+    assert_eq!(k.trace()[calls as usize + 4].name, "openat");
     assert_eq!(k.trace()[calls as usize + 4].step, Step::OpenCdev);
     assert!(!k.failure_pending());
     assert_eq!((ctx.device(&edu).unwrap().backend(), ctx.active_backend()), (Backend::Legacy, Some(Backend::Legacy)));
@@ -206,7 +211,7 @@ fn auto_falls_back_to_the_group_when_the_cdev_is_refused() {
     k.fail_call(3, Errno::ACCESS);
     let e = ctx.setup(EDU).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Permission { node: dao_vfio::DevNode::Cdev(_) }), "{e}");
-    assert_eq!(k.open_fds(), 1);
+    assert_eq!(k.open_fds(), HELD);
 }
 
 #[test]
@@ -250,7 +255,7 @@ fn the_last_iommufd_device_takes_dma_with_it_even_when_an_unmap_fails() {
     ctx.free(edu).unwrap();
     assert!(!k.failure_pending());
     assert!(k.dma_mappings().is_empty(), "the old address space went with its iommufd");
-    assert_eq!((k.open_fds(), k.freed_while_mapped()), (1, 0), "a fresh iommufd; no memory freed while mapped");
+    assert_eq!((k.open_fds(), k.freed_while_mapped()), (HELD, 0), "a fresh iommufd; no memory freed while mapped");
     assert_eq!(ctx.dma(&mut buf).unwrap_err().kind(), ErrorKind::ForeignHandle);
     // The fresh address space serves the next device, at the same IOVA.
     let edu = ctx.setup(EDU).unwrap();
@@ -313,7 +318,7 @@ fn a_cdev_that_went_to_another_device_is_refused() {
     let e = ctx.setup(EDU).unwrap_err();
     let trace = k.trace();
     let names: Vec<&str> = trace[calls..calls + 4].iter().map(|c| c.name).collect();
-    assert_eq!(names, ["open", "getdents", "open", "faccessat"]);
+    assert_eq!(names, ["openat", "getdents", "openat", "readlinkat"]);
     assert_eq!((trace[calls].step, trace[calls + 2].step), (Step::FindCdev, Step::OpenCdev));
     assert_eq!((e.kind(), e.errno()), (ErrorKind::Syscall(Step::OpenCdev), Some(Errno::NODEV)), "{e}");
     assert_eq!((k.open_fds(), ctx.device_count(), ctx.group_count()), (fds, 0, 0));
@@ -339,4 +344,30 @@ fn a_cdev_without_its_node_says_so_when_iommufd_is_forced() {
     // Without the failure, the same setup succeeds through the cdev.
     let edu = ctx.setup(EDU).unwrap();
     assert_eq!(ctx.device(&edu).unwrap().backend(), Backend::Iommufd);
+}
+
+#[test]
+fn a_directory_the_context_could_not_hold_leaves_whole_paths() {
+    // Context open: /dev/iommu, the IOAS, then /sys/bus/pci/devices,
+    // /sys/bus/platform/devices and /dev/vfio/devices. One that fails to open
+    // is not held, and setup walks the whole path there instead.
+    for (n, dir, setup_call) in [(3, "/sys/bus/pci/devices", 0), (5, "/dev/vfio/devices", 2)] {
+        let k = system(true, true);
+        k.fail_call(n, Errno::MFILE);
+        let mut ctx = Ctx::with_backend(&k, Backend::Iommufd).unwrap();
+        assert!(!k.failure_pending());
+        assert_eq!(k.open_fds(), HELD - 1, "{dir} is not held");
+        let calls = k.calls() as usize;
+        let edu = ctx.setup(EDU).unwrap();
+        let trace = k.trace();
+        let names: Vec<&str> = trace[calls..calls + 4].iter().map(|c| c.name).collect();
+        let mut expected = ["openat", "getdents", "openat", "readlinkat"];
+        expected[setup_call] = "open";
+        assert_eq!(names, expected, "{dir} not held");
+        let dev = ctx.device(&edu).unwrap();
+        assert_eq!((dev.backend(), dev.region(0).unwrap().read32(0)), (Backend::Iommufd, Ok(0x010000ed)));
+        ctx.free(edu).unwrap();
+        drop(ctx);
+        assert_eq!(clean(&k), (0, 0, 0, 0));
+    }
 }

@@ -31,7 +31,6 @@ enum Method {
     Pread,
     Pwrite,
     Readlink,
-    Access,
     Eventfd,
     Read,
     Poll,
@@ -56,7 +55,6 @@ const NAMES: [&str; METHODS] = [
     "pread",
     "pwrite",
     "readlink",
-    "faccessat",
     "eventfd",
     "read",
     "poll",
@@ -318,9 +316,17 @@ unsafe impl<K: Kernel> Kernel for Counting<K> {
         // The getdents64 calls alone.
         self.counted_listing(0, visit, |v| self.inner.list_open_dir_while(t, dir, v))
     }
-    fn access_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
-        self.count(Method::Access);
-        self.inner.access_at(t, dir, path)
+    fn exists_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
+        self.count(Method::Readlink);
+        self.inner.exists_at(t, dir, path)
+    }
+    fn open_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
+        self.count(Method::Open);
+        self.inner.open_at(t, dir, path)
+    }
+    fn open_dir_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
+        self.count(Method::Open);
+        self.inner.open_dir_at(t, dir, path)
     }
     fn memlock_limit(&self, t: &Token) -> Option<u64> {
         self.count(Method::Other);

@@ -88,7 +88,8 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
             if !matches!(self.route(bus, Some(0)), Route::Cdev(_)) {
                 return Ok(None);
             }
-            if let Some(cdev) = iommufd::list_cdev(&self.kernel, bus, name)? {
+            let devices = self.iommufd.as_ref().and_then(|i| i.devices_dir(bus));
+            if let Some(cdev) = iommufd::list_cdev(&self.kernel, devices, bus, name)? {
                 // The boards' kernels (6.6 to 6.12) check VF tokens only on
                 // the group path: under Auto, a PF and the VFs of a vfio-pci
                 // PF take it while the context's address space is not

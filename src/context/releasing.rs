@@ -71,14 +71,24 @@ impl<K: Kernel, const DEVICES: usize, const GROUPS: usize, const DMA: usize> Con
         result
     }
 
-    /// Replaces the iommufd with a fresh one; returns whether it did (the
-    /// old one, closed, took its mappings with it).
+    /// Replaces the iommufd and its IOAS with fresh ones (the directories it
+    /// holds stay); returns whether it did (the old one, closed, took its
+    /// mappings with it).
     pub(super) fn renew_iommufd(&mut self) -> bool {
-        let Ok(fresh) = Iommufd::open(&self.kernel) else { return false };
-        if let Some(old) = self.iommufd.replace(fresh) {
-            old.close(&self.kernel);
+        let renewed = match self.iommufd.take() {
+            Some(old) => old.renew(&self.kernel).map_err(Some),
+            None => Iommufd::open(&self.kernel).map_err(|_| None),
+        };
+        match renewed {
+            Ok(fresh) => {
+                self.iommufd = Some(fresh);
+                true
+            }
+            Err(kept) => {
+                self.iommufd = kept;
+                false
+            }
         }
-        true
     }
 
     /// Gives back one device's share of group `number`; the last share

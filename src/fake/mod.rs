@@ -670,25 +670,24 @@ unsafe fn region_access(context: NonNull<()>, what: MmioAccess) -> u64 {
 // `emulation` makes the crate reach it through `region_access` only.
 unsafe impl Kernel for FakeKernel {
     fn open(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
-        let mut s = self.enter("open", |_| trace::open_step(path))?;
-        let path = path.to_str().map_err(|_| Errno::NOENT)?;
-        s.check_open(path)?;
-        if path == "/dev/vfio/vfio" {
-            if !s.vfio_loaded {
-                return Err(Errno::NOENT);
-            }
-            return Ok(s.new_fd(Object::Container { iommu: None, groups: Vec::new(), dma: Vec::new() }));
-        }
-        if let Some(fd) = s.open_iommufd_node(path) {
-            return fd;
-        }
-        let number = s.group_node(path).ok_or(Errno::NOENT)?;
-        // A group is opened once, and not while a device of it is bound
-        // through its cdev (Linux: the group's cdev_device_open_cnt).
-        if s.group_open(number) || s.group_has_bound_cdev(number) {
-            return Err(Errno::BUSY);
-        }
-        Ok(s.new_fd(Object::Group { number, container: None }))
+        let mut s = self.enter("open", |_| trace::open_step(path.to_bytes()))?;
+        s.open_node(path.to_str().map_err(|_| Errno::NOENT)?)
+    }
+
+    fn open_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
+        let step = |s: &State| s.path_at(dir, path).map_or(Step::OpenGroup, |p| trace::open_step(p.as_bytes()));
+        let mut s = self.enter("openat", step)?;
+        let path = s.path_at(dir, path)?;
+        s.open_node(&path)
+    }
+
+    fn open_dir_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
+        let step = |s: &State| s.path_at(dir, path).map_or(Step::ListSysfs, |p| trace::list_step(p.as_bytes()));
+        let mut s = self.enter("openat", step)?;
+        let path = s.path_at(dir, path)?;
+        let path = s.through_sriov_links(&path);
+        s.listing(&path)?;
+        Ok(s.new_fd(Object::Dir { path }))
     }
 
     fn close(&self, _: &Token, fd: Fd) {
@@ -806,9 +805,9 @@ unsafe impl Kernel for FakeKernel {
         Ok(&buf[..n])
     }
 
-    fn access_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
-        // The crate's one lookup from a directory: the cdev proof.
-        let s = self.enter("faccessat", |_| Step::OpenCdev)?;
+    fn exists_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
+        // The crate's one lookup of a name alone from a directory: the cdev proof.
+        let s = self.enter("readlinkat", |_| Step::OpenCdev)?;
         s.entry_exists(dir, path.to_str().map_err(|_| Errno::NOENT)?)
     }
 

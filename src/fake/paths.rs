@@ -29,6 +29,12 @@ impl State {
         }
     }
 
+    /// `path` relative to directory `dir`, opened by `open_dir`, as one path.
+    pub(super) fn path_at(&self, dir: Fd, path: &core::ffi::CStr) -> Result<String, Errno> {
+        let path = path.to_str().map_err(|_| Errno::NOENT)?;
+        Ok(format!("{}/{path}", self.dir_path(dir)?))
+    }
+
     /// The entries of directory `dir` now. One Linux removed (its device
     /// unbound) lists nothing but `.` and `..`: here, nothing.
     pub(super) fn open_dir_listing(&self, dir: Fd) -> Result<Vec<String>, Errno> {

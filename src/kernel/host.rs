@@ -264,9 +264,24 @@ unsafe impl Kernel for Host {
         list_entries(borrow(dir), visit)
     }
 
-    fn access_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
-        // No flags: the plain faccessat system call.
-        rustix::fs::accessat(borrow(dir), path, rustix::fs::Access::EXISTS, rustix::fs::AtFlags::empty())
+    fn exists_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
+        // A length of 1: with 0 Linux refuses before the lookup.
+        let mut target = [0u8; 1];
+        match rustix::fs::readlinkat_raw(borrow(dir), path, &mut target[..]) {
+            Ok(_) | Err(Errno::INVAL) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
+        let fd = rustix::fs::openat(borrow(dir), path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(Fd::from_raw(fd.into_raw_fd()))
+    }
+
+    fn open_dir_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(borrow(dir), path, flags, Mode::empty())?;
+        Ok(Fd::from_raw(fd.into_raw_fd()))
     }
 
     fn memlock_limit(&self, _: &Token) -> Option<u64> {

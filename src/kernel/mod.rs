@@ -211,9 +211,9 @@ pub(crate) const TOKEN: Token = Token(());
 /// The system calls the crate makes: implemented by [`Host`] and, with the
 /// `fake` feature, by `dao_vfio::fake::FakeKernel`.
 ///
-/// Every path is absolute and NUL-terminated (but [`Kernel::access_at`]'s,
-/// relative to a directory); every fd is opened `O_RDWR | O_CLOEXEC` (but
-/// [`Kernel::open_dir`]'s; the sysfs methods open their own fd with
+/// Every path is absolute and NUL-terminated (but those of the `_at`
+/// methods, relative to a directory); every fd is opened `O_RDWR | O_CLOEXEC`
+/// (but directories'; the sysfs methods open their own fd with
 /// `O_CLOEXEC` and close it before returning). The methods can only be called by this crate (see [`Token`]).
 ///
 /// # Safety
@@ -308,7 +308,8 @@ pub unsafe trait Kernel {
 
     /// `open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)`: a directory to list
     /// ([`Kernel::list_open_dir_while`]) and to look paths up from
-    /// ([`Kernel::access_at`]) while it is open; closed with [`Kernel::close`].
+    /// ([`Kernel::exists_at`], [`Kernel::open_at`], [`Kernel::open_dir_at`])
+    /// while it is open; closed with [`Kernel::close`].
     /// A path looked up from it finds nothing once the directory is removed,
     /// even if another of the same name replaces it.
     fn open_dir(&self, token: &Token, path: &CStr) -> Result<Fd, Errno>;
@@ -318,9 +319,19 @@ pub unsafe trait Kernel {
     /// the open and the close.
     fn list_open_dir_while(&self, token: &Token, dir: Fd, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno>;
 
-    /// `faccessat(dir, path, F_OK, 0)`, `path` relative to directory `dir`
-    /// (from [`Kernel::open_dir`]): whether it exists (`ENOENT` if not).
-    fn access_at(&self, token: &Token, dir: Fd, path: &CStr) -> Result<(), Errno>;
+    /// Whether `path`, relative to directory `dir` (from [`Kernel::open_dir`]),
+    /// exists (`ENOENT` if not): one `readlinkat(dir, path, buf, 1)`, a
+    /// lookup that checks no permission on the entry and reads none of its
+    /// attributes, whose `EINVAL` (not a link) says the entry is there.
+    fn exists_at(&self, token: &Token, dir: Fd, path: &CStr) -> Result<(), Errno>;
+
+    /// `openat(dir, path, O_RDWR | O_CLOEXEC)`: as [`Kernel::open`], `path`
+    /// relative to directory `dir` (from [`Kernel::open_dir`]).
+    fn open_at(&self, token: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno>;
+
+    /// `openat(dir, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)`: as
+    /// [`Kernel::open_dir`], `path` relative to directory `dir`.
+    fn open_dir_at(&self, token: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno>;
 
     /// [`Kernel::list_dir_while`] over every entry.
     fn list_dir(&self, token: &Token, path: &CStr, visit: &mut dyn FnMut(&[u8])) -> Result<(), Errno> {
@@ -410,8 +421,14 @@ unsafe impl<K: Kernel> Kernel for &K {
     fn list_open_dir_while(&self, t: &Token, dir: Fd, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {
         (**self).list_open_dir_while(t, dir, visit)
     }
-    fn access_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
-        (**self).access_at(t, dir, path)
+    fn exists_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
+        (**self).exists_at(t, dir, path)
+    }
+    fn open_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
+        (**self).open_at(t, dir, path)
+    }
+    fn open_dir_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
+        (**self).open_dir_at(t, dir, path)
     }
     fn memlock_limit(&self, t: &Token) -> Option<u64> {
         (**self).memlock_limit(t)

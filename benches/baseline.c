@@ -209,7 +209,7 @@ static int container = -1;
  * device's ROM and VGA regions not described, an explicit
  * VFIO_GROUP_UNSET_CONTAINER before the group is closed; through iommufd,
  * the cdev's directory kept open to prove the cdev opened is the device's,
- * and the directory and node looked up from directories held open). */
+ * and looked up from /sys/bus/pci/devices held open). */
 static int crate_calls;
 
 static void die(const char *what)
@@ -314,11 +314,11 @@ close_group:
 }
 
 /* Through iommufd (set up in main when the kernel has it), with the
- * directories the crate's context holds beside it (opened there too, used
- * by the crate_calls_ request). */
+ * directory the crate's context holds beside it (opened there too, used by
+ * the crate_calls_ request; -1 if it cannot be opened, as for the crate). */
 static int iommufd = -1;
 static uint32_t ioas;
-static int pci_devices = -1, cdev_nodes = -1;
+static int pci_devices = -1;
 
 /* The device's cdev number N, from its sysfs vfio-dev/vfioN: open the
  * directory, read entries until vfioN, close (readdir's calls, without
@@ -335,7 +335,7 @@ static int find_cdev(const char *name, int *listed)
 	int dir, number = -1;
 	long n;
 
-	if (crate_calls) {
+	if (crate_calls && pci_devices >= 0) {
 		snprintf(path, sizeof(path), "%s/vfio-dev", name);
 		dir = sys_openat(pci_devices, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	} else {
@@ -378,13 +378,8 @@ static int device_setup_iommufd(const char *name, struct device *dev)
 	snprintf(dev->name, sizeof(dev->name), "%s", name);
 	if (number < 0)
 		return -1;
-	if (crate_calls) {
-		snprintf(node, sizeof(node), "vfio%d", number);
-		dev->device_fd = sys_openat(cdev_nodes, node, O_RDWR | O_CLOEXEC);
-	} else {
-		snprintf(node, sizeof(node), "/dev/vfio/devices/vfio%d", number);
-		dev->device_fd = sys_open(node, O_RDWR | O_CLOEXEC);
-	}
+	snprintf(node, sizeof(node), "/dev/vfio/devices/vfio%d", number);
+	dev->device_fd = sys_open(node, O_RDWR | O_CLOEXEC);
 	if (listed >= 0) {
 		/* The crate's proof: vfioN is still in the directory listed. */
 		snprintf(node, sizeof(node), "vfio%d", number);
@@ -1067,9 +1062,6 @@ int main(int argc, char **argv)
 			die("IOMMU_IOAS_ALLOC");
 		ioas = alloc.out_ioas_id;
 		pci_devices = open("/sys/bus/pci/devices", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		cdev_nodes = open("/dev/vfio/devices", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (pci_devices < 0 || cdev_nodes < 0)
-			die("the directories held beside the iommufd");
 	}
 
 	while (scanf("%63s %lu", op, &iters) == 2) {

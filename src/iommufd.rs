@@ -18,7 +18,7 @@ pub(crate) struct Iommufd {
     ioas: u32,
     /// Devices attached to the IOAS.
     devices: u32,
-    /// Where setup looks a device's sysfs directory and cdev node up from.
+    /// Where setup looks a device's sysfs directory up from.
     dirs: HeldDirs,
 }
 
@@ -90,11 +90,11 @@ impl Iommufd {
         name: &DeviceName,
     ) -> Result<Fd, CdevOpen> {
         let number = cdev.number();
-        let opened = match self.dirs.cdev_nodes() {
-            Some(dir) => sys_path!("vfio", number).as_c_str().map(|node| kernel.open_at(&TOKEN, dir, node)),
-            None => sys_path!("/dev/vfio/devices/vfio", number).as_c_str().map(|path| kernel.open(&TOKEN, path)),
+        let path = sys_path!("/dev/vfio/devices/vfio", number);
+        let opened = match path.as_c_str() {
+            Some(path) => kernel.open(&TOKEN, path),
+            None => Err(Errno::NAMETOOLONG),
         };
-        let opened = opened.unwrap_or(Err(Errno::NAMETOOLONG));
         let fd = match opened {
             Ok(fd) => fd,
             Err(e) => {

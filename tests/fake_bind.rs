@@ -403,9 +403,6 @@ unsafe impl Kernel for WithDeviceTree<'_> {
     fn exists_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
         self.fake.exists_at(t, dir, path)
     }
-    fn open_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
-        self.fake.open_at(t, dir, path)
-    }
     fn open_dir_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
         self.fake.open_dir_at(t, dir, path)
     }

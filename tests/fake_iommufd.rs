@@ -25,9 +25,9 @@ fn system(iommufd: bool, cdevs: bool) -> FakeKernel {
 }
 
 /// What an open iommufd context holds: `/dev/iommu`, and the directories it
-/// looks a device's names up from (`/sys/bus/pci/devices`,
-/// `/sys/bus/platform/devices`, `/dev/vfio/devices`).
-const HELD: usize = 4;
+/// looks a device's `vfio-dev` directory up from (`/sys/bus/pci/devices`,
+/// `/sys/bus/platform/devices`).
+const HELD: usize = 3;
 
 fn clean(k: &FakeKernel) -> (usize, usize, u32, u32) {
     (k.open_fds(), k.live_mappings(), k.bad_closes(), k.freed_while_mapped())
@@ -197,7 +197,7 @@ fn auto_falls_back_to_the_group_when_the_cdev_is_refused() {
     assert_eq!(k.trace()[calls as usize + 1].name, "getdents");
     assert_eq!(k.trace()[calls as usize + 2].name, "readlink");
     assert_eq!(k.trace()[calls as usize + 3].name, "readlink");
-    assert_eq!(k.trace()[calls as usize + 4].name, "openat");
+    assert_eq!(k.trace()[calls as usize + 4].name, "open");
     assert_eq!(k.trace()[calls as usize + 4].step, Step::OpenCdev);
     assert!(!k.failure_pending());
     assert_eq!((ctx.device(&edu).unwrap().backend(), ctx.active_backend()), (Backend::Legacy, Some(Backend::Legacy)));
@@ -318,7 +318,7 @@ fn a_cdev_that_went_to_another_device_is_refused() {
     let e = ctx.setup(EDU).unwrap_err();
     let trace = k.trace();
     let names: Vec<&str> = trace[calls..calls + 4].iter().map(|c| c.name).collect();
-    assert_eq!(names, ["openat", "getdents", "openat", "readlinkat"]);
+    assert_eq!(names, ["openat", "getdents", "open", "readlinkat"]);
     assert_eq!((trace[calls].step, trace[calls + 2].step), (Step::FindCdev, Step::OpenCdev));
     assert_eq!((e.kind(), e.errno()), (ErrorKind::Syscall(Step::OpenCdev), Some(Errno::NODEV)), "{e}");
     assert_eq!((k.open_fds(), ctx.device_count(), ctx.group_count()), (fds, 0, 0));
@@ -348,26 +348,22 @@ fn a_cdev_without_its_node_says_so_when_iommufd_is_forced() {
 
 #[test]
 fn a_directory_the_context_could_not_hold_leaves_whole_paths() {
-    // Context open: /dev/iommu, the IOAS, then /sys/bus/pci/devices,
-    // /sys/bus/platform/devices and /dev/vfio/devices. One that fails to open
-    // is not held, and setup walks the whole path there instead.
-    for (n, dir, setup_call) in [(3, "/sys/bus/pci/devices", 0), (5, "/dev/vfio/devices", 2)] {
-        let k = system(true, true);
-        k.fail_call(n, Errno::MFILE);
-        let mut ctx = Ctx::with_backend(&k, Backend::Iommufd).unwrap();
-        assert!(!k.failure_pending());
-        assert_eq!(k.open_fds(), HELD - 1, "{dir} is not held");
-        let calls = k.calls() as usize;
-        let edu = ctx.setup(EDU).unwrap();
-        let trace = k.trace();
-        let names: Vec<&str> = trace[calls..calls + 4].iter().map(|c| c.name).collect();
-        let mut expected = ["openat", "getdents", "openat", "readlinkat"];
-        expected[setup_call] = "open";
-        assert_eq!(names, expected, "{dir} not held");
-        let dev = ctx.device(&edu).unwrap();
-        assert_eq!((dev.backend(), dev.region(0).unwrap().read32(0)), (Backend::Iommufd, Ok(0x010000ed)));
-        ctx.free(edu).unwrap();
-        drop(ctx);
-        assert_eq!(clean(&k), (0, 0, 0, 0));
-    }
+    // Context open: /dev/iommu, the IOAS, then /sys/bus/pci/devices and
+    // /sys/bus/platform/devices. One that fails to open is not held, and
+    // setup walks the whole path there instead.
+    let k = system(true, true);
+    k.fail_call(3, Errno::MFILE);
+    let mut ctx = Ctx::with_backend(&k, Backend::Iommufd).unwrap();
+    assert!(!k.failure_pending());
+    assert_eq!(k.open_fds(), HELD - 1, "/sys/bus/pci/devices is not held");
+    let calls = k.calls() as usize;
+    let edu = ctx.setup(EDU).unwrap();
+    let trace = k.trace();
+    let names: Vec<&str> = trace[calls..calls + 4].iter().map(|c| c.name).collect();
+    assert_eq!(names, ["open", "getdents", "open", "readlinkat"]);
+    let dev = ctx.device(&edu).unwrap();
+    assert_eq!((dev.backend(), dev.region(0).unwrap().read32(0)), (Backend::Iommufd, Ok(0x010000ed)));
+    ctx.free(edu).unwrap();
+    drop(ctx);
+    assert_eq!(clean(&k), (0, 0, 0, 0));
 }

@@ -320,10 +320,6 @@ unsafe impl<K: Kernel> Kernel for Counting<K> {
         self.count(Method::Readlink);
         self.inner.exists_at(t, dir, path)
     }
-    fn open_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
-        self.count(Method::Open);
-        self.inner.open_at(t, dir, path)
-    }
     fn open_dir_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
         self.count(Method::Open);
         self.inner.open_dir_at(t, dir, path)

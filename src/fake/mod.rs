@@ -670,15 +670,25 @@ unsafe fn region_access(context: NonNull<()>, what: MmioAccess) -> u64 {
 // `emulation` makes the crate reach it through `region_access` only.
 unsafe impl Kernel for FakeKernel {
     fn open(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
-        let mut s = self.enter("open", |_| trace::open_step(path.to_bytes()))?;
-        s.open_node(path.to_str().map_err(|_| Errno::NOENT)?)
-    }
-
-    fn open_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
-        let step = |s: &State| s.path_at(dir, path).map_or(Step::OpenGroup, |p| trace::open_step(p.as_bytes()));
-        let mut s = self.enter("openat", step)?;
-        let path = s.path_at(dir, path)?;
-        s.open_node(&path)
+        let mut s = self.enter("open", |_| trace::open_step(path))?;
+        let path = path.to_str().map_err(|_| Errno::NOENT)?;
+        s.check_open(path)?;
+        if path == "/dev/vfio/vfio" {
+            if !s.vfio_loaded {
+                return Err(Errno::NOENT);
+            }
+            return Ok(s.new_fd(Object::Container { iommu: None, groups: Vec::new(), dma: Vec::new() }));
+        }
+        if let Some(fd) = s.open_iommufd_node(path) {
+            return fd;
+        }
+        let number = s.group_node(path).ok_or(Errno::NOENT)?;
+        // A group is opened once, and not while a device of it is bound
+        // through its cdev (Linux: the group's cdev_device_open_cnt).
+        if s.group_open(number) || s.group_has_bound_cdev(number) {
+            return Err(Errno::BUSY);
+        }
+        Ok(s.new_fd(Object::Group { number, container: None }))
     }
 
     fn open_dir_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {

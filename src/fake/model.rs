@@ -280,29 +280,6 @@ impl State {
         self.devices.iter().enumerate().any(|(i, d)| d.group == Some(number) && self.device_open(i))
     }
 
-    /// `open(path, O_RDWR)` of a node under `/dev`: the container, the
-    /// iommufd, a device's cdev or a group.
-    pub(super) fn open_node(&mut self, path: &str) -> Result<Fd, Errno> {
-        let s = self;
-        s.check_open(path)?;
-        if path == "/dev/vfio/vfio" {
-            if !s.vfio_loaded {
-                return Err(Errno::NOENT);
-            }
-            return Ok(s.new_fd(Object::Container { iommu: None, groups: Vec::new(), dma: Vec::new() }));
-        }
-        if let Some(fd) = s.open_iommufd_node(path) {
-            return fd;
-        }
-        let number = s.group_node(path).ok_or(Errno::NOENT)?;
-        // A group is opened once, and not while a device of it is bound
-        // through its cdev (Linux: the group's cdev_device_open_cnt).
-        if s.group_open(number) || s.group_has_bound_cdev(number) {
-            return Err(Errno::BUSY);
-        }
-        Ok(s.new_fd(Object::Group { number, container: None }))
-    }
-
     /// The group a `/dev/vfio/...` path names, if its node exists.
     pub(super) fn group_node(&self, path: &str) -> Option<u32> {
         let (noiommu, digits) = match path.strip_prefix("/dev/vfio/noiommu-") {

@@ -71,8 +71,8 @@ pub(super) fn ioctl_step(request: &Request<'_>) -> Step {
 }
 
 /// The step of an `open`.
-pub(super) fn open_step(path: &[u8]) -> Step {
-    match path {
+pub(super) fn open_step(path: &core::ffi::CStr) -> Step {
+    match path.to_bytes() {
         b"/dev/vfio/vfio" => Step::OpenContainer,
         b"/dev/iommu" => Step::OpenIommufd,
         p if p.starts_with(b"/dev/vfio/devices/") => Step::OpenCdev,

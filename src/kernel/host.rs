@@ -273,11 +273,6 @@ unsafe impl Kernel for Host {
         }
     }
 
-    fn open_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
-        let fd = rustix::fs::openat(borrow(dir), path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(Fd::from_raw(fd.into_raw_fd()))
-    }
-
     fn open_dir_at(&self, _: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(borrow(dir), path, flags, Mode::empty())?;

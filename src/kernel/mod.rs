@@ -308,8 +308,8 @@ pub unsafe trait Kernel {
 
     /// `open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)`: a directory to list
     /// ([`Kernel::list_open_dir_while`]) and to look paths up from
-    /// ([`Kernel::exists_at`], [`Kernel::open_at`], [`Kernel::open_dir_at`])
-    /// while it is open; closed with [`Kernel::close`].
+    /// ([`Kernel::exists_at`], [`Kernel::open_dir_at`]) while it is open;
+    /// closed with [`Kernel::close`].
     /// A path looked up from it finds nothing once the directory is removed,
     /// even if another of the same name replaces it.
     fn open_dir(&self, token: &Token, path: &CStr) -> Result<Fd, Errno>;
@@ -319,18 +319,15 @@ pub unsafe trait Kernel {
     /// the open and the close.
     fn list_open_dir_while(&self, token: &Token, dir: Fd, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno>;
 
-    /// Whether `path`, relative to directory `dir` (from [`Kernel::open_dir`]),
-    /// exists (`ENOENT` if not): one `readlinkat(dir, path, buf, 1)`, a
+    /// Whether `path`, relative to directory `dir` (from [`Kernel::open_dir`]
+    /// or [`Kernel::open_dir_at`]), exists (`ENOENT` if not): one `readlinkat(dir, path, buf, 1)`, a
     /// lookup that checks no permission on the entry and reads none of its
     /// attributes, whose `EINVAL` (not a link) says the entry is there.
     fn exists_at(&self, token: &Token, dir: Fd, path: &CStr) -> Result<(), Errno>;
 
-    /// `openat(dir, path, O_RDWR | O_CLOEXEC)`: as [`Kernel::open`], `path`
-    /// relative to directory `dir` (from [`Kernel::open_dir`]).
-    fn open_at(&self, token: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno>;
-
     /// `openat(dir, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)`: as
-    /// [`Kernel::open_dir`], `path` relative to directory `dir`.
+    /// [`Kernel::open_dir`], `path` relative to directory `dir` (itself
+    /// from [`Kernel::open_dir`]).
     fn open_dir_at(&self, token: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno>;
 
     /// [`Kernel::list_dir_while`] over every entry.
@@ -423,9 +420,6 @@ unsafe impl<K: Kernel> Kernel for &K {
     }
     fn exists_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<(), Errno> {
         (**self).exists_at(t, dir, path)
-    }
-    fn open_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
-        (**self).open_at(t, dir, path)
     }
     fn open_dir_at(&self, t: &Token, dir: Fd, path: &CStr) -> Result<Fd, Errno> {
         (**self).open_dir_at(t, dir, path)

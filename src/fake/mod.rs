@@ -695,9 +695,7 @@ unsafe impl Kernel for FakeKernel {
         let step = |s: &State| s.path_at(dir, path).map_or(Step::ListSysfs, |p| trace::list_step(p.as_bytes()));
         let mut s = self.enter("openat", step)?;
         let path = s.path_at(dir, path)?;
-        let path = s.through_sriov_links(&path);
-        s.listing(&path)?;
-        Ok(s.new_fd(Object::Dir { path }))
+        s.open_dir_path(&path)
     }
 
     fn close(&self, _: &Token, fd: Fd) {
@@ -900,9 +898,7 @@ unsafe impl Kernel for FakeKernel {
 
     fn open_dir(&self, _: &Token, path: &CStr) -> Result<Fd, Errno> {
         let mut s = self.enter("open", |_| trace::list_step(path.to_bytes()))?;
-        let path = s.through_sriov_links(path.to_str().map_err(|_| Errno::NOENT)?);
-        s.listing(&path)?;
-        Ok(s.new_fd(Object::Dir { path }))
+        s.open_dir_path(path.to_str().map_err(|_| Errno::NOENT)?)
     }
 
     fn list_open_dir_while(&self, _: &Token, dir: Fd, visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), Errno> {

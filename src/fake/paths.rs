@@ -29,6 +29,14 @@ impl State {
         }
     }
 
+    /// Opens directory `path` (through SR-IOV links, as Linux follows them)
+    /// if it can be listed: what `open_dir` and `open_dir_at` return.
+    pub(super) fn open_dir_path(&mut self, path: &str) -> Result<Fd, Errno> {
+        let path = self.through_sriov_links(path);
+        self.listing(&path)?;
+        Ok(self.new_fd(Object::Dir { path }))
+    }
+
     /// `path` relative to directory `dir`, opened by `open_dir`, as one path.
     pub(super) fn path_at(&self, dir: Fd, path: &core::ffi::CStr) -> Result<String, Errno> {
         let path = path.to_str().map_err(|_| Errno::NOENT)?;
